@@ -1,0 +1,39 @@
+"""Benchmark runner: ``python -m bench [scores] [--device cpu|cuda] [--quick]``.
+
+Each suite writes ``bench/results/<suite>-<device>.json`` and ``.md`` with the
+device name, date, commit and torch/triton versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# CPU peak memory is read from the RSS high-water mark. glibc's dynamic mmap
+# threshold would keep freed logits in its heap (invisible to RSS); a fixed
+# threshold makes every large buffer an mmap that is returned on free.
+if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    os.execv(sys.executable, [sys.executable, "-m", "bench", *sys.argv[1:]])
+
+import torch  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("suite", nargs="?", default="scores", choices=["scores", "bank", "cma"], help="which benchmark suite")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="one small configuration (smoke test)")
+    p.add_argument("--batches", type=int, nargs="*", help="override the batch sizes")
+    p.add_argument("--compile", action="store_true", help="include torch.compile on CPU too (slow to compile)")
+    p.add_argument("--skip-official-above", type=int, default=65536, help="skip the official-style baseline above this B")
+    p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per candidate (after warm-up)")
+    args = p.parse_args(argv)
+    import importlib
+
+    importlib.import_module(f"bench.{args.suite}").main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Timing, memory and provenance helpers shared by the benchmark suites."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets.
+DENSE_FP16_PEAK_TFLOPS = {
+    "H100 SXM": 989.4,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,  # HBM3 80 GB parts report "NVIDIA H100 80GB HBM3" (SXM)
+    "H200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.05,
+    "L4": 121.0,
+}
+
+
+def dense_fp16_peak(device_name: str) -> float | None:
+    for key, value in DENSE_FP16_PEAK_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(device: str) -> str:
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}t"
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def provenance(device: str) -> dict:
+    info = {
+        "device": device_name(device),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], device: str, *, min_runs: int = 3, max_runs: int = 50, budget_s: float = 2.0) -> float:
+    """Median wall time in seconds over repeated runs after one warm-up."""
+    fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_peak_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _rss_now_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_memory(fn: Callable[[], object], device: str) -> int | None:
+    """Peak memory one call allocates beyond what was live before it (bytes).
+
+    CUDA: the caching allocator's peak. CPU (Linux): the resident-set high-water
+    mark, reset through /proc/self/clear_refs; None where that is unavailable.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    base = _rss_now_bytes()
+    fn()
+    return max(0, _rss_peak_bytes() - base)
+
+
+def write_results(name: str, device: str, meta: dict, rows: list[dict], markdown: str) -> tuple[Path, Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS_DIR / f"{name}-{device_slug(device)}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    payload = {"meta": meta, "rows": rows}
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, json_path)
+    tmp = md_path.with_suffix(".md.tmp")
+    tmp.write_text(markdown)
+    os.replace(tmp, md_path)
+    return json_path, md_path

@@ -1,0 +1,5 @@
+import sys
+
+from fastood.cli import main
+
+sys.exit(main())

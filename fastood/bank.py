@@ -1,0 +1,268 @@
+"""TextBank: unit-norm label embeddings in the kernels' layout, with provenance and a disk cache.
+
+Layout (what :func:`fastood.ops.neglabel_score` consumes)::
+
+    rows [0, K)          ID label embeddings, in class order
+    rows [K, K + G·m)    negatives, permuted, G contiguous groups of m
+                         (the NegLabel rule drops the last M mod G mined negatives
+                         *before* permuting)
+
+A bank file is one ``.safetensors`` file: the ``embeddings`` tensor plus a JSON
+metadata header (labels, layout, what produced it, and the sha256 of the
+embedding bytes). Writes are atomic (temp file + ``os.replace`` in the same
+directory); a load verifies the checksum, shapes and unit norms, and — through
+:func:`cached_bank` — that the metadata matches the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["TextBank", "BankError", "group_permutation", "cache_dir", "cached_bank", "request_key"]
+
+FORMAT_VERSION = 1
+UNIT_NORM_TOL = 1e-3
+
+
+class BankError(ValueError):
+    """A bank file is corrupt, inconsistent, or does not match what was asked for."""
+
+
+def _sha256_tensor(t: Tensor) -> str:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def group_permutation(num: int, *, seed: int | None = 0, generator: torch.Generator | None = None) -> Tensor:
+    """The seeded permutation of the kept negatives (``torch.randperm`` on a CPU generator).
+
+    The NegLabel reference draws it with torch's CUDA generator; pass that
+    permutation explicitly (``permutation=``) for bit-parity with it.
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return torch.randperm(num, generator=generator)
+
+
+@dataclass
+class TextBank:
+    """Unit-norm text embeddings ``[ID | negatives in G groups]`` and where they came from.
+
+    Attributes:
+        embeddings: (K + G·m, D) float32, rows unit-norm.
+        id_labels: the K ID class names, in order.
+        neg_labels: the G·m negative words, in layout order (after permutation).
+        groups: G.
+        meta: provenance (model name, text-weights hash, corpus / prompt hashes,
+            mining parameters, seed, permutation hash, …); JSON-serialisable.
+    """
+
+    embeddings: Tensor
+    id_labels: list[str]
+    neg_labels: list[str]
+    groups: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        e = self.embeddings
+        if not isinstance(e, Tensor) or e.dim() != 2 or not e.dtype.is_floating_point:
+            raise BankError(f"embeddings must be a 2-D floating tensor, got {getattr(e, 'shape', type(e))}")
+        self.embeddings = e = e.detach().float().contiguous()
+        k, m = len(self.id_labels), len(self.neg_labels)
+        if k < 1:
+            raise BankError("a bank needs at least one ID label")
+        if e.shape[0] != k + m:
+            raise BankError(f"embeddings has {e.shape[0]} rows but there are {k} ID + {m} negative labels")
+        if self.groups < 1 or (m and m % self.groups):
+            raise BankError(f"groups={self.groups} must be >= 1 and divide the {m} negatives")
+        if not torch.isfinite(e).all():
+            raise BankError("embeddings contain non-finite values")
+        norms = e.norm(dim=1)
+        if (norms - 1).abs().max().item() > UNIT_NORM_TOL:
+            bad = int((norms - 1).abs().argmax())
+            raise BankError(f"embeddings must have unit-norm rows; row {bad} has norm {norms[bad].item():.4f}")
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def num_id(self) -> int:
+        return len(self.id_labels)
+
+    @property
+    def num_neg(self) -> int:
+        return len(self.neg_labels)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    @property
+    def id_embeddings(self) -> Tensor:
+        return self.embeddings[: self.num_id]
+
+    @property
+    def offsets(self) -> list[int]:
+        """Segment offsets ``[0, K, K+m, …, K+G·m]`` for :func:`fastood.ops.segment_lse`."""
+        m = self.num_neg // self.groups if self.num_neg else 0
+        return [0, self.num_id] + [self.num_id + (g + 1) * m for g in range(self.groups if m else 0)]
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Tensor:
+        """The embeddings on ``device`` (and ``dtype``) for scoring."""
+        return self.embeddings.to(device=device, dtype=dtype or self.embeddings.dtype)
+
+    @classmethod
+    def from_mined(
+        cls,
+        id_emb: Tensor,
+        id_labels: Sequence[str],
+        neg_emb: Tensor,
+        neg_labels: Sequence[str],
+        *,
+        groups: int = 100,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        permutation: Sequence[int] | Tensor | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> "TextBank":
+        """Apply NegLabel's grouping rule to mined negatives (in mining order).
+
+        Drops the last ``M mod G`` negatives, then permutes the rest with
+        ``permutation`` if given (a permutation of ``range(G·m)``) or else a
+        seeded one (``generator`` wins over ``seed``).
+        """
+        if neg_emb.shape[0] != len(neg_labels):
+            raise BankError(f"neg_emb has {neg_emb.shape[0]} rows but {len(neg_labels)} labels were given")
+        if not isinstance(groups, int) or groups < 1 or groups > max(1, len(neg_labels)):
+            raise BankError(f"groups must be an int in [1, {len(neg_labels)}], got {groups}")
+        kept = (len(neg_labels) // groups) * groups
+        if permutation is None:
+            perm = group_permutation(kept, seed=seed, generator=generator)
+            how = {"permutation": "seeded", "seed": seed if generator is None else "generator"}
+        else:
+            perm = torch.as_tensor(permutation, dtype=torch.int64).flatten()
+            if perm.numel() != kept or not torch.equal(perm.sort().values, torch.arange(kept)):
+                raise BankError(f"permutation must be a permutation of range({kept}) (the kept negatives)")
+            how = {"permutation": "explicit"}
+        how["permutation_sha256"] = _sha256_tensor(perm)
+        emb = torch.cat([id_emb.float(), neg_emb[:kept][perm].float()])
+        labels = [neg_labels[i] for i in perm.tolist()]
+        return cls(emb, list(id_labels), labels, groups=groups, meta={**(meta or {}), **how, "dropped": len(neg_labels) - kept})
+
+    # --------------------------------------------------------------------- I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically to ``path`` (``.safetensors``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path).expanduser()
+        header = {
+            "format": "fastood.TextBank",
+            "version": FORMAT_VERSION,
+            "id_labels": self.id_labels,
+            "neg_labels": self.neg_labels,
+            "groups": self.groups,
+            "meta": self.meta,
+            "sha256": _sha256_tensor(self.embeddings),
+        }
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        except OSError as exc:
+            raise BankError(f"cannot write the bank to {str(parent)!r}: {exc.strerror or exc}") from exc
+        os.close(fd)
+        try:
+            save_file({"embeddings": self.embeddings}, tmp, metadata={"fastood": json.dumps(header)})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "TextBank":
+        """Read and verify a bank file (checksum, layout, unit norms). Raises :class:`BankError`."""
+        from safetensors import safe_open
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"bank file {str(path)!r} does not exist")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                raw = (f.metadata() or {}).get("fastood")
+                emb = f.get_tensor("embeddings")
+        except Exception as exc:  # safetensors raises its own error types on truncation/garbage
+            raise BankError(f"bank file {str(path)!r} is corrupt or not a safetensors file: {exc}") from exc
+        if raw is None:
+            raise BankError(f"{str(path)!r} is a safetensors file but not a fastood bank (no 'fastood' metadata)")
+        try:
+            header = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise BankError(f"bank file {str(path)!r} has corrupt metadata: {exc}") from exc
+        if header.get("format") != "fastood.TextBank" or header.get("version") != FORMAT_VERSION:
+            raise BankError(f"bank file {str(path)!r} has an unknown format/version {header.get('format')}/{header.get('version')}")
+        if _sha256_tensor(emb) != header.get("sha256"):
+            raise BankError(f"bank file {str(path)!r} failed its checksum: the embeddings were modified or corrupted")
+        bank = cls(emb, header["id_labels"], header["neg_labels"], groups=header["groups"], meta=header["meta"])
+        bank.embeddings = bank.embeddings.to(device)
+        return bank
+
+
+# ---------------------------------------------------------------------- cache
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """``path``, else ``$FASTOOD_CACHE``, else ``~/.cache/fastood``."""
+    if path is not None:
+        return Path(path).expanduser()
+    return Path(os.environ.get("FASTOOD_CACHE") or Path.home() / ".cache" / "fastood")
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """A stable key for everything that determines a bank's contents."""
+    blob = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cached_bank(
+    request: dict[str, Any],
+    build: Callable[[], TextBank],
+    *,
+    directory: str | os.PathLike | None = None,
+    on_mismatch: str = "rebuild",
+    device: str | torch.device = "cpu",
+) -> TextBank:
+    """Load the bank for ``request`` from the cache, or build and store it.
+
+    ``request`` (JSON-serialisable) is stored in the bank's ``meta["request"]``
+    and compared on load. A corrupt file, or one whose request differs, is
+    rebuilt (``on_mismatch="rebuild"``, with a warning) or raises
+    :class:`BankError` (``on_mismatch="error"``).
+    """
+    if on_mismatch not in ("rebuild", "error"):
+        raise ValueError(f"on_mismatch must be 'rebuild' or 'error', got {on_mismatch!r}")
+    request = json.loads(json.dumps(request, sort_keys=True, default=str))  # canonical, JSON-typed
+    path = cache_dir(directory) / "banks" / f"{request_key(request)}.safetensors"
+    if path.exists():
+        try:
+            bank = TextBank.load(path, device=device)
+            if bank.meta.get("request") != request:
+                raise BankError(f"cached bank {str(path)!r} was built for a different request")
+            return bank
+        except BankError as exc:
+            if on_mismatch == "error":
+                raise
+            warnings.warn(f"{exc}; rebuilding it", stacklevel=2)
+    bank = build()
+    bank.meta = {**bank.meta, "request": request}
+    bank.save(path)
+    bank.embeddings = bank.embeddings.to(device)
+    return bank

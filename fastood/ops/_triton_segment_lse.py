@@ -1,0 +1,350 @@
+"""Triton kernel for the segmented log-sum-exp over a similarity GEMM.
+
+For features ``x`` (B, D), a bank (N, D), column segments
+``offsets[0] = 0 <= offsets[1] <= ... <= offsets[S] = N`` and a per-row scale ``r``:
+
+    L[i, j]   = r[i] · <x_i, bank_j>                                 (natural-log units)
+    lse[i, s] = log Σ_{j ∈ [offsets[s], offsets[s+1])} exp(L[i, j])  (-inf when empty)
+    max0[i]   = max_{j ∈ seg 0} L[i, j],   argmax0[i] = first maximiser in seg 0
+
+The B×N logits are never written to memory. A program owns ``BLOCK_B`` rows and walks
+a range of columns in ``BLOCK_N`` tiles; each tile is a small GEMM
+``x_blk @ bank_tileᵀ`` accumulated in fp32 over ``BLOCK_D`` chunks of D (fp32 inputs
+use IEEE fp32 products, never TF32: at τ = 0.01 every cosine error is multiplied by 100).
+
+Online softmax state (per row, for the ONE segment currently open), in base 2:
+with ``t = L · log2(e)``,
+
+    m = max t seen so far,    l = Σ exp2(t − m),    lse = (m + log2 l) · ln 2.
+
+Adding a tile part with values t_j:  m' = max(m, max_j t_j),
+``l' = l · exp2(m − m') + Σ_j exp2(t_j − m')``. When ``m' = -inf`` (nothing seen yet)
+the reference point is taken as 0 so that no ``-inf − (-inf)`` NaN can appear.
+
+Segments are column ranges shared by all rows, so segment bookkeeping is scalar:
+inside a tile, a while-loop visits every segment that intersects it (a masked pass
+over the tile per segment), closes segments that end inside the tile (writes their
+result, resets the state) and stops at the first segment that runs past the tile.
+Empty segments are closed with ``m = -inf, l = 0`` → ``lse = -inf``.
+
+Small batches (too few row blocks to fill the GPU) also split N: split ``p`` covers
+columns ``[p·chunk, min(N, (p+1)·chunk))`` and writes a partial ``(m, l)`` (and the
+segment-0 argmax) for every segment it touches into a workspace laid out
+``(splits, S, B)`` (rows contiguous, so writes and reads are coalesced). A second kernel
+merges, per (segment, row block) and in split order, exactly the splits that
+segment ``s`` spans: ``p ∈ [offsets[s] // chunk, (offsets[s+1] − 1) // chunk]``.
+No atomics anywhere: results are bitwise deterministic for a given config.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["segment_lse_triton"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+# Tile configs tried by the autotuner on CUDA. Every BLOCK_N divides CHUNK_ALIGN, so a
+# split chunk (a multiple of CHUNK_ALIGN) never puts one tile across two splits.
+_CUDA_CONFIGS = [
+    triton.Config({"BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+    for (bb, bn, bd, w, st) in [
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 8, 4),
+        (128, 64, 64, 4, 3),
+        (128, 64, 32, 4, 4),
+        (64, 128, 64, 4, 3),
+        (64, 128, 32, 4, 4),
+        (64, 64, 64, 4, 3),
+        (64, 64, 32, 4, 4),
+    ]
+]
+_CUDA_CHUNK_ALIGN = 128
+_CUDA_MIN_BLOCK_B = 64
+# One small fixed config in Triton's CPU interpreter (autotuning there is pointless).
+_INTERPRET_BLOCKS = (16, 32, 32)  # BLOCK_B, BLOCK_N, BLOCK_D
+_MERGE_BLOCK = 128
+# Upper bound for the split-N workspace (m, l and argmax per split, segment and row).
+_WORKSPACE_BYTES = 64 * 2**20
+
+
+@triton.jit
+def _finish_lse(m, l):
+    """lse = (m + log2 l) · ln 2 in natural-log units; m = -inf (nothing seen) gives -inf.
+
+    Whenever m is finite, l >= 1 (the maximiser contributes exp2(0)), so the clamp only
+    keeps log2 away from 0 when l = 0, where m = -inf already decides the result.
+    """
+    return (m + tl.math.log2(tl.maximum(l, 1e-30))) * 0.6931471805599453
+
+
+@triton.jit
+def _segment_lse_fwd_kernel(
+    x_ptr, bank_ptr, off_ptr, scale_ptr, seg_start_ptr,
+    lse_ptr, max0_ptr, arg0_ptr,          # final outputs (used when not SPLIT)
+    ws_m_ptr, ws_l_ptr, ws_arg_ptr,       # split workspace (used when SPLIT)
+    B, N, D, S, chunk,
+    stride_xb, stride_xd, stride_bn, stride_bd,
+    SPLIT: tl.constexpr, WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    NEG_INF: tl.constexpr = float("-inf")
+
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    # Logits in base 2: t = acc · r[i] · log2(e).
+    t_scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+
+    # Column range of this program: everything, or split pid_p.
+    col_lo = pid_p * chunk
+    col_hi = tl.minimum(N, col_lo + chunk)
+    if SPLIT:
+        s = tl.load(seg_start_ptr + pid_p).to(tl.int32)  # first segment ending after col_lo
+    else:
+        s = pid_p * 0  # segment 0 (leading empty segments are closed in the first tile)
+    seg_lo = tl.load(off_ptr + s).to(tl.int32)
+    seg_hi = tl.load(off_ptr + s + 1).to(tl.int32)
+
+    m = tl.full([BLOCK_B], NEG_INF, tl.float32)   # running max (base 2)
+    l = tl.zeros([BLOCK_B], tl.float32)           # Σ exp2(t − m)
+    arg = tl.zeros([BLOCK_B], tl.int32)           # segment-0 first argmax (global column)
+
+    for n0 in range(col_lo, col_hi, BLOCK_N):
+        n_end = tl.minimum(n0 + BLOCK_N, col_hi)
+        cols = n0 + offs_n
+        col_ok = cols < n_end
+
+        # ---- GEMM tile: acc[b, n] = Σ_d x[b, d] · bank[n, d], fp32 accumulation.
+        x_ptrs = x_ptr + rows64[:, None] * stride_xb + offs_d[None, :] * stride_xd
+        b_ptrs = bank_ptr + cols.to(tl.int64)[None, :] * stride_bn + offs_d[:, None] * stride_bd
+        acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d_ok = (d0 + offs_d) < D
+            xa = tl.load(x_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            bt = tl.load(b_ptrs, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+            if IEEE_FP32:
+                acc = tl.dot(xa, bt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xa, bt, acc)
+            x_ptrs += BLOCK_D * stride_xd
+            b_ptrs += BLOCK_D * stride_bd
+        t = acc * t_scale[:, None]
+
+        # ---- Visit the segments intersecting [n0, n_end) in column order.
+        go = n0 < n_end
+        while go:
+            lo = tl.maximum(seg_lo, n0)
+            hi = tl.minimum(seg_hi, n_end)
+            in_seg = (cols >= lo) & (cols < hi)
+            z = tl.where(in_seg[None, :], t, NEG_INF)
+            m_tile = tl.max(z, axis=1)
+            if WANT_ARGMAX:
+                # First column attaining the tile max; across tiles only a strictly
+                # greater max replaces it, so the overall first maximiser wins.
+                first = tl.min(tl.where(z == m_tile[:, None], cols[None, :], 2147483647), axis=1)
+                arg = tl.where((s == 0) & (m_tile > m), first, arg)
+            m_new = tl.maximum(m, m_tile)
+            m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
+            l = l * tl.math.exp2(m - m_ref) + tl.sum(tl.math.exp2(z - m_ref[:, None]), axis=1)
+            m = m_new
+
+            # Close the segment if it ends inside this tile.
+            ends = seg_hi <= n_end
+            done = row_ok & ends
+            if SPLIT:
+                ws = (pid_p * S + s).to(tl.int64) * B + rows64
+                tl.store(ws_m_ptr + ws, m, mask=done)
+                tl.store(ws_l_ptr + ws, l, mask=done)
+                if WANT_ARGMAX:
+                    tl.store(ws_arg_ptr + pid_p.to(tl.int64) * B + rows64, arg, mask=done & (s == 0))
+            else:
+                tl.store(lse_ptr + rows64 * S + s, _finish_lse(m, l), mask=done)
+                tl.store(max0_ptr + rows, m * 0.6931471805599453, mask=done & (s == 0))
+                if WANT_ARGMAX:
+                    tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=done & (s == 0))
+            m = tl.where(ends, NEG_INF, m)
+            l = tl.where(ends, 0.0, l)
+            s += ends.to(tl.int32)
+            nxt = tl.load(off_ptr + s + 1, mask=ends & (s < S), other=0).to(tl.int32)
+            seg_lo = tl.where(ends, seg_hi, seg_lo)
+            seg_hi = tl.where(ends, nxt, seg_hi)
+            # Continue while the next segment has columns here or ends here (empty).
+            go = ends & (s < S) & ((seg_lo < n_end) | (seg_hi <= n_end))
+
+    if SPLIT:
+        # Flush the segment still open at the end of this split (it continues in the
+        # next split). If it has no column here, the merge never reads this entry.
+        open_ = row_ok & (s < S)
+        ws = (pid_p * S + s).to(tl.int64) * B + rows64
+        tl.store(ws_m_ptr + ws, m, mask=open_)
+        tl.store(ws_l_ptr + ws, l, mask=open_)
+        if WANT_ARGMAX:
+            tl.store(ws_arg_ptr + pid_p.to(tl.int64) * B + rows64, arg, mask=open_ & (s == 0))
+
+
+@triton.jit
+def _segment_lse_merge_kernel(
+    ws_m_ptr, ws_l_ptr, ws_arg_ptr, off_ptr,
+    lse_ptr, max0_ptr, arg0_ptr,
+    B, S, chunk,
+    WANT_ARGMAX: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Combine the partial (m, l) of the splits spanned by segment s, in split order."""
+    s = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    NEG_INF: tl.constexpr = float("-inf")
+
+    seg_lo = tl.load(off_ptr + s)
+    seg_hi = tl.load(off_ptr + s + 1)
+    p_first = seg_lo // chunk
+    n_parts = tl.where(seg_hi > seg_lo, (seg_hi - 1) // chunk - p_first + 1, 0)
+
+    m = tl.full([BLOCK], NEG_INF, tl.float32)
+    l = tl.zeros([BLOCK], tl.float32)
+    arg = tl.zeros([BLOCK], tl.int32)
+    for k in range(0, n_parts):
+        p = p_first + k
+        ws = (p * S + s).to(tl.int64) * B + rows64
+        m_p = tl.load(ws_m_ptr + ws, mask=row_ok, other=NEG_INF)
+        l_p = tl.load(ws_l_ptr + ws, mask=row_ok, other=0.0)
+        if WANT_ARGMAX:
+            a_p = tl.load(ws_arg_ptr + p.to(tl.int64) * B + rows64, mask=row_ok & (s == 0), other=0)
+            arg = tl.where(m_p > m, a_p, arg)  # strictly greater: the earlier split wins ties
+        m_new = tl.maximum(m, m_p)
+        m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
+        l = l * tl.math.exp2(m - m_ref) + l_p * tl.math.exp2(m_p - m_ref)
+        m = m_new
+
+    tl.store(lse_ptr + rows64 * S + s, _finish_lse(m, l), mask=row_ok)
+    tl.store(max0_ptr + rows, m * 0.6931471805599453, mask=row_ok & (s == 0))
+    if WANT_ARGMAX:
+        tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=row_ok & (s == 0))
+
+
+_segment_lse_fwd_tuned = triton.autotune(configs=_CUDA_CONFIGS, key=["D", "SPLIT", "WANT_ARGMAX"])(
+    _segment_lse_fwd_kernel
+)
+
+
+def _interpreting(x: Tensor) -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or x.device.type == "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _choose_splits(B: int, N: int, S: int, device: torch.device, interpreting: bool, align: int) -> int:
+    """How many column splits to use (1 = no split-N).
+
+    Split only when the row blocks alone cannot fill the GPU: aim at ~2 programs per SM,
+    never below one tile of columns per split, and keep the workspace bounded.
+    """
+    if interpreting:
+        return 1  # one program at a time anyway; tests force splits explicitly
+    b_blocks = triton.cdiv(B, _CUDA_MIN_BLOCK_B)
+    target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if b_blocks >= target:
+        return 1
+    splits = min(triton.cdiv(target, b_blocks), triton.cdiv(N, align))
+    bytes_per_split = B * S * 8 + B * 4  # m + l per segment, argmax for segment 0
+    splits = min(splits, max(1, _WORKSPACE_BYTES // bytes_per_split))
+    return max(1, splits)
+
+
+def segment_lse_triton(
+    x: Tensor,
+    bank: Tensor,
+    offsets: Tensor,
+    row_scale: Tensor,
+    want_argmax: bool,
+    *,
+    num_splits: int | None = None,
+    blocks: tuple[int, int, int] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Launcher contract of ``fastood.ops._dispatch`` on the Triton kernel.
+
+    ``x`` (B, D) and ``bank`` (N, D) share one dtype (fp16, bf16 or fp32) and may have
+    any strides; ``offsets`` (S+1,) int64 and ``row_scale`` (B,) fp32 on the same device.
+    Returns ``lse`` (B, S) fp32, ``max0`` (B,) fp32 and ``argmax0``: (B,) int64 when
+    ``want_argmax``, else an empty ``(0,)`` int64 tensor.
+
+    ``num_splits`` forces the number of column splits (1 = single pass; default: a
+    heuristic on CUDA, 1 in the interpreter). ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)``
+    fixes the tile sizes instead of autotuning (tests). In the interpreter (CPU tensors
+    or ``TRITON_INTERPRET=1``) bf16 is computed from an fp32 copy (no bf16 ``tl.dot``).
+    """
+    interpreting = _interpreting(x)
+    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("the Triton backend needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1")
+    if interpreting and x.dtype == torch.bfloat16:
+        x, bank = x.float(), bank.float()
+    B, D = x.shape
+    N = bank.shape[0]
+    S = offsets.numel() - 1
+    device = x.device
+    offsets = offsets.to(device=device, dtype=torch.int64).contiguous()
+    row_scale = row_scale.to(device=device, dtype=torch.float32).contiguous()
+
+    if blocks is None and interpreting:
+        blocks = _INTERPRET_BLOCKS
+    align = blocks[1] if blocks is not None else _CUDA_CHUNK_ALIGN
+    splits = num_splits if num_splits is not None else _choose_splits(B, N, S, device, interpreting, align)
+    if splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {splits}")
+    chunk = triton.cdiv(triton.cdiv(N, splits), align) * align
+    splits = triton.cdiv(N, chunk)  # after rounding the chunk up, some splits may be empty
+    split = splits > 1
+
+    lse = torch.empty(B, S, dtype=torch.float32, device=device)
+    max0 = torch.empty(B, dtype=torch.float32, device=device)
+    arg0 = torch.zeros(B if want_argmax else 0, dtype=torch.int64, device=device)
+    if split:
+        # First segment of split p: the first s with offsets[s+1] > p·chunk.
+        starts = torch.arange(splits, device=device, dtype=torch.int64) * chunk
+        seg_start = torch.searchsorted(offsets[1:], starts, right=True).to(torch.int32)
+        ws_m = torch.empty(splits, S, B, dtype=torch.float32, device=device)
+        ws_l = torch.empty(splits, S, B, dtype=torch.float32, device=device)
+        ws_arg = torch.empty(splits, B, dtype=torch.int32, device=device) if want_argmax else ws_m
+    else:
+        seg_start = ws_m = ws_l = ws_arg = lse  # unused (SPLIT is a constexpr): any valid pointer
+    arg0_k = arg0 if want_argmax else max0  # never written when not WANT_ARGMAX
+
+    args = (
+        x, bank, offsets, row_scale, seg_start,
+        lse, max0, arg0_k, ws_m, ws_l, ws_arg,
+        B, N, D, S, chunk,
+        x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
+    )
+    flags = dict(SPLIT=split, WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32)
+    if blocks is not None:
+        bb, bn, bd = blocks
+        grid = (triton.cdiv(B, bb), splits)
+        _segment_lse_fwd_kernel[grid](*args, **flags, BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd)
+    else:
+        grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), splits)  # noqa: E731
+        _segment_lse_fwd_tuned[grid](*args, **flags)
+
+    if split:
+        mb = 32 if interpreting else _MERGE_BLOCK
+        _segment_lse_merge_kernel[(S, triton.cdiv(B, mb))](
+            ws_m, ws_l, ws_arg, offsets, lse, max0, arg0_k, B, S, chunk,
+            WANT_ARGMAX=bool(want_argmax), BLOCK=mb,
+        )
+    return lse, max0, arg0

@@ -1,0 +1,58 @@
+"""``mcm_score``: Maximum Concept Matching (shared/SPEC.md §2) on the fused primitive.
+
+    S(x) = max_k softmax_k(c_k / T) = exp(max_k c_k/T − LSE_k(c_k/T))
+
+The fused kernel's online state already holds the running max of the single
+segment, so MCM costs one pass and never forms the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastood.ops._dispatch import check_pair, check_positive_finite, run_segment_lse
+
+__all__ = ["mcm_score"]
+
+
+@torch.library.custom_op("fastood::mcm_score", mutates_args=())
+def _mcm_op(
+    x: Tensor, id_bank: Tensor, temperature: float, normalize: bool, want_pred: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    temperature = check_positive_finite("temperature", temperature)
+    off = torch.tensor([0, id_bank.shape[0]], dtype=torch.int64)
+    lse, max0, pred = run_segment_lse(
+        x, id_bank, off, 1.0 / temperature, normalize, want_pred, backend, bank_name="id_bank"
+    )
+    return torch.exp(max0 - lse[:, 0]), pred
+
+
+@_mcm_op.register_fake
+def _(x, id_bank, temperature, normalize, want_pred, backend):
+    B = x.shape[0]
+    return x.new_empty((B,), dtype=torch.float32), x.new_empty((B if want_pred else 0,), dtype=torch.int64)
+
+
+def mcm_score(
+    x: Tensor,
+    id_bank: Tensor,
+    *,
+    temperature: float = 1.0,
+    normalize: bool = True,
+    return_pred: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """MCM score ``max_k softmax_k(cos_k / T)``, higher = more in-distribution.
+
+    Args:
+        x: (B, D) image features (float16 / bfloat16 / float32).
+        id_bank: (K, D) unit-norm ID label embeddings on ``x``'s device.
+        temperature: T (SPEC: 1, on raw cosine).
+        normalize: L2-normalise ``x`` rows (zero-norm rows are an error).
+        return_pred: also return ``argmax_k cos_k`` (int64).
+        backend: see :func:`fastood.ops.segment_lse`.
+    """
+    check_pair(x, id_bank, "x", "id_bank")
+    score, pred = _mcm_op(x, id_bank, float(temperature), bool(normalize), bool(return_pred), backend)
+    return (score, pred) if return_pred else score

@@ -1,0 +1,90 @@
+"""``neglabel_score``: the NegLabel grouped score (shared/SPEC.md §1) on the fused primitive.
+
+Bank layout ``[ID (K) | negatives (M)]``. The last ``M mod G`` negatives are
+dropped; the remaining ``G·m`` rows form G contiguous groups of ``m = M // G``.
+With ``L_id = LSE_{k≤K}(c_k/τ)`` and ``L_g = LSE_{j∈g}(c_j/τ)``:
+
+    S(x) = (1/G) Σ_g Σ_k e^{c_k/τ} / (Σ_k e^{c_k/τ} + Σ_{j∈g} e^{c_j/τ})
+         = mean_g sigmoid(L_id − L_g)
+
+The sigmoid of an LSE difference never forms a ratio of exponentials, so it does
+not overflow at τ = 0.01. ``G = 1`` is the ungrouped softmax score.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from fastood.ops._dispatch import check_int, check_pair, check_positive_finite, run_segment_lse
+
+__all__ = ["neglabel_score", "neglabel_offsets"]
+
+
+def neglabel_offsets(num_id: int, num_bank: int, groups: int) -> list[int]:
+    """``[0, K, K+m, …, K+G·m]`` with ``m = (N − K) // G``; validates the layout."""
+    check_int("num_id", num_id, 1, num_bank - 1)
+    num_neg = num_bank - num_id
+    check_int("groups", groups, 1, num_neg)
+    m = num_neg // groups
+    return [0] + [num_id + g * m for g in range(groups + 1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets_on(num_id: int, num_bank: int, groups: int, device: str) -> Tensor:
+    return torch.tensor(neglabel_offsets(num_id, num_bank, groups), dtype=torch.int64, device=device)
+
+
+@torch.library.custom_op("fastood::neglabel_score", mutates_args=())
+def _neglabel_op(
+    x: Tensor, bank: Tensor, num_id: int, groups: int, temperature: float, normalize: bool, want_pred: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    check_pair(x, bank)
+    temperature = check_positive_finite("temperature", temperature)
+    off = _offsets_on(num_id, bank.shape[0], groups, "cpu")
+    kept = bank[: int(off[-1])]  # drop the last M mod G negatives
+    lse, _, pred = run_segment_lse(x, kept, off, 1.0 / temperature, normalize, want_pred, backend)
+    score = torch.sigmoid(lse[:, :1] - lse[:, 1:]).mean(dim=1)
+    return score, pred
+
+
+@_neglabel_op.register_fake
+def _(x, bank, num_id, groups, temperature, normalize, want_pred, backend):
+    B = x.shape[0]
+    return x.new_empty((B,), dtype=torch.float32), x.new_empty((B if want_pred else 0,), dtype=torch.int64)
+
+
+def neglabel_score(
+    x: Tensor,
+    bank: Tensor,
+    num_id: int,
+    *,
+    groups: int = 1,
+    temperature: float = 0.01,
+    normalize: bool = True,
+    return_pred: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """NegLabel score, higher = more in-distribution.
+
+    Args:
+        x: (B, D) image features (float16 / bfloat16 / float32).
+        bank: (N, D) unit-norm text embeddings ``[ID | negatives]`` on ``x``'s device;
+            grouping is contiguous (permuting negatives is the bank builder's job).
+        num_id: K, the number of ID rows at the top of ``bank`` (1 ≤ K < N).
+        groups: G ≥ 1 and ≤ the number of negatives; the remainder is dropped.
+        temperature: τ, logits are ``cos / τ``.
+        normalize: L2-normalise ``x`` rows (zero-norm rows are an error).
+        return_pred: also return the ID prediction ``argmax_{k<K} cos`` (int64).
+        backend: see :func:`fastood.ops.segment_lse`.
+
+    Returns:
+        scores (B,) float32, or ``(scores, pred)`` with ``return_pred``.
+    """
+    if not isinstance(bank, Tensor) or bank.dim() != 2:
+        check_pair(x, bank)
+    neglabel_offsets(num_id, bank.shape[0], groups)  # argument errors before the op
+    score, pred = _neglabel_op(x, bank, num_id, groups, float(temperature), bool(normalize), bool(return_pred), backend)
+    return (score, pred) if return_pred else score

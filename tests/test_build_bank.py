@@ -1,0 +1,129 @@
+"""End to end with a tiny random open_clip model: corpus → encoded bank → mined
+negatives → grouped layout → fastood.ops.neglabel_score equals the float64
+reference formula evaluated directly on the same embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastood import reference as R
+from fastood.bank import TextBank
+from fastood.build_bank import bank_for, build_bank
+from fastood.labels import image_prototypes, load_corpus, mine_neglabel
+from fastood.models import encode_texts, load_clip
+from fastood.ops import neglabel_score
+
+CLASSES = ["dog", "cat", "airplane", "tree", "car", "violin"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return load_clip(
+        "ViT-B-32", pretrained="", device="cpu", embed_dim=32,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def small_corpus():
+    full = load_corpus("neglabel")
+    keep = np.zeros(len(full), dtype=bool)
+    keep[::97] = True  # ~730 words, nouns and adjectives
+    return full.filter(keep)
+
+
+def test_neglabel_bank_end_to_end(clip, small_corpus):
+    bank = build_bank(clip, CLASSES, corpus=small_corpus, groups=7, seed=1, progress=False)
+    # independent recomputation of every step from the same model
+    id_emb = encode_texts(clip.model, clip.tokenizer, [f"the nice {c}" for c in CLASSES], progress=False)
+    prompts = [("This is a {} photo" if p == "a" else "the nice {}").format(w) for w, p in zip(small_corpus.words, small_corpus.pos)]
+    cand = encode_texts(clip.model, clip.tokenizer, prompts, progress=False)
+    sel = mine_neglabel(id_emb, cand, small_corpus.pos)
+    n_noun = int(np.count_nonzero(small_corpus.pos == "n"))
+    n_adj = len(small_corpus) - n_noun
+    assert sel.numel() == int(0.15 * n_noun) + int(0.15 * n_adj)
+    kept = (sel.numel() // 7) * 7
+    perm = torch.randperm(kept, generator=torch.Generator().manual_seed(1))
+    expected = torch.cat([id_emb, cand[sel][:kept][perm]])
+    assert torch.allclose(bank.embeddings, expected, atol=1e-6)
+    assert bank.neg_labels == [small_corpus.words[i] for i in sel[:kept][perm].tolist()]
+    assert bank.meta["text_weights_sha256"] == clip.text_hash()
+
+    x = torch.randn(9, 32)
+    score, pred = neglabel_score(x, bank.embeddings, bank.num_id, groups=bank.groups, return_pred=True)
+    truth = R.neglabel_score(x.double(), expected.double(), len(CLASSES), groups=7)
+    assert (score.double() - truth).abs().max() < 1e-5
+    assert torch.equal(pred, (torch.nn.functional.normalize(x, dim=1) @ id_emb.T).argmax(1))
+
+
+def test_cached_build_and_model_mismatch(clip, small_corpus, tmp_path):
+    a = bank_for(clip, CLASSES, corpus=small_corpus, groups=5, cache=str(tmp_path), progress=False)
+    b = bank_for(clip, CLASSES, corpus=small_corpus, groups=5, cache=str(tmp_path), progress=False)
+    assert torch.equal(a.embeddings, b.embeddings)
+    assert len(list((tmp_path / "banks").iterdir())) == 1
+    # a different text tower → a different bank file, never the stale one
+    with torch.no_grad():
+        clip.model.token_embedding.weight[0, 0] += 1.0
+    clip._text_hash = None
+    c = bank_for(clip, CLASSES, corpus=small_corpus, groups=5, cache=str(tmp_path), progress=False)
+    assert len(list((tmp_path / "banks").iterdir())) == 2
+    assert c.meta["text_weights_sha256"] != a.meta["text_weights_sha256"]
+    with torch.no_grad():
+        clip.model.token_embedding.weight[0, 0] -= 1.0
+    clip._text_hash = None
+
+
+def test_interneg_bank(clip, small_corpus):
+    # few-shot "image" features close to their class's text embedding, as a CLIP model gives
+    id_emb = encode_texts(clip.model, clip.tokenizer, [f"The nice {c}." for c in CLASSES], progress=False)
+    labels = torch.arange(30) % len(CLASSES)
+    feats = id_emb[labels] + 0.05 * torch.randn(30, 32, generator=torch.Generator().manual_seed(0))
+    protos = image_prototypes(feats, labels)
+    bank = build_bank(clip, CLASSES, method="interneg", prototypes=protos, corpus=small_corpus,
+                      num_negatives=40, progress=False)
+    assert bank.groups == 5 and bank.num_neg % 5 == 0 and bank.num_neg <= 40
+    assert bank.meta["mining"]["m"] == 40
+    with pytest.raises(ValueError, match="prototypes"):
+        build_bank(clip, CLASSES, method="interneg", corpus=small_corpus, progress=False)
+
+
+def test_csp_bank_uses_ensembles_and_exclusion(clip, tmp_path):
+    corpus = load_corpus("csp")
+    keep = np.zeros(len(corpus), dtype=bool)
+    keep[::211] = True
+    bank = build_bank(clip, CLASSES, method="csp", corpus=corpus.filter(keep), groups=3, progress=False)
+    assert len(bank.meta["prompts"]["noun"]) > 1
+    assert "after_exclusion" in bank.meta["mining"]
+    back = TextBank.load(bank.save(tmp_path / "csp.safetensors"))
+    assert back.neg_labels == bank.neg_labels
+
+
+def test_unknown_method(clip):
+    with pytest.raises(ValueError, match="method"):
+        build_bank(clip, CLASSES, method="bogus")
+
+
+def test_mine_command_writes_a_loadable_bank(tmp_path, capsys):
+    import json
+
+    from fastood.cli import main
+
+    corpus = tmp_path / "words.tsv"
+    corpus.write_text("# my candidates\nrock\tn\nriver\tn\ncloud\nsmooth\ta\nrusty\ta\nglass\tn\nthunder\tn\n" * 3)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("dog\ncat\n# comment\nbird\n")
+    kwargs = json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+                         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}})
+    out = tmp_path / "bank.safetensors"
+    rc = main(["mine", "--model", "ViT-B-32", "--pretrained", "none", "--model-kwargs", kwargs, "--classes", str(classes),
+               "--corpus", str(corpus), "--ratio", "0.5", "--groups", "2", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert rc == 0
+    bank = TextBank.load(out)
+    assert bank.id_labels == ["dog", "cat", "bird"]
+    assert bank.groups == 2 and bank.num_neg % 2 == 0 and bank.num_neg > 0
+    assert set(bank.neg_labels) <= {"rock", "river", "cloud", "smooth", "rusty", "glass", "thunder"}
+    assert "RANDOM weights" in capsys.readouterr().err
