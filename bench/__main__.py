@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 # CPU peak memory is read from the RSS high-water mark. glibc's dynamic mmap
 # threshold would keep freed logits in its heap (invisible to RSS); a fixed
@@ -20,9 +21,21 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
 import torch  # noqa: E402
 
 
+def _suites() -> list[str]:
+    """Every ``bench/<suite>.py`` module that defines ``main(args)``."""
+    here = Path(__file__).resolve().parent
+    names = []
+    for path in sorted(here.glob("*.py")):
+        if path.stem.startswith("_") or path.stem in ("common", "conftest") or path.stem.startswith("test_"):
+            continue
+        if "\ndef main(" in path.read_text():
+            names.append(path.stem)
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("suite", nargs="?", default="scores", choices=["scores", "bank", "cma"], help="which benchmark suite")
+    p.add_argument("suite", nargs="?", default="scores", choices=_suites(), help="which benchmark suite")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="one small configuration (smoke test)")
     p.add_argument("--batches", type=int, nargs="*", help="override the batch sizes")
