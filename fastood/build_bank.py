@@ -131,17 +131,18 @@ def build_bank(
     if adjs:
         cand[adjs] = _encode_ensemble(clip, [words[i] for i in adjs], adj_ts, desc="encoding adjectives", **enc)
     mining: dict[str, Any] = {"candidates": len(words)}
+    dev = clip.device  # mining GEMMs run where the model runs (the fastest device we were given)
     if method == "csp":
-        keep = torch.nonzero(csp_exclude(id_emb, cand, max_cos=csp_max_cos))[:, 0]
+        keep = torch.nonzero(csp_exclude(id_emb.to(dev), cand.to(dev), max_cos=csp_max_cos))[:, 0].cpu()
         cand, words, pos = cand[keep], [words[i] for i in keep.tolist()], [pos[i] for i in keep.tolist()]
         mining["csp_max_cos"] = csp_max_cos
         mining["after_exclusion"] = len(words)
     if method == "interneg":
         protos = prototypes.detach().float().cpu()
-        selected = mine_interneg(id_emb, protos, cand, pos, m=num_negatives)
+        selected = mine_interneg(id_emb.to(dev), protos.to(dev), cand.to(dev), pos, m=num_negatives).cpu()
         mining.update(m=num_negatives, prototypes_sha256=hashlib.sha256(protos.numpy().tobytes()).hexdigest())
     else:
-        selected = mine_neglabel(id_emb, cand, pos, percentile=percentile, ratio=ratio)
+        selected = mine_neglabel(id_emb.to(dev), cand.to(dev), pos, percentile=percentile, ratio=ratio).cpu()
         mining.update(percentile=percentile, ratio=ratio)
     mining["selected"] = int(selected.numel())
     meta = {
