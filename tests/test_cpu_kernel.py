@@ -173,6 +173,28 @@ def test_non_contiguous_inputs():
     assert max_err(lse_h, ref_h) <= 1e-4
 
 
+def test_fp16_bank_operand_cache_never_serves_a_stale_bank():
+    """The fp32 copy of an fp16 bank is reused across calls, but an in-place edit of the
+    bank (version counter) or a different bank object must be seen by the next call."""
+    gen = torch.Generator().manual_seed(11)
+    N, D = 300, 40
+    bank = torch.nn.functional.normalize(torch.randn(N, D, generator=gen), dim=1).half()
+    x = torch.randn(17, D, generator=gen).half()
+    rs = (100.0 / torch.linalg.vector_norm(x.double(), dim=1)).float()
+    off = torch.tensor([0, 50, 300])
+    first, _, _ = segment_lse_cpu(x, bank, off, rs, False)
+    again, _, _ = segment_lse_cpu(x, bank, off, rs, False)
+    assert torch.equal(first, again)
+    assert max_err(first, truth(x, bank, off, rs)[0]) <= 1e-4
+    bank.mul_(-1.0)  # in place: same object, new contents
+    flipped, _, _ = segment_lse_cpu(x, bank, off, rs, False)
+    assert max_err(flipped, truth(x, bank, off, rs)[0]) <= 1e-4
+    assert not torch.allclose(flipped, first)
+    other = bank.flip(0).contiguous()  # a new object
+    lse_o, _, _ = segment_lse_cpu(x, other, off, rs, False)
+    assert max_err(lse_o, truth(x, other, off, rs)[0]) <= 1e-4
+
+
 def test_rows_identical_to_bank_rows_at_scale_100():
     gen = torch.Generator().manual_seed(3)
     N, D = 513, 512

@@ -11,7 +11,8 @@ For each block of ``block_rows`` rows of ``x``:
    into the output tensors.
 
 Extra memory: the logits buffer (≤ ``max_block_bytes``, 24 MiB by default), one
-fp32 copy of the bank when it is fp16/bf16 (or has strides BLAS cannot use), and
+fp32 copy of the bank when it is fp16/bf16 (or has strides BLAS cannot use; the copy
+of the most recent such bank is kept for the next call while that bank lives), and
 an fp32 copy of the x block. Never the full B×N logits.
 
 The block size was picked by measurement (bench/cpu_reduction_compare.py --sweep,
@@ -23,6 +24,8 @@ default; the byte cap keeps the buffer bounded for larger banks.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import Tensor
@@ -48,6 +51,26 @@ def _blas_operand(t: Tensor) -> Tensor:
     if t.stride(1) == 1 or t.stride(0) == 1:
         return t
     return t.contiguous()
+
+
+# The last bank's fp32 BLAS operand, when that bank needed a copy (fp16/bf16 or odd strides).
+# A detector scores batch after batch against one fixed bank: re-upcasting it every call
+# costs ~N·D·6 bytes of memory traffic (≈ 7 ms at N = 11,400, D = 512 on 2 cores), as much
+# as the GEMM itself at B = 256. Keyed on the tensor object (weakref) and its version
+# counter, so an in-place change to the bank, or a new bank, is never served stale.
+_operand_cache: tuple[weakref.ref, int, Tensor] | None = None
+
+
+def _bank_operand(bank: Tensor) -> Tensor:
+    global _operand_cache
+    if bank.dtype == torch.float32 and (bank.stride(1) == 1 or bank.stride(0) == 1):
+        return bank  # used in place, nothing to cache
+    cached = _operand_cache
+    if cached is not None and cached[0]() is bank and cached[1] == bank._version:
+        return cached[2]
+    operand = _blas_operand(bank)
+    _operand_cache = (weakref.ref(bank), bank._version, operand)
+    return operand
 
 
 def block_rows_for(batch: int, n_cols: int, block_rows: int | None = None, max_block_bytes: int = MAX_BLOCK_BYTES) -> int:
@@ -100,7 +123,7 @@ def segment_lse_cpu(
         return lse, max0, arg0
 
     nthreads = torch.get_num_threads() if num_threads is None else int(num_threads)
-    bank_t = _blas_operand(bank).T  # (D, N) view; fp16/bf16 upcast once per call
+    bank_t = _bank_operand(bank).T  # (D, N) view; fp16/bf16 upcast once per bank (cached)
     rs = row_scale.to(torch.float32)
     rows = block_rows_for(B, N, block_rows, max_block_bytes)
     buf = torch.empty(rows, N, dtype=torch.float32)
