@@ -368,3 +368,72 @@ def test_error_paths_of_the_module_and_backends():
     # Zero-norm rows are fine without normalisation.
     z = torch.cat([torch.zeros(1, 3), torch.randn(3, 3)])
     assert torch.isfinite(cma_loss(z, torch.randn(4, 3), 10.0, normalize=False))
+
+
+# ------------------------------------------------------------- audit additions (issue #5)
+MORE_ERRORS = [
+    (_set(logit_scale=True), TypeError, "logit_scale"),
+    (_set(logit_scale=-1), ValueError, "logit_scale"),
+    (_set(text_features=lambda: torch.randn(0, 3), labels=lambda: torch.zeros(4, dtype=torch.int64)), ValueError,
+     "text_features is empty"),
+    (_set(text_features=lambda: torch.randn(3, 3), labels=lambda: torch.tensor([0, 1, 3, 2])), ValueError,
+     r"labels must be in \[0, 3\).*labels\[2\] = 3"),
+    (_set(text_features=lambda: torch.tensor([[1.0, 2, 3]] * 3 + [[0.0, float("inf"), 0]])), ValueError,
+     "text_features has non-finite values \\(first in row 3\\)"),
+    (_set(image_features=lambda: torch.randn(4, 3, dtype=torch.float64), text_features=lambda: torch.randn(4, 5)),
+     ValueError, "width D=3.*width D=5"),
+]
+
+
+@pytest.mark.parametrize("make,exc,match", MORE_ERRORS)
+def test_more_errors(make, exc, match):
+    with pytest.raises(exc, match=match):
+        cma_loss(**make())
+
+
+@pytest.mark.parametrize("mode", ["pair", "class"])
+def test_module_gather_without_process_group_is_plain_loss(mode):
+    """``gather=True`` outside torch.distributed does nothing: same loss and gradients."""
+    x64, t64, labels = make_inputs(12, 9, K=None if mode == "pair" else 5, seed=13)
+    x, t, s = x64.float(), t64.float(), torch.tensor(40.0)
+    ref = loss_and_grads(cma_loss, x, t, s, lam=0.01, labels=labels)
+    out = loss_and_grads(lambda a, b, c: CMALoss(lam=0.01, gather=True)(a, b, c, labels=labels), x, t, s)
+    for u, v in zip(out, ref):
+        assert torch.equal(u, v)
+
+
+def test_lambda_one_and_class_mode_by_hand():
+    """Hand-computed truth: two images, two classes, orthogonal unit features.
+
+    L = s·I, LSE of each row = log(e^s + 1); class mode with λ: loss = −s + (1−λ)·log(e^s + 1)."""
+    x = torch.eye(2, dtype=torch.float64)
+    s = 2.0
+    lse = torch.log(torch.exp(torch.tensor(s, dtype=torch.float64)) + 1)
+    for lam in (0.0, 0.25, 1.0):
+        want = -s + (1 - lam) * lse
+        got_class = cma_loss(x, x, s, lam=lam, labels=torch.tensor([0, 1]))
+        got_pair = cma_loss(x, x, s, lam=lam)  # symmetric: rows and columns alike
+        torch.testing.assert_close(got_class, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_pair, want, rtol=1e-12, atol=1e-12)
+
+
+def test_autocast_does_not_leak_into_the_op():
+    """Under CPU autocast (the trainer's --precision bf16 off-GPU; CUDA autocast alike) the op
+    keeps its own fp32 compute: the result equals the op on the same bf16 features outside
+    autocast, bitwise, loss and gradients. (Regression: autocast stays on inside a custom
+    op's implementation, and the torch backend's GEMMs used to drop to bf16 — a 2e-3
+    error at s = 50, 20× the fp32 path's.)"""
+    x64, t64, _ = make_inputs(16, 12, seed=14)
+    x = x64.to(torch.bfloat16).requires_grad_()
+    t = t64.to(torch.bfloat16)
+    s = torch.tensor(50.0, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = cma_loss(x, t, s, backend="torch")
+        g_inside = torch.autograd.grad(inside, (x, s))
+    outside = cma_loss(x, t, s, backend="torch")
+    g_outside = torch.autograd.grad(outside, (x, s))
+    assert inside.dtype == torch.float32
+    assert torch.equal(inside, outside)
+    assert all(torch.equal(u, v) for u, v in zip(g_inside, g_outside))
+    truth = R.cma_loss(x.detach().double(), t.double(), s.detach().double())
+    assert abs(inside.item() - truth.item()) < 1e-5

@@ -30,6 +30,7 @@ normalisation ``∂x_i = (∂u_i − u_i (u_i·∂u_i)) / ||x_i||``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -292,12 +293,30 @@ def _weights(B: int, lam: float, pair: bool) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- raw ops
+def _no_autocast(device: torch.device):
+    """Autocast off inside the op bodies.
+
+    A custom op is not on autocast's cast lists, so its inputs pass through unchanged,
+    but the autocast state stays on while its implementation runs: the torch backend's
+    fp32 GEMMs would silently drop to bf16/fp16 (at s = 100 that moves the loss in the
+    third digit). The op's own dtype policy (fp32 compute) must hold under AMP.
+    """
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @torch.library.custom_op("fastood::cma_loss_fwd", mutates_args=())
 def _cma_loss_fwd(
     image: Tensor, text: Tensor, scale: Tensor, labels: Tensor | None, lam: float, normalize: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(loss, row_lse, row_comp, col_lse, col_comp, inv_norm_image, inv_norm_text)``;
     all but the loss are saved for the backward (``col_*`` are empty in class-bank mode)."""
+    with _no_autocast(image.device):
+        return _cma_loss_fwd_impl(image, text, scale, labels, lam, normalize, backend)
+
+
+def _cma_loss_fwd_impl(image, text, scale, labels, lam, normalize, backend):
     cd = _compute_dtype(image.dtype)
     nx, rx = _inverse_norms(image, cd, normalize)
     nt, rt = _inverse_norms(text, cd, normalize)
@@ -337,6 +356,13 @@ def _cma_loss_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the loss (times ``grad``) w.r.t. image, text and scale; an empty (0,)
     tensor stands for each one not asked for."""
+    with _no_autocast(image.device):
+        return _cma_loss_bwd_impl(grad, image, text, scale, labels, row_lse, row_comp, col_lse, col_comp, rx, rt,
+                                  lam, normalize, need_image, need_text, need_scale, backend)
+
+
+def _cma_loss_bwd_impl(grad, image, text, scale, labels, row_lse, row_comp, col_lse, col_comp, rx, rt,
+                       lam, normalize, need_image, need_text, need_scale, backend):
     cd = _compute_dtype(image.dtype)
     B = image.shape[0]
     s, c = scale.to(cd), grad.to(cd) / B
