@@ -4,14 +4,19 @@
 // (`tensor.numpy()` is zero-copy) and reduces a block of fp32 logits in place
 // into the caller's output arrays, with the GIL released.
 //
-// CUDA kernels (csrc/cuda/*.cu, built when CMake finds nvcc, FASTOOD_WITH_CUDA)
-// add their functions by defining `fastood_register_cuda(py::module_&)`; it is
-// declared weak here, so the module builds and loads with or without them.
+// CUDA (csrc/cuda/*.cu, built when CMake finds nvcc: FASTOOD_WITH_CUDA): the
+// launchers take device pointers, element strides and the cudaStream_t as Python
+// ints (`tensor.data_ptr()`, `torch.cuda.current_stream().cuda_stream`), so the
+// module never links libtorch. The CUDA runtime is linked statically and touched
+// only when a CUDA function is called: the module imports on machines without a
+// GPU or driver. Bad arguments raise ValueError; a failed launch raises RuntimeError
+// with the CUDA error name.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <climits>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 #ifdef _OPENMP
@@ -19,12 +24,11 @@
 #endif
 
 #include "cpu/segment_lse.h"
+#ifdef FASTOOD_WITH_CUDA
+#include "cuda/fastood_cuda.cuh"
+#endif
 
 namespace py = pybind11;
-
-#if defined(FASTOOD_WITH_CUDA) && (defined(__GNUC__) || defined(__clang__))
-void fastood_register_cuda(py::module_& m) __attribute__((weak));
-#endif
 
 namespace {
 
@@ -152,6 +156,11 @@ py::dict build_info() {
   d["openmp_version"] = py::none();
 #endif
   d["cuda"] = cuda_available();
+#ifdef FASTOOD_WITH_CUDA
+  d["cuda_runtime"] = fastood::cuda::runtime_version();
+#else
+  d["cuda_runtime"] = py::none();
+#endif
   d["cpu_isa"] = fastood::cpu::resolved_isa_name(Isa::Auto);
   d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) + "." +
                   std::to_string(PYBIND11_VERSION_PATCH);
@@ -163,6 +172,151 @@ py::dict build_info() {
   return d;
 }
 
+
+#ifdef FASTOOD_WITH_CUDA
+namespace fc = fastood::cuda;
+
+fc::DType parse_dtype(const std::string& name) {
+  if (name == "float32") return fc::DType::kFloat32;
+  if (name == "float16") return fc::DType::kFloat16;
+  if (name == "bfloat16") return fc::DType::kBFloat16;
+  throw py::value_error("dtype must be 'float32', 'float16' or 'bfloat16', got '" + name + "'");
+}
+
+template <typename P>
+P* as_ptr(uintptr_t v) {
+  return reinterpret_cast<P*>(v);
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+py::tuple cuda_plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits,
+                           int64_t max_workspace_bytes) {
+  require(B >= 1 && N >= 1 && S >= 1, "plan_splits: B, N and S must be >= 1");
+  require(num_splits >= 0, "num_splits must be >= 0 (0 = automatic)");
+  require(max_workspace_bytes >= 0, "max_workspace_bytes must be >= 0");
+  const fc::SplitPlan p = fc::plan_splits(B, N, S, sm_count, num_splits, max_workspace_bytes);
+  return py::make_tuple(p.splits, p.chunk, p.workspace_bytes);
+}
+
+void segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
+                      int64_t N, int64_t D, uintptr_t offsets, int64_t S, uintptr_t row_scale, uintptr_t lse,
+                      uintptr_t max0, uintptr_t argmax0, int64_t splits, int64_t chunk, uintptr_t workspace,
+                      int64_t workspace_bytes, uintptr_t stream) {
+  fc::SegmentLseArgs a;
+  a.dtype = parse_dtype(dtype);
+  require(B >= 1 && N >= 1 && D >= 1 && S >= 1, "segment_lse_cuda: B, N, D and S must be >= 1");
+  require(ldx >= 0 && ldb >= 0, "segment_lse_cuda: row strides must be >= 0");
+  require(x && bank && offsets && row_scale && lse && max0, "segment_lse_cuda: null device pointer");
+  a.x = as_ptr<const void>(x);
+  a.ldx = ldx;
+  a.bank = as_ptr<const void>(bank);
+  a.ldb = ldb;
+  a.B = B;
+  a.N = N;
+  a.D = D;
+  a.offsets = as_ptr<const int64_t>(offsets);
+  a.S = S;
+  a.row_scale = as_ptr<const float>(row_scale);
+  a.lse = as_ptr<float>(lse);
+  a.max0 = as_ptr<float>(max0);
+  a.argmax0 = argmax0 ? as_ptr<int64_t>(argmax0) : nullptr;
+  a.plan.splits = splits;
+  a.plan.chunk = chunk;
+  a.workspace = workspace ? as_ptr<void>(workspace) : nullptr;
+  a.workspace_bytes = workspace_bytes;
+  a.plan.workspace_bytes = workspace_bytes;
+  a.stream = as_ptr<void>(stream);
+  std::string err;
+  {
+    py::gil_scoped_release nogil;
+    err = fc::segment_lse(a);
+  }
+  if (!err.empty()) throw std::runtime_error(err);
+}
+
+fc::HeadConfig head_config(const std::string& method, int64_t num_id, int64_t groups, double temperature,
+                           bool normalize) {
+  fc::HeadConfig c;
+  if (method == "neglabel") c.method = fc::HeadMethod::kNegLabel;
+  else if (method == "mcm") c.method = fc::HeadMethod::kMcm;
+  else throw py::value_error("method must be 'neglabel' or 'mcm', got '" + method + "'");
+  c.num_id = num_id;
+  c.groups = groups;
+  c.temperature = static_cast<float>(temperature);
+  c.normalize = normalize;
+  return c;
+}
+
+int64_t cuda_head_workspace_bytes(const std::string& method, int64_t num_id, int64_t groups, double temperature,
+                                  bool normalize, int64_t max_B, int64_t N, int sm_count) {
+  const fc::HeadConfig c = head_config(method, num_id, groups, temperature, normalize);
+  const std::string why = fc::head_check(c, N);
+  require(why.empty(), why);
+  return fc::head_workspace_bytes(c, max_B, N, sm_count);
+}
+
+void head_score_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
+                     int64_t N, int64_t D, const std::string& method, int64_t num_id, int64_t groups,
+                     double temperature, bool normalize, uintptr_t score, uintptr_t pred, uintptr_t workspace,
+                     int64_t workspace_bytes, int sm_count, uintptr_t stream) {
+  fc::HeadArgs a;
+  a.dtype = parse_dtype(dtype);
+  a.cfg = head_config(method, num_id, groups, temperature, normalize);
+  const std::string why = fc::head_check(a.cfg, N);
+  require(why.empty(), why);
+  require(B >= 1 && D >= 1, "head_score_cuda: B and D must be >= 1");
+  require(x && bank && score && workspace, "head_score_cuda: null device pointer");
+  a.x = as_ptr<const void>(x);
+  a.ldx = ldx;
+  a.bank = as_ptr<const void>(bank);
+  a.ldb = ldb;
+  a.B = B;
+  a.N = N;
+  a.D = D;
+  a.score = as_ptr<float>(score);
+  a.pred = pred ? as_ptr<int32_t>(pred) : nullptr;
+  a.workspace = as_ptr<void>(workspace);
+  a.workspace_bytes = workspace_bytes;
+  a.sm_count = sm_count;
+  a.stream = as_ptr<void>(stream);
+  std::string err;
+  {
+    py::gil_scoped_release nogil;
+    err = fc::head_score(a);
+  }
+  if (!err.empty()) throw std::runtime_error(err);
+}
+
+void register_cuda(py::module_& m) {
+  m.def("cuda_runtime_version", &fc::runtime_version, "CUDART_VERSION the CUDA kernels were built with.");
+  m.def("cuda_plan_splits", &cuda_plan_splits, py::arg("B"), py::arg("N"), py::arg("S"), py::arg("sm_count"),
+        py::arg("num_splits") = 0, py::arg("max_workspace_bytes") = fc::kDefaultSplitWorkspaceBytes,
+        "Split of the N bank columns for the CUDA segmented-LSE kernel: (splits, chunk, workspace_bytes).");
+  m.def("segment_lse_cuda", &segment_lse_cuda, py::arg("dtype"), py::arg("x"), py::arg("ldx"), py::arg("bank"),
+        py::arg("ldb"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("offsets"), py::arg("S"),
+        py::arg("row_scale"), py::arg("lse"), py::arg("max0"), py::arg("argmax0"), py::arg("splits"),
+        py::arg("chunk"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+        R"doc(Enqueue the CUDA segmented-LSE kernel(s) on `stream` (a cudaStream_t as int).
+
+All pointers are device addresses as ints (0 = None for argmax0 / workspace); x (B, D) and
+bank (N, D) have unit stride along D and row strides ldx / ldb (elements); offsets (S+1,)
+int64 (validated by the caller); row_scale (B,) f32; lse (B, S) f32 row-major; max0 (B,) f32;
+argmax0 (B,) int64. (splits, chunk, workspace_bytes) from cuda_plan_splits; the workspace must
+be 256-byte aligned. Asynchronous: errors of the launch itself raise RuntimeError.)doc");
+  m.def("cuda_head_workspace_bytes", &cuda_head_workspace_bytes, py::arg("method"), py::arg("num_id"),
+        py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("max_B"), py::arg("N"),
+        py::arg("sm_count"), "Workspace bytes of head_score_cuda for batches up to max_B rows.");
+  m.def("head_score_cuda", &head_score_cuda, py::arg("dtype"), py::arg("x"), py::arg("ldx"), py::arg("bank"),
+        py::arg("ldb"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("method"), py::arg("num_id"),
+        py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("score"), py::arg("pred"),
+        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("sm_count"), py::arg("stream"),
+        R"doc(The TensorRT plugin's computation (NegLabel / MCM score + int32 prediction) on raw
+device pointers: score (B,) f32, pred (B,) int32 or 0. For tests of the plugin path without TensorRT.)doc");
+}
+#endif  // FASTOOD_WITH_CUDA
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -184,8 +338,6 @@ NaN propagates (torch semantics). num_threads <= 0 uses the OpenMP default. isa:
         "The SIMD path the CPU kernels use on this machine ('avx2-fma' or 'generic').");
 
 #ifdef FASTOOD_WITH_CUDA
-#if defined(__GNUC__) || defined(__clang__)
-  if (fastood_register_cuda) fastood_register_cuda(m);
-#endif
+  register_cuda(m);
 #endif
 }

@@ -1,0 +1,128 @@
+// Host API of fastood's CUDA kernels (csrc/cuda/*.cu).
+//
+// This header is plain C++17 — no CUDA syntax, no CUDA headers — so that the
+// pybind11 bindings (csrc/bindings.cpp, built by the host compiler) and the
+// TensorRT plugin (csrc/trt/) can include it. Device pointers and the CUDA
+// stream travel as `void*`; errors come back as a non-empty std::string.
+//
+// The one primitive (shared/DESIGN.md): for features x (B×D), a bank (N×D),
+// column segments 0 = off[0] ≤ off[1] ≤ … ≤ off[S] = N and a per-row scale r,
+//
+//   L[i, j]   = r[i] · <x_i, bank_j>                                  (natural-log units)
+//   lse[i, s] = log Σ_{j ∈ [off[s], off[s+1])} exp(L[i, j])            (−inf when empty)
+//   max0[i]   = max_{j ∈ seg 0} L[i, j],   argmax0[i] = first maximiser (0 when seg 0 is empty)
+//
+// computed without writing the B×N logits: 128-row × 64-column tiles of the GEMM
+// (fp16/bf16 on tensor cores through WMMA, fp32 with IEEE FMAs on the SIMT cores),
+// an fp32 online (running max, rescaled sum) state per row in base 2, and, for small
+// batches, a split of the columns with a second, deterministic merge kernel.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fastood {
+namespace cuda {
+
+enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Tile shape of the segmented-LSE kernel (rows of x per block, bank columns per tile).
+// Split chunks are multiples of kTileN so that no tile straddles two splits.
+constexpr int64_t kTileB = 128;
+constexpr int64_t kTileN = 64;
+// Largest N the kernel indexes with 32-bit column numbers.
+constexpr int64_t kMaxColumns = (int64_t{1} << 31) - 1 - 2 * kTileN;
+// Default cap on the split workspace (partial m, l per split, segment and row).
+constexpr int64_t kDefaultSplitWorkspaceBytes = int64_t{64} << 20;
+
+// How the columns are split. splits == 1: single pass, no workspace, no merge kernel.
+struct SplitPlan {
+  int64_t splits = 1;
+  int64_t chunk = 0;            // columns per split (multiple of kTileN), == N rounded up when splits == 1
+  int64_t workspace_bytes = 0;  // bytes the split path needs (0 when splits == 1)
+};
+
+// Pick the split of N columns for a batch of B rows and S segments.
+//   num_splits > 0 forces that many splits (rounded to whole tiles, so possibly fewer);
+//   num_splits == 0 splits only when the ceil(B / kTileB) row blocks cannot fill the GPU
+//   (fewer than ~4 blocks per SM), never below one tile per split.
+// The workspace never exceeds max_workspace_bytes (the split count is lowered to fit;
+// a single pass needs none).
+SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits,
+                      int64_t max_workspace_bytes = kDefaultSplitWorkspaceBytes);
+
+struct SegmentLseArgs {
+  DType dtype = DType::kFloat32;
+  const void* x = nullptr;     // (B, D), unit stride along D, row stride ldx (elements, >= 0)
+  int64_t ldx = 0;
+  const void* bank = nullptr;  // (N, D), unit stride along D, row stride ldb (elements, >= 0)
+  int64_t ldb = 0;
+  int64_t B = 0, N = 0, D = 0;
+  const int64_t* offsets = nullptr;  // device, (S+1,), validated by the caller
+  int64_t S = 0;
+  const float* row_scale = nullptr;  // device, (B,)
+  float* lse = nullptr;              // device, (B, S) row-major
+  float* max0 = nullptr;             // device, (B,)
+  int64_t* argmax0 = nullptr;        // device, (B,) or nullptr when not wanted
+  SplitPlan plan;                    // from plan_splits
+  void* workspace = nullptr;         // device, >= plan.workspace_bytes, 256-byte aligned
+  int64_t workspace_bytes = 0;
+  void* stream = nullptr;            // cudaStream_t
+};
+
+// Validate the arguments and enqueue the kernels on `stream`. Returns "" on success,
+// else a message (bad argument, or the CUDA error of a failed launch).
+std::string segment_lse(const SegmentLseArgs& a);
+
+// ---- The fused detector head (what the TensorRT plugin runs) ------------------------
+//
+// method kNegLabel: bank = [ID (K) | negatives], groups G, the last (N−K) mod G negatives
+//   dropped; score = mean_g sigmoid(LSE_id − LSE_g) (shared/SPEC.md §1).
+// method kMcm: only the first K bank rows are used; score = exp(max/T − LSE) (SPEC §2).
+// pred = first argmax over the K ID cosines (int32). Logits = cos / temperature, with
+// cos = x̂·t (x̂ = x/||x|| when normalize, else x). A zero-norm row (with normalize)
+// gives a NaN score and pred 0.
+enum class HeadMethod : int32_t { kNegLabel = 0, kMcm = 1 };
+
+struct HeadConfig {
+  HeadMethod method = HeadMethod::kNegLabel;
+  int64_t num_id = 0;
+  int64_t groups = 1;
+  float temperature = 0.01f;
+  bool normalize = true;
+};
+
+// "" when the config is valid for a bank of N rows, else the reason.
+std::string head_check(const HeadConfig& cfg, int64_t N);
+// Number of segments the head reduces (1 + G for NegLabel, 1 for MCM).
+int64_t head_segments(const HeadConfig& cfg);
+// Workspace bytes for batches of up to max_B rows (valid for every B ≤ max_B).
+int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t max_B, int64_t N, int sm_count);
+
+struct HeadArgs {
+  DType dtype = DType::kFloat32;
+  const void* x = nullptr;  // (B, D) contiguous rows (row stride ldx)
+  int64_t ldx = 0;
+  const void* bank = nullptr;  // (N, D) row stride ldb
+  int64_t ldb = 0;
+  int64_t B = 0, N = 0, D = 0;
+  HeadConfig cfg;
+  float* score = nullptr;   // device, (B,)
+  int32_t* pred = nullptr;  // device, (B,) or nullptr
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  int sm_count = 0;  // <= 0: query the current device
+  void* stream = nullptr;
+};
+
+std::string head_score(const HeadArgs& a);
+
+// SM count of a device (<= 0 on error, with the message in *err when given).
+int device_sm_count(int device, std::string* err = nullptr);
+// The calling thread's current CUDA device (-1 on error).
+int current_device(std::string* err = nullptr);
+// CUDA runtime version this code was built against (e.g. 13000).
+int runtime_version();
+
+}  // namespace cuda
+}  // namespace fastood

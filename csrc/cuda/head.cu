@@ -1,0 +1,225 @@
+// The fused detector head on the segmented-LSE kernel: what the TensorRT plugin runs
+// (csrc/trt/), also bound in fastood._C so GPU tests can check it without TensorRT.
+//
+//   1. row_scale[i] = (1/τ) / ||x_i||   (or 1/τ without normalisation)   — one warp per row
+//   2. offsets      = [0, K, K+m, …, K+G·m] (NegLabel, m = (N−K) // G) or [0, K] (MCM)
+//   3. segment_lse over the kept bank rows (segment_lse.cu)
+//   4. score: NegLabel mean_g sigmoid(LSE_id − LSE_g); MCM exp(max/T − LSE_id);
+//      pred = the segment-0 argmax as int32; a non-finite row scale (zero-norm row)
+//      gives score NaN, pred 0.
+// Everything lives in one caller-provided workspace; no allocation, no host sync, so
+// it can be captured in a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "fastood_cuda.cuh"
+
+namespace fastood {
+namespace cuda {
+namespace {
+
+int64_t align256(int64_t n) { return (n + 255) / 256 * 256; }
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// One warp per row: row_scale = inv_t / ||x_i|| (fp32 sum of squares).
+template <typename T>
+__global__ void row_scale_kernel(const T* __restrict__ x, int64_t ldx, int64_t B, int64_t D, float inv_t,
+                                 int normalize, float* __restrict__ out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= B) return;
+  if (!normalize) {
+    if (lane == 0) out[row] = inv_t;
+    return;
+  }
+  const T* xr = x + row * ldx;
+  float ss = 0.0f;
+  for (int64_t d = lane; d < D; d += 32) {
+    const float v = to_float(xr[d]);
+    ss = fmaf(v, v, ss);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (lane == 0) out[row] = inv_t / sqrtf(ss);  // ss = 0 → inf: flagged by the score kernel
+}
+
+__global__ void offsets_kernel(int64_t* __restrict__ off, int64_t S, int64_t K, int64_t m) {
+  for (int64_t k = threadIdx.x; k <= S; k += blockDim.x) off[k] = (k == 0) ? 0 : K + (k - 1) * m;
+}
+
+__device__ __forceinline__ float sigmoid_stable(float z) {
+  if (z >= 0.0f) return 1.0f / (1.0f + expf(-z));
+  const float e = expf(z);
+  return e / (1.0f + e);
+}
+
+__global__ void score_kernel(const float* __restrict__ lse, const float* __restrict__ max0,
+                             const int64_t* __restrict__ arg, const float* __restrict__ row_scale, int64_t B,
+                             int64_t S, int method, float* __restrict__ score, int32_t* __restrict__ pred) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B) return;
+  const bool ok = isfinite(row_scale[i]);
+  float s;
+  if (!ok) {
+    s = NAN;
+  } else if (method == static_cast<int>(HeadMethod::kMcm)) {
+    s = expf(max0[i] - lse[i * S]);
+  } else {
+    const float a = lse[i * S];
+    float acc = 0.0f;
+    for (int64_t g = 1; g < S; ++g) acc += sigmoid_stable(a - lse[i * S + g]);
+    s = acc / static_cast<float>(S - 1);
+  }
+  score[i] = s;
+  if (pred != nullptr) pred[i] = ok ? static_cast<int32_t>(arg[i]) : 0;
+}
+
+struct HeadLayout {
+  int64_t off, row_scale, lse, max0, arg, split, fixed;
+};
+
+HeadLayout head_layout(int64_t B, int64_t S) {
+  HeadLayout h{};
+  h.off = 0;
+  h.row_scale = h.off + align256((S + 1) * 8);
+  h.lse = h.row_scale + align256(B * 4);
+  h.max0 = h.lse + align256(B * S * 4);
+  h.arg = h.max0 + align256(B * 4);
+  h.split = h.arg + align256(B * 8);
+  h.fixed = h.split;
+  return h;
+}
+
+int64_t used_rows(const HeadConfig& cfg, int64_t N) {
+  if (cfg.method == HeadMethod::kMcm) return cfg.num_id;
+  const int64_t m = (N - cfg.num_id) / cfg.groups;
+  return cfg.num_id + cfg.groups * m;
+}
+
+std::string err_of(const char* what, cudaError_t e) {
+  return std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+}
+
+}  // namespace
+
+std::string head_check(const HeadConfig& cfg, int64_t N) {
+  if (!(cfg.temperature > 0.0f) || !std::isfinite(cfg.temperature))
+    return "temperature must be a positive finite number";
+  if (cfg.num_id < 1) return "num_id must be >= 1";
+  if (cfg.method == HeadMethod::kMcm) {
+    if (cfg.num_id > N) return "num_id (" + std::to_string(cfg.num_id) + ") exceeds the bank rows (" + std::to_string(N) + ")";
+    return std::string();
+  }
+  if (cfg.method != HeadMethod::kNegLabel) return "method must be neglabel or mcm";
+  if (cfg.num_id >= N)
+    return "num_id (" + std::to_string(cfg.num_id) + ") must be < the bank rows (" + std::to_string(N) +
+           ") for neglabel: the bank needs negatives";
+  if (cfg.groups < 1 || cfg.groups > N - cfg.num_id)
+    return "groups must be in [1, " + std::to_string(N - cfg.num_id) + "], got " + std::to_string(cfg.groups);
+  return std::string();
+}
+
+int64_t head_segments(const HeadConfig& cfg) { return cfg.method == HeadMethod::kMcm ? 1 : 1 + cfg.groups; }
+
+int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t max_B, int64_t N, int sm_count) {
+  const int64_t S = head_segments(cfg);
+  const int64_t B = std::max<int64_t>(max_B, 1);
+  const SplitPlan plan = plan_splits(B, used_rows(cfg, N), S, sm_count, 0);
+  return head_layout(B, S).fixed + plan.workspace_bytes;
+}
+
+std::string head_score(const HeadArgs& a) {
+  std::string why = head_check(a.cfg, a.N);
+  if (!why.empty()) return "fastood head: " + why;
+  if (a.B < 1 || a.D < 1) return "fastood head: empty batch or zero feature width";
+  if (!a.x || !a.bank || !a.score || !a.workspace) return "fastood head: a required device pointer is null";
+  if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0) return "fastood head: workspace must be 256-byte aligned";
+  const int64_t S = head_segments(a.cfg);
+  const HeadLayout lay = head_layout(a.B, S);
+  if (a.workspace_bytes < lay.fixed)
+    return "fastood head: workspace too small (" + std::to_string(a.workspace_bytes) + " < " +
+           std::to_string(lay.fixed) + " bytes)";
+  int sms = a.sm_count;
+  if (sms <= 0) {
+    std::string e;
+    const int dev = current_device(&e);
+    sms = dev >= 0 ? device_sm_count(dev, &e) : -1;
+    if (sms <= 0) return "fastood head: " + e;
+  }
+  const int64_t n_used = used_rows(a.cfg, a.N);
+  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, 0, a.workspace_bytes - lay.fixed);
+
+  char* base = static_cast<char*>(a.workspace);
+  auto* off = reinterpret_cast<int64_t*>(base + lay.off);
+  auto* rs = reinterpret_cast<float*>(base + lay.row_scale);
+  auto* lse = reinterpret_cast<float*>(base + lay.lse);
+  auto* max0 = reinterpret_cast<float*>(base + lay.max0);
+  auto* arg = reinterpret_cast<int64_t*>(base + lay.arg);
+  auto stream = static_cast<cudaStream_t>(a.stream);
+  const float inv_t = 1.0f / a.cfg.temperature;
+
+  (void)cudaGetLastError();
+  const int64_t m = a.cfg.method == HeadMethod::kMcm ? 0 : (a.N - a.cfg.num_id) / a.cfg.groups;
+  offsets_kernel<<<1, 128, 0, stream>>>(off, S, a.cfg.num_id, m);
+  constexpr int kRowsPerBlock = 8;  // 8 warps
+  const unsigned rs_blocks = static_cast<unsigned>((a.B + kRowsPerBlock - 1) / kRowsPerBlock);
+  const int norm = a.cfg.normalize ? 1 : 0;
+  switch (a.dtype) {
+    case DType::kFloat32:
+      row_scale_kernel<float><<<rs_blocks, 32 * kRowsPerBlock, 0, stream>>>(static_cast<const float*>(a.x), a.ldx,
+                                                                           a.B, a.D, inv_t, norm, rs);
+      break;
+    case DType::kFloat16:
+      row_scale_kernel<__half><<<rs_blocks, 32 * kRowsPerBlock, 0, stream>>>(static_cast<const __half*>(a.x), a.ldx,
+                                                                            a.B, a.D, inv_t, norm, rs);
+      break;
+    case DType::kBFloat16:
+      row_scale_kernel<__nv_bfloat16><<<rs_blocks, 32 * kRowsPerBlock, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(a.x), a.ldx, a.B, a.D, inv_t, norm, rs);
+      break;
+    default:
+      return "fastood head: unknown dtype";
+  }
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return err_of("fastood head: row-scale kernel launch failed", e);
+
+  SegmentLseArgs s;
+  s.dtype = a.dtype;
+  s.x = a.x;
+  s.ldx = a.ldx;
+  s.bank = a.bank;
+  s.ldb = a.ldb;
+  s.B = a.B;
+  s.N = n_used;
+  s.D = a.D;
+  s.offsets = off;
+  s.S = S;
+  s.row_scale = rs;
+  s.lse = lse;
+  s.max0 = max0;
+  s.argmax0 = arg;
+  s.plan = plan;
+  s.workspace = plan.workspace_bytes > 0 ? base + lay.split : nullptr;
+  s.workspace_bytes = a.workspace_bytes - lay.fixed;
+  s.stream = a.stream;
+  why = segment_lse(s);
+  if (!why.empty()) return "fastood head: " + why;
+
+  score_kernel<<<static_cast<unsigned>((a.B + 127) / 128), 128, 0, stream>>>(
+      lse, max0, arg, rs, a.B, S, static_cast<int>(a.cfg.method), a.score, a.pred);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return err_of("fastood head: score kernel launch failed", e);
+  return std::string();
+}
+
+}  // namespace cuda
+}  // namespace fastood
