@@ -200,8 +200,8 @@ def verify_files(manifest: dict[str, Any], directory: str | os.PathLike) -> None
             raise ManifestError(f"manifest entry for {name!r} has no sha256")
         if "bytes" in entry and p.stat().st_size != entry["bytes"]:
             raise ManifestError(
-                f"model file {str(p)!r} has {p.stat().st_size} bytes but its manifest says {entry['bytes']}: "
-                "the file is truncated, modified, or from another export"
+                f"model file {str(p)!r} does not match its manifest ({p.stat().st_size} bytes, the manifest says "
+                f"{entry['bytes']}): the file is truncated, modified, or from another export"
             )
         if file_sha256(p) != entry["sha256"]:
             raise ManifestError(

@@ -216,11 +216,16 @@ def export_graph(
     example = torch.randn(2, 3, h, w, device=device)
     metadata = dict(metadata or {})
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    mha_fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's inference fast path (_native_multi_head_attention) has no
+    # ONNX mapping in the TorchScript exporter; the standard path exports everywhere
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         tmp = tmpdir / path.name
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*training mode.*")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             if exporter == "dynamo":
                 prog = torch.onnx.export(
                     graph, (example,), None, dynamo=True, opset_version=opset,
@@ -252,4 +257,5 @@ def export_graph(
             written.append(dest)
         return list(reversed(written))
     finally:
+        torch.backends.mha.set_fastpath_enabled(mha_fastpath)
         shutil.rmtree(tmpdir, ignore_errors=True)
