@@ -147,6 +147,7 @@ def test_neglabel_errors(clip):
         det.score_features(torch.ones(2, D, dtype=torch.int64))
     with pytest.raises(ValueError, match="without a model"):
         det.score(images_u8(1))
+    assert det.fit(images_u8(2)) is det  # zero-shot: fit is a no-op and encodes nothing (there is no model)
 
 
 # ------------------------------------------------------------------ MCM

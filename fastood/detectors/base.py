@@ -453,6 +453,9 @@ class Detector:
 
         Explicit ``labels`` win over labels carried by the input.
         """
+        if not self.needs_fit and type(self)._fit_features is Detector._fit_features:
+            self.fitted = True  # zero-shot: nothing to learn, do not encode the images
+            return self
         ex = self.extract(images_or_loader, **kw)
         return self.fit_features(ex.features, ex.labels if labels is None else labels)
 
