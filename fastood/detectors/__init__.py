@@ -34,7 +34,6 @@ from fastood.detectors.base import (
 
 DETECTORS: dict[str, type[Detector]] = _REGISTRY  # name -> class; filled as detector modules are imported
 
-_CORE = ("neglabel", "mcm", "knn", "mahalanobis")
 _OPTIONAL = {"plp": ("msp", "plp"), "interneg": ("interneg",)}
 _IMPORT_ERRORS: dict[str, BaseException] = {}
 
