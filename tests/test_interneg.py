@@ -1,0 +1,290 @@
+"""InterNeg (SPEC §4) on a tiny random open_clip model: textual inversion through the
+text tower, the grouped static + dynamic score against a float64 formula, the
+criterion gate of the test-time bank, its cap, streaming determinism and reset()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastood import reference as R
+from fastood.build_bank import build_bank
+from fastood.detectors import NotFittedError, create
+from fastood.detectors._textual_inversion import TextInverter
+from fastood.detectors.interneg import InterNeg, interneg_layout
+from fastood.labels import clip_imagenet_templates, image_prototypes, load_corpus
+from fastood.models import encode_texts, load_clip
+
+CLASSES = ["dog", "cat", "airplane", "tree", "car", "violin"]
+K = len(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return load_clip(
+        "ViT-B-32", pretrained="", device="cpu", embed_dim=32,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    full = load_corpus("interneg", remove=CLASSES)
+    keep = np.zeros(len(full), dtype=bool)
+    keep[::97] = True  # ~730 words
+    return full.filter(keep)
+
+
+@pytest.fixture(scope="module")
+def id_emb(clip):
+    return encode_texts(clip.model, clip.tokenizer, [f"The nice {c}." for c in CLASSES], progress=False)
+
+
+@pytest.fixture(scope="module")
+def fewshot(id_emb):
+    """Few-shot ID 'image' features: the class text embedding plus noise (b_k ≈ 0.3–0.75)."""
+    labels = torch.arange(30) % K
+    feats = id_emb[labels] + 0.5 * torch.randn(30, 32, generator=torch.Generator().manual_seed(0))
+    return feats, labels
+
+
+@pytest.fixture(scope="module")
+def static(clip, corpus, fewshot):
+    feats, labels = fewshot
+    protos = image_prototypes(feats, labels)
+    bank = build_bank(clip, CLASSES, method="interneg", prototypes=protos, corpus=corpus, num_negatives=40,
+                      progress=False)
+    return bank, protos
+
+
+@pytest.fixture(scope="module")
+def stream(static):
+    """Test features: 6 near the prototypes (inversions mostly fail the criterion) + 14 random."""
+    _, protos = static
+    g = torch.Generator().manual_seed(3)
+    return torch.cat([protos + 0.05 * torch.randn(K, 32, generator=g), torch.randn(14, 32, generator=g)])
+
+
+def make(clip, static, **kw):
+    bank, protos = static
+    kw.setdefault("progress", False)
+    return InterNeg(clip, bank=bank, prototypes=protos, **kw)
+
+
+def truth_score(x, id_rows, static_neg, dynamic, groups, tau=0.01):
+    """float64 NegLabel formula over G groups, group g = static block g ∪ dynamic[g::G]."""
+    x = F.normalize(x.double(), dim=1)
+    m = static_neg.shape[0] // groups
+    lid = torch.logsumexp(x @ id_rows.double().T / tau, dim=1)
+    terms = []
+    for g in range(groups):
+        neg = torch.cat([static_neg[g * m:(g + 1) * m], dynamic[g::groups]]).double()
+        terms.append(torch.sigmoid(lid - torch.logsumexp(x @ neg.T / tau, dim=1)))
+    return torch.stack(terms, 1).mean(1)
+
+
+def criterion64(id_rows, protos, cand):
+    """Independent float64 inter-modal criterion: keep iff cos(n, c_k) < b_k ∀k; D = mean_k(b_k − cos)."""
+    t, c, n = id_rows.double(), protos.double(), cand.double()
+    b = (t * c).sum(1)
+    cos = n @ c.T
+    return (cos < b).all(1), (b - cos).mean(1)
+
+
+# ------------------------------------------------------------------ textual inversion
+def test_injected_pseudo_token_equals_encode_text(clip):
+    """A real token's embedding placed in the slot reproduces open_clip's encode_text on all 80 templates."""
+    templates = clip_imagenet_templates()
+    assert len(templates) == 80
+    inv = TextInverter(clip.model, clip.tokenizer)
+    full = TextInverter(clip.model, clip.tokenizer, truncate=False)
+    assert inv.ids.shape[1] < full.ids.shape[1] == 77  # truncated after the longest EOT
+    tok = int(clip.tokenizer(["violin"])[0, 1])
+    p = clip.model.token_embedding.weight[tok].detach().expand(80, -1).clone()
+    with torch.no_grad():
+        ref = clip.model.encode_text(clip.tokenizer([t.format("violin") for t in templates]))
+        mine = inv.encode(p, torch.arange(80))
+        mine_full = full.encode(p, torch.arange(80))
+    assert (mine - ref).abs().max() < 1e-5
+    assert (mine_full - ref).abs().max() < 1e-5
+
+
+def test_inversion_reduces_loss_and_leaves_the_model_alone(clip):
+    inv = TextInverter(clip.model, clip.tokenizer, steps=10)
+    v = F.normalize(torch.randn(8, 32, generator=torch.Generator().manual_seed(1)), dim=1)
+    before = {k: t.clone() for k, t in clip.model.state_dict().items()}
+    init = torch.randn(8, inv.width, generator=torch.Generator().manual_seed(5)) * 0.02  # invert's first draw
+    res = inv.invert(v, generator=torch.Generator().manual_seed(5))
+    assert res.pseudo_tokens.shape == (8, inv.width) and res.losses.shape == (10,)
+    # the final-template loss of the initial pseudo-tokens vs the learned ones
+    with torch.no_grad():
+        loss0 = 1 - (F.normalize(inv.encode(init, final=True), dim=1) * v).sum(1)
+    assert res.final_loss.mean() < loss0.mean() - 0.1
+    assert res.losses[-1] < res.losses[0]
+    assert torch.allclose(res.embeddings.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(res.final_loss, 1 - (res.embeddings * v).sum(1), atol=1e-6)
+    for k, t in clip.model.state_dict().items():
+        assert torch.equal(t, before[k]), k
+    assert all(p.grad is None for p in clip.model.parameters())
+
+
+def test_batched_inversion_equals_one_at_a_time(clip):
+    inv = TextInverter(clip.model, clip.tokenizer, steps=4)
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(3, 32, generator=g)
+    init = 0.02 * torch.randn(3, inv.width, generator=g)
+    picks = torch.randint(80, (4, 3), generator=g)
+    init_before = init.clone()
+    batched = inv.invert(v, init=init, template_idx=picks)
+    assert torch.equal(init, init_before)  # the caller's tensor is not optimised in place
+    for i in range(3):
+        one = inv.invert(v[i:i + 1], init=init[i:i + 1], template_idx=picks[:, i:i + 1])
+        assert (one.embeddings - batched.embeddings[i]).abs().max() < 1e-5
+    # seeded: same generator state → same result
+    a = inv.invert(v, seed=7)
+    b = inv.invert(v, seed=7)
+    assert torch.equal(a.embeddings, b.embeddings)
+    with pytest.raises(ValueError, match="template_idx"):
+        inv.invert(v, template_idx=torch.zeros(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="slot"):
+        TextInverter(clip.model, clip.tokenizer, ["no slot here"])
+
+
+# ------------------------------------------------------------------------- scoring
+def test_layout_round_robin():
+    order, offsets = interneg_layout(2, 6, 5, 3)
+    # ID 0,1 | static 2,3 + dyn 8,11 | static 4,5 + dyn 9,12 | static 6,7 + dyn 10
+    assert order.tolist() == [0, 1, 2, 3, 8, 11, 4, 5, 9, 12, 6, 7, 10]
+    assert offsets == [0, 2, 6, 10, 13]
+
+
+def test_score_matches_float64_formula(clip, static, stream):
+    bank, _ = static
+    det = make(clip, static, test_time=False)
+    x = stream
+    s, pred = det.head(x)
+    truth = truth_score(x, bank.id_embeddings, bank.embeddings[K:], torch.empty(0, 32), 5)
+    assert (s.double() - truth).abs().max() < 1e-5
+    # with no dynamic negatives it is exactly NegLabel with G = 5
+    ref = R.neglabel_score(x.double(), bank.embeddings.double(), K, groups=5)
+    assert (s.double() - ref).abs().max() < 1e-5
+    assert torch.equal(pred, (F.normalize(x, dim=1) @ bank.id_embeddings.T).argmax(1))
+    # with a dynamic bank: round-robin into the groups
+    dyn = F.normalize(torch.randn(7, 32, generator=torch.Generator().manual_seed(4)), dim=1)
+    det.insert(dyn, torch.arange(7, 0, -1).float())  # already sorted by D
+    s2, _ = det.head(x)
+    truth2 = truth_score(x, bank.id_embeddings, bank.embeddings[K:], dyn, 5)
+    assert (s2.double() - truth2).abs().max() < 1e-5
+    assert not torch.allclose(s2, s)
+    assert torch.equal(det.score_features(x), s2)  # test_time=False: no update
+
+
+def test_bank_grows_only_with_criterion_passing_embeddings(clip, static, stream):
+    bank, protos = static
+    det = make(clip, static, beta=1.0, batch_size=64)  # one batch; every non-saturated image inverted
+    s0, _ = det.head(stream)
+    scores = det.score_features(stream)
+    inv = det.last_inversion
+    low = torch.nonzero(s0 < 1.0).flatten()
+    assert torch.equal(inv["index"], low)
+    keep, dev = criterion64(bank.id_embeddings, protos, inv["embeddings"])
+    assert torch.equal(inv["accepted"], keep)
+    assert 0 < int(keep.sum()) < keep.numel(), "the setup should produce both accepted and rejected inversions"
+    assert torch.allclose(inv["deviation"].double(), dev, atol=1e-6)
+    # the bank is exactly the accepted embeddings, sorted by D descending
+    order = torch.sort(dev[keep], descending=True, stable=True).indices
+    assert det.num_dynamic == int(keep.sum())
+    assert torch.equal(det.dynamic, inv["embeddings"][keep][order])
+    assert torch.all(det.dynamic_deviation[:-1] >= det.dynamic_deviation[1:])
+    k2, _ = criterion64(bank.id_embeddings, protos, det.dynamic)
+    assert bool(k2.all())
+    assert det.stats["accepted"] == int(keep.sum()) and det.stats["rejected"] == int((~keep).sum())
+    # the batch was rescored with the updated bank
+    assert torch.equal(scores, det.head(stream)[0])
+    truth = truth_score(stream, bank.id_embeddings, bank.embeddings[K:], det.dynamic, 5)
+    assert (scores.double() - truth).abs().max() < 1e-5
+
+
+def test_cap_keeps_top_deviation_and_reset(clip, static, stream):
+    bank, protos = static
+    det = make(clip, static, beta=1.0, batch_size=5, bank_size=3)
+    accepted, devs = [], []
+    scores = []
+    for i in range(0, stream.shape[0], 5):  # feed the stream batch by batch, recording every inversion
+        det.last_inversion = None
+        scores.append(det.score_features(stream[i:i + 5]))
+        inv = det.last_inversion
+        if inv is not None:
+            accepted.append(inv["embeddings"][inv["accepted"]])
+            devs.append(inv["deviation"][inv["accepted"]])
+    accepted, devs = torch.cat(accepted), torch.cat(devs)
+    assert accepted.shape[0] > 3
+    top = torch.sort(devs, descending=True, stable=True).indices[:3]
+    assert det.num_dynamic == 3
+    assert torch.equal(det.dynamic, accepted[top])
+    assert det.stats["evicted"] == accepted.shape[0] - 3
+    # one call over the whole stream = the same batches in order
+    det.reset()
+    assert det.num_dynamic == 0 and det.stats["accepted"] == 0
+    assert torch.equal(det.head(stream)[0], make(clip, static, test_time=False).head(stream)[0])
+    replay = det.score_features(stream)
+    assert torch.equal(replay, torch.cat(scores))
+    assert torch.equal(det.dynamic, accepted[top])
+
+
+def test_insert_is_stable_on_ties(clip, static):
+    det = make(clip, static, bank_size=2)
+    e = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(9)), dim=1)
+    det.insert(e[:1], torch.tensor([0.5]))
+    det.insert(e[1:], torch.tensor([0.5, 0.7]))
+    assert torch.equal(det.dynamic, e[[2, 0]])  # 0.7 first, then the earlier of the two 0.5s
+    assert det.dynamic_deviation.tolist() == pytest.approx([0.7, 0.5])
+
+
+def test_fit_builds_the_static_bank_and_scores_images(clip, corpus, fewshot, static, tmp_path):
+    feats, labels = fewshot
+    det = InterNeg(clip, classes=CLASSES, corpus=corpus, num_negatives=40, cache=tmp_path, progress=False)
+    with pytest.raises(NotFittedError):
+        det.score_features(feats)
+    det.fit_features(feats, labels)
+    bank, protos = static
+    assert torch.allclose(det.bank.embeddings, bank.embeddings, atol=1e-6)
+    assert torch.allclose(det.prototypes, protos, atol=1e-6)
+    assert det.fitted and det.num_dynamic == 0
+    # images through the tiny image tower (features of width 32) and the registry
+    imgs = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pred = det.predict(imgs)
+    assert pred.scores.shape == (4,) and pred.labels.shape == (4,)
+    assert isinstance(create("interneg", clip=clip, bank=bank, prototypes=protos, progress=False), InterNeg)
+
+
+def test_bad_input(clip, static, fewshot):
+    bank, protos = static
+    feats, labels = fewshot
+    det = make(clip, static)
+    with pytest.raises(ValueError, match="width"):
+        det.score_features(torch.randn(3, 31))
+    with pytest.raises(ValueError, match="prototypes"):
+        make(clip, (bank, protos[:3]))
+    with pytest.raises(ValueError, match="tokenizer"):
+        InterNeg(model=clip.model, bank=bank, prototypes=protos)
+    static_only = InterNeg(model=clip.model, bank=bank, test_time=False)  # no tokenizer needed, no fit needed
+    assert static_only.fitted
+    with pytest.raises(NotFittedError):
+        InterNeg(clip, bank=bank, progress=False).score_features(feats)
+    with pytest.raises(ValueError, match="labels"):
+        InterNeg(clip, bank=bank, progress=False).fit_features(feats)
+    with pytest.raises(ValueError, match="range"):
+        InterNeg(clip, bank=bank, progress=False).fit_features(feats, labels + 1)
+    with pytest.raises(ValueError, match="beta"):
+        make(clip, static, beta=1.5)
+    with pytest.raises(ValueError, match="bank_size"):
+        make(clip, static, bank_size=-1)
+    with pytest.raises(ValueError, match="groups"):
+        make(clip, static, groups=0)
+    with pytest.raises(ValueError, match="classes"):
+        InterNeg(clip, bank=bank, classes=["a", "b"], progress=False)
