@@ -1,10 +1,29 @@
-"""The ``fastood`` command (also ``python -m fastood``)."""
+"""The ``fastood`` command (also ``python -m fastood``).
+
+Commands:
+
+* ``fastood demo`` — the end-to-end job, offline: load a CLIP model (real weights from
+  ``--pretrained`` / ``$FASTOOD_PRETRAINED``, else a small RANDOMLY initialised model),
+  build the NegLabel bank, score the bundled sample images, print a table and the
+  throughput. ``fastood demo --kernels`` (= ``fastood selfcheck``) is the kernel
+  self-check on random embeddings.
+* ``fastood score PATH...`` — score image files / directories into a CSV, JSON Lines or
+  Parquet file; resumable; shards across ranks under ``torchrun``.
+* ``fastood eval --id DIR --ood NAME=DIR ...`` — ID accuracy and FPR95 / AUROC / AUPR per
+  OOD set, written as report.md, report.json and PNG plots.
+* ``fastood mine`` — build and save a negative-label text bank.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -126,19 +145,823 @@ def _mine(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ shared options
+
+def _json_or_str(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, classes_default: str | None = "imagenet1k",
+                    method_default: str = "neglabel") -> None:
+    from fastood.models import DEFAULT_MODEL
+
+    g = p.add_argument_group("detector")
+    g.add_argument("--method", default=method_default,
+                   help="detector: neglabel (default), mcm, knn, mahalanobis, rmd, msp/plp, interneg")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"open_clip architecture (default {DEFAULT_MODEL})")
+    g.add_argument("--pretrained", default=None,
+                   help="hub tag (needs network), local checkpoint file or open_clip directory; default "
+                        "$FASTOOD_PRETRAINED, else 'openai'; 'none' = RANDOM weights (testing only)")
+    g.add_argument("--model-kwargs", default=None, help="JSON of open_clip config overrides (embed_dim, vision_cfg, text_cfg)")
+    g.add_argument("--interpolation", default=None, choices=["bicubic", "bilinear"],
+                   help="image resize interpolation (bilinear = the NegLabel reference; open_clip default bicubic)")
+    g.add_argument("--classes", default=classes_default,
+                   help="ID class names: 'imagenet1k' or a file with one name per line" +
+                        ("" if classes_default else " (default: the --id folder names)"))
+    g.add_argument("--corpus", default=None,
+                   help="negative-label candidates: a corpus preset (neglabel, csp, interneg) or a file of "
+                        "'word<TAB>n|a' lines (default: the method's WordNet preset)")
+    g.add_argument("--max-candidates", type=int, default=None,
+                   help="use an evenly spaced subset of at most this many corpus words (faster bank build)")
+    g.add_argument("--threshold", type=float, default=None, help="score threshold: is_ood = score < threshold")
+    g.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra detector option (VALUE parsed as JSON, else a string), e.g. -o groups=100 "
+                        "-o temperature=0.01; repeatable")
+    g.add_argument("--cache", default=None, help="text-bank cache directory (default $FASTOOD_CACHE or ~/.cache/fastood)")
+    g.add_argument("--seed", type=int, default=0, help="seed of random initialisation with --pretrained none")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
+    r.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    r.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes (default 0)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load_corpus_arg(spec: str | None, max_candidates: int | None, method: str, classes: Any):
+    """The --corpus / --max-candidates corpus (None = the detector's default)."""
+    if spec is None and max_candidates is None:
+        return None
+    import numpy as np
+
+    from fastood.labels import load_corpus
+    from fastood.labels.prompts import load_classnames
+
+    if spec is not None and os.path.isfile(spec):
+        corpus = _read_corpus_file(spec)
+    else:
+        preset = spec or ("interneg" if method == "interneg" else "csp" if method == "csp" else "neglabel")
+        try:
+            corpus = (load_corpus(preset, remove=load_classnames(classes)) if preset == "interneg"
+                      else load_corpus(preset))
+        except ValueError as exc:
+            raise SystemExit(f"--corpus {spec}: {exc}")
+    if max_candidates is not None:
+        if max_candidates < 1:
+            raise SystemExit(f"--max-candidates must be >= 1, got {max_candidates}")
+        if max_candidates < len(corpus):
+            keep = np.zeros(len(corpus), dtype=bool)
+            keep[np.unique(np.linspace(0, len(corpus) - 1, max_candidates).round().astype(np.int64))] = True
+            corpus = corpus.filter(keep)
+    return corpus
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--option {item!r}: expected KEY=VALUE")
+        opts[key.strip().replace("-", "_")] = _json_or_str(value)
+    if args.threshold is not None:
+        opts["threshold"] = args.threshold
+    if args.cache is not None:
+        opts["cache"] = args.cache
+    opts["batch_size"] = args.batch_size
+    return opts
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.model_kwargs:
+        return {}
+    try:
+        kw = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--model-kwargs is not valid JSON: {exc}")
+    if not isinstance(kw, dict):
+        raise SystemExit("--model-kwargs must be a JSON object")
+    return kw
+
+
+def _build_detector(args: argparse.Namespace, *, classes: Any, device: str | None, clip=None):
+    """fastood.load from the shared command-line options (SystemExit with a message on bad input)."""
+    from fastood.api import is_random, load
+
+    opts = _method_options(args)
+    corpus = _load_corpus_arg(args.corpus, args.max_candidates, args.method.lower(), classes)
+    if corpus is not None:
+        opts["corpus"] = corpus
+    from fastood.detectors import DETECTORS
+
+    cls = DETECTORS.get(args.method.lower())
+    params = _signature_params(cls) if cls is not None else set()
+    if "progress" not in opts and "progress" in params:
+        opts["progress"] = not args.quiet  # bank building progress bars
+    if "cache" in opts and cls is not None and "cache" not in params:
+        del opts["cache"]  # --cache only concerns the text-bank detectors
+    pretrained = args.pretrained
+    if clip is None and is_random(pretrained):
+        print(f"WARNING: --pretrained {pretrained}: {args.model} has RANDOM WEIGHTS; scores are meaningless",
+              file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM WEIGHTS.*")
+        try:
+            return load(args.method, model=args.model, pretrained=pretrained, classes=classes, device=device,
+                        model_kwargs=_model_kwargs(args), interpolation=args.interpolation, seed=args.seed,
+                        clip=clip, **opts)
+        except (ValueError, TypeError, FileNotFoundError, PermissionError) as exc:
+            raise SystemExit(f"fastood: cannot build the {args.method!r} detector: {exc}")
+
+
+def _signature_params(cls: type) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    import hashlib
+
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _run_info(args: argparse.Namespace, det: Any, classes: Any) -> dict[str, Any]:
+    """What produced a set of scores (written next to outputs, compared on resume)."""
+    from fastood.api import RANDOM_TAG
+
+    clip = getattr(det, "clip", None)
+    pretrained = getattr(clip, "pretrained", args.pretrained)
+    names = getattr(det, "classes", None)
+    bank = getattr(det, "bank", None)
+    return {
+        "method": getattr(det, "name", args.method),
+        "model": getattr(clip, "name", args.model),
+        "pretrained": pretrained,
+        "random_weights": pretrained == RANDOM_TAG,
+        "model_kwargs": _model_kwargs(args),
+        "interpolation": args.interpolation,
+        "classes": classes if isinstance(classes, str) else list(classes) if classes is not None else None,
+        "num_classes": len(names) if names is not None else None,
+        "negatives": int(bank.num_neg) if bank is not None and hasattr(bank, "num_neg") else None,
+        "bank_sha256": _tensor_sha256(bank.embeddings) if bank is not None and hasattr(bank, "embeddings") else None,
+        "corpus": args.corpus,
+        "max_candidates": args.max_candidates,
+        "options": {k: v for k, v in _method_options(args).items() if k not in ("batch_size", "cache")},
+        "threshold": getattr(det, "threshold", None),
+    }
+
+
+def _preprocess_of(det: Any):
+    pre = getattr(det, "preprocess", None)
+    if pre is None and getattr(det, "clip", None) is not None:
+        pre = det.clip.preprocess
+    return pre
+
+
+def _predict_batch(det: Any, pixels: torch.Tensor):
+    """Encode one preprocessed batch and score it: (scores, preds or None, is_ood or None) on the CPU."""
+    with torch.no_grad():
+        feats = det.encode_images(pixels.to(det.device, non_blocking=True))
+    pred = det.predict_features(feats)
+    scores = pred.scores.detach().float().cpu()
+    labels = pred.labels.detach().cpu() if pred.labels is not None else None
+    is_ood = pred.is_ood.detach().cpu() if pred.is_ood is not None else None
+    return scores, labels, is_ood
+
+
+def _bar(total: int, desc: str, quiet: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=quiet, dynamic_ncols=True)
+
+
+def _report_skipped(skipped: list[tuple[str, str]], *, limit: int = 20) -> None:
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+    for path, reason in skipped[:limit]:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"  … and {len(skipped) - limit} more", file=sys.stderr)
+
+
+def _default_device(local_rank: int = 0) -> str:
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+# ============================================================================ fastood score
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (1 process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+class _Dist:
+    """The process group of a torchrun launch (gloo on CPU, NCCL on CUDA); a no-op for 1 process."""
+
+    def __init__(self, device: str) -> None:
+        self.rank, self.world, self.local_rank = _dist_env()
+        self.active = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                backend = "nccl" if device.startswith("cuda") else "gloo"
+                if backend == "nccl":
+                    torch.cuda.set_device(torch.device(device))
+                dist.init_process_group(backend=backend)
+                self.active = True
+            self.dist = dist
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.active:
+            self.dist.destroy_process_group()
+
+
+def _list_files(paths: list[str]) -> list[str]:
+    from fastood.images import list_image_files
+
+    try:
+        files = list_image_files(paths)
+    except (FileNotFoundError, TypeError) as exc:
+        raise SystemExit(f"fastood: {exc}")
+    return sorted({str(f) for f in files})
+
+
+def _compare_run_info(path: Path, info: dict[str, Any]) -> None:
+    """SystemExit when an earlier run wrote ``path`` with different settings."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    new = json.loads(json.dumps(info, default=str))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if keys:
+        diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+        raise SystemExit(f"fastood score: the existing output was made with other settings ({diff}). "
+                         "Pass --overwrite to start again, or choose another --out.")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from fastood import outputs as O
+    from fastood.images import iter_image_batches
+
+    out = Path(args.out)
+    try:
+        fmt = O.output_format(out)
+        if fmt == "parquet":
+            O.require_pyarrow()
+    except (ValueError, ImportError) as exc:
+        raise SystemExit(f"fastood score: --out {exc}")
+    _, world, local_rank = _dist_env()
+    device = args.device or _default_device(local_rank)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"
+    dist = _Dist(device)
+    rank = dist.rank
+    try:
+        files = _list_files(args.paths)
+        if not files:
+            raise SystemExit(f"fastood score: no image files under {' '.join(args.paths)}")
+        meta_path = out.with_name(out.name + ".meta.json")
+        rank_files = [O.rank_path(out, r) for r in range(world)] if world > 1 else []
+        journal_file = rank_files[rank] if world > 1 else O.journal_path(out)
+        if args.overwrite and rank == 0:
+            for f in {out, O.journal_path(out), meta_path, *out.parent.glob(f"{out.stem}.rank*")}:
+                f.unlink(missing_ok=True)
+        dist.barrier()
+        # rank 0 first: it builds (and caches) the text bank that the other ranks then load
+        det = _build_detector(args, classes=args.classes, device=device) if rank == 0 else None
+        dist.barrier()
+        if det is None:
+            det = _build_detector(args, classes=args.classes, device=device)
+        if getattr(det, "needs_fit", False):
+            fit_skipped: list[tuple[str, str]] = []
+            _fit_detector(det, args, fit_skipped)
+            if rank == 0:
+                _report_skipped(fit_skipped)
+        info = _run_info(args, det, args.classes)
+        info["fit"] = args.fit
+        _compare_run_info(meta_path, info)
+        dist.barrier()
+        if rank == 0:
+            O.write_json_atomic(meta_path, info)
+        classes = getattr(det, "classes", None)
+        threshold = getattr(det, "threshold", None)
+        columns = O.columns_for(threshold is not None)
+        try:
+            journal = O.RowJournal(journal_file, columns)
+        except ValueError as exc:
+            raise SystemExit(f"fastood score: {exc}")
+        if journal.dropped_tail:
+            print(f"rank {rank}: dropped a truncated last record of {journal_file}", file=sys.stderr)
+        done = journal.done()
+        if out.exists() and out.resolve() != journal_file.resolve():
+            done |= {r["path"] for r in O.read_rows(out)}
+        shard = files[rank::world]
+        todo = [f for f in shard if f not in done]
+        n_done = sum(dist.gather(len(shard) - len(todo)))
+        if rank == 0:
+            where = f" on {world} ranks (rank 0's progress shown)" if world > 1 else ""
+            print(f"fastood score: {len(files)} images, {n_done} already in the output, scoring "
+                  f"{len(files) - n_done}{where} with {info['method']} on {device}", file=sys.stderr)
+        skipped: list[tuple[str, str]] = []
+        n_scored = 0
+        t0 = time.perf_counter()
+        bar = _bar(len(shard), "scoring", args.quiet or rank != 0, initial=len(shard) - len(todo))
+        try:
+            if todo:
+                pre = _preprocess_of(det)
+                seen_skipped = 0
+                for batch in iter_image_batches(todo, pre, batch_size=args.batch_size, on_error="skip",
+                                                skipped=skipped, num_workers=args.num_workers):
+                    scores, preds, is_ood = _predict_batch(det, batch.pixels)
+                    rows = []
+                    for i, name in enumerate(batch.names):
+                        p = int(preds[i]) if preds is not None else None
+                        rows.append({
+                            "path": name,
+                            "score": float(scores[i]),
+                            "pred": p,
+                            "pred_label": classes[p] if classes is not None and p is not None and 0 <= p < len(classes) else None,
+                            "is_ood": bool(is_ood[i]) if is_ood is not None else None,
+                        })
+                    journal.append(rows)
+                    n_scored += len(rows)
+                    bar.update(len(rows) + len(skipped) - seen_skipped)
+                    seen_skipped = len(skipped)
+                bar.update(len(skipped) - seen_skipped)
+        finally:
+            bar.close()
+            journal.close()
+        seconds = time.perf_counter() - t0
+        all_skipped = [s for part in dist.gather(skipped) for s in part]
+        counts = dist.gather(n_scored)
+        dist.barrier()
+        if rank == 0:
+            sources = rank_files if world > 1 else [journal_file]
+            rows = O.finalize(out, sources, columns, order=files)
+            if world == 1 and journal_file != out:
+                journal_file.unlink(missing_ok=True)
+            _report_skipped(all_skipped)
+            total = sum(counts)
+            rate = f", {total / seconds:.1f} images/s" if total and seconds > 0 else ""
+            print(f"scored {total} new image(s) in {seconds:.1f} s{rate}; skipped {len(all_skipped)} unreadable; "
+                  f"wrote {out} ({len(rows)} rows)")
+            if world > 1:
+                print(f"per-rank files kept: {', '.join(str(f) for f in rank_files)}", file=sys.stderr)
+        dist.barrier()
+    finally:
+        dist.close()
+    return 0
+
+
+# ============================================================================ fastood eval
+
+def _norm_name(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _image_folder(root: str, what: str) -> tuple[list[str], list[str], list[int]]:
+    """(class folder names, files, folder index of each file) of an ImageFolder-style directory."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise SystemExit(f"fastood eval: {what} {root!r} is not a directory")
+    folders = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise SystemExit(f"fastood eval: {what} {root!r} must be an ImageFolder: one subfolder of images per class")
+    files, labels = [], []
+    for i, name in enumerate(folders):
+        for f in _list_files([str(path / name)]):
+            files.append(f)
+            labels.append(i)
+    if not files:
+        raise SystemExit(f"fastood eval: no image files under {what} {root!r}")
+    return folders, files, labels
+
+
+def _parse_ood(specs: list[str]) -> dict[str, str]:
+    sets: dict[str, str] = {}
+    for spec in specs:
+        name, sep, d = spec.partition("=")
+        if not sep:
+            name, d = Path(spec.rstrip("/")).name, spec
+        name = name.strip()
+        if not name or not d:
+            raise SystemExit(f"--ood {spec!r}: expected NAME=DIR")
+        if name in sets:
+            raise SystemExit(f"--ood: the name {name!r} is given twice")
+        if not Path(d).expanduser().is_dir():
+            raise SystemExit(f"--ood {spec!r}: {d!r} is not a directory")
+        sets[name] = d
+    return sets
+
+
+def _score_files(det: Any, files: list[str], args: argparse.Namespace, desc: str,
+                 skipped: list[tuple[str, str]]) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    """Score ``files`` (unreadable ones skipped into ``skipped``): names, scores, preds."""
+    from fastood.images import iter_image_batches
+
+    names, scores, preds = [], [], []
+    bar = _bar(len(files), desc, args.quiet)
+    before = len(skipped)
+    try:
+        for batch in iter_image_batches(files, _preprocess_of(det), batch_size=args.batch_size, on_error="skip",
+                                        skipped=skipped, num_workers=args.num_workers):
+            s, p, _ = _predict_batch(det, batch.pixels)
+            names += batch.names
+            scores.append(s)
+            preds.append(p)
+            bar.update(len(batch.names) + len(skipped) - before)
+            before = len(skipped)
+        bar.update(len(skipped) - before)
+    finally:
+        bar.close()
+    if not names:
+        raise SystemExit(f"fastood eval: no readable images in {desc}")
+    pred = torch.cat(preds) if all(p is not None for p in preds) else None
+    return names, torch.cat(scores), pred
+
+
+def _fit_detector(det: Any, args: argparse.Namespace, skipped: list[tuple[str, str]]) -> list[str]:
+    """Fit a needs_fit detector on the --fit ImageFolder; returns its class folder names."""
+    from fastood.images import iter_image_batches
+
+    if not args.fit:
+        raise SystemExit(f"fastood {args.command}: method {args.method!r} is fitted on ID training images: "
+                         "pass --fit DIR (an ImageFolder of training images)")
+    folders, files, labels = _image_folder(args.fit, "--fit")
+    label_of = dict(zip(files, labels))
+    feats, labs = [], []
+    bar = _bar(len(files), "fit features", args.quiet)
+    try:
+        for batch in iter_image_batches(files, _preprocess_of(det), batch_size=args.batch_size, on_error="skip",
+                                        skipped=skipped, num_workers=args.num_workers):
+            with torch.no_grad():
+                feats.append(det.encode_images(batch.pixels.to(det.device)).float().cpu())
+            labs += [label_of[n] for n in batch.names]
+            bar.update(len(batch.names))
+    finally:
+        bar.close()
+    if not feats:
+        raise SystemExit("fastood eval: no readable images under --fit")
+    det.fit_features(torch.cat(feats), torch.tensor(labs, dtype=torch.int64))
+    return folders
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fastood.metrics import CONVENTIONS, evaluate_many
+    from fastood.outputs import write_rows
+    from fastood.report import write_report
+
+    if args.convention not in CONVENTIONS:
+        raise SystemExit(f"--convention must be one of {CONVENTIONS}")
+    folders, id_files, id_folder_idx = _image_folder(args.id, "--id")
+    ood_dirs = _parse_ood(args.ood)
+    ood_files = {name: _list_files([d]) for name, d in ood_dirs.items()}
+    for name, fs in ood_files.items():
+        if not fs:
+            raise SystemExit(f"fastood eval: no image files in OOD set {name!r} ({ood_dirs[name]})")
+    classes = args.classes if args.classes is not None else [f.replace("_", " ") for f in folders]
+    device = args.device or _default_device()
+    det = _build_detector(args, classes=classes, device=device)
+    skipped: list[tuple[str, str]] = []
+    det_classes = getattr(det, "classes", None)
+    if getattr(det, "needs_fit", False):
+        fit_folders = _fit_detector(det, args, skipped)
+        if det_classes is None:
+            det_classes = fit_folders
+
+    # ID labels -> detector class indices
+    mapping, label_map = "none", None
+    if det_classes is not None:
+        index = {}
+        for i, c in enumerate(det_classes):
+            index.setdefault(_norm_name(c), i)
+        if all(_norm_name(f) in index for f in folders):
+            mapping, label_map = "by folder name", [index[_norm_name(f)] for f in folders]
+        elif len(folders) <= len(det_classes):
+            mapping, label_map = "by sorted folder index (folder names do not match the class names)", list(range(len(folders)))
+            print(f"WARNING: the --id folder names do not all match the detector's {len(det_classes)} class names; "
+                  "mapping the i-th folder (sorted by name) to class i. Check that this is the class order "
+                  "(e.g. ImageNet wnid folders with --classes imagenet1k).", file=sys.stderr)
+        else:
+            print(f"WARNING: {len(folders)} --id folders but the detector has {len(det_classes)} classes and the "
+                  "names do not match: ID accuracy is not computed", file=sys.stderr)
+
+    if hasattr(det, "reset"):
+        det.reset()
+    t0 = time.perf_counter()
+    id_names, id_scores, id_pred = _score_files(det, id_files, args, "ID", skipped)
+    ood_scores: dict[str, torch.Tensor] = {}
+    ood_names: dict[str, list[str]] = {}
+    ood_preds: dict[str, torch.Tensor | None] = {}
+    for name, fs in ood_files.items():
+        ood_names[name], ood_scores[name], ood_preds[name] = _score_files(det, fs, args, f"OOD {name}", skipped)
+    seconds = time.perf_counter() - t0
+    n_images = len(id_names) + sum(len(v) for v in ood_names.values())
+
+    folder_of = dict(zip(id_files, id_folder_idx))
+    accuracy = None
+    if label_map is not None and id_pred is not None:
+        truth = torch.tensor([label_map[folder_of[n]] for n in id_names])
+        accuracy = float((id_pred == truth).double().mean())
+    metrics = evaluate_many(id_scores, {k: v for k, v in ood_scores.items()}, convention=args.convention,
+                            tpr=args.tpr, aupr_method=args.aupr)
+    threshold = None
+    if hasattr(det, "calibrate"):
+        try:
+            threshold = float(det.calibrate(id_scores, tpr=args.tpr))
+        except (TypeError, ValueError):
+            threshold = None
+    info = _run_info(args, det, classes)
+    info.update(device=device, calibrated_threshold=threshold)
+    id_info = {"dir": args.id, "num_images": len(id_names), "num_classes": len(folders), "folders": folders,
+               "label_mapping": mapping, "accuracy": accuracy}
+    out = Path(args.out)
+    written = write_report(out, id_scores=id_scores.numpy(), ood_scores={k: v.numpy() for k, v in ood_scores.items()},
+                           metrics=metrics, id_info=id_info, run_info=info, skipped=skipped,
+                           timing={"images": n_images, "seconds": seconds,
+                                   "images_per_s": n_images / seconds if seconds > 0 else None},
+                           threshold=threshold, plots=not args.no_plots)
+    # every score, for your own analysis
+    rows = []
+
+    def add(set_name: str, names: list[str], scores: torch.Tensor, preds: torch.Tensor | None, labels=None):
+        for i, n in enumerate(names):
+            p = int(preds[i]) if preds is not None else None
+            rows.append({"set": set_name, "path": n, "label": labels[i] if labels else None,
+                         "score": float(scores[i]), "pred": p,
+                         "pred_label": det_classes[p] if det_classes is not None and p is not None and 0 <= p < len(det_classes) else None})
+
+    add("id", id_names, id_scores, id_pred,
+        [label_map[folder_of[n]] for n in id_names] if label_map is not None else [folders[folder_of[n]] for n in id_names])
+    for name in ood_scores:
+        add(name, ood_names[name], ood_scores[name], ood_preds[name])
+    write_rows(out / "scores.csv", rows, ("set", "path", "label", "score", "pred", "pred_label"))
+
+    _report_skipped(skipped)
+    a = metrics["average"]
+    print(f"ID: {len(id_names)} images, {len(folders)} classes, accuracy "
+          f"{'n/a' if accuracy is None else f'{100 * accuracy:.2f} %'} (labels mapped {mapping})")
+    print(f"FPR{round(100 * args.tpr)} convention: {args.convention}")
+    print(f"{'OOD set':<20} {'images':>7} {'FPR95':>7} {'AUROC':>7} {'AUPR-In':>8} {'AUPR-Out':>8}")
+    for name, r in metrics["per_set"].items():
+        print(f"{name:<20} {r['num_ood']:>7} {100 * r['fpr95']:>7.2f} {100 * r['auroc']:>7.2f} "
+              f"{100 * r['aupr_in']:>8.2f} {100 * r['aupr_out']:>8.2f}")
+    print(f"{'average':<20} {a['num_ood']:>7} {100 * a['fpr95']:>7.2f} {100 * a['auroc']:>7.2f} "
+          f"{100 * a['aupr_in']:>8.2f} {100 * a['aupr_out']:>8.2f}")
+    if info.get("random_weights"):
+        print("RANDOM WEIGHTS: these numbers are meaningless.")
+    print(f"skipped {len(skipped)} unreadable file(s); wrote {', '.join(str(p) for p in written.values())}, "
+          f"{out / 'scores.csv'}")
+    return 0
+
+
+# ============================================================================ fastood demo
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+DEMO_THRESHOLD = 0.5
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The end-to-end job on the bundled sample images (see the module docstring)."""
+    if args.kernels:
+        return _kernel_demo(args)
+    from fastood.api import TINY_MODEL, TINY_MODEL_KWARGS, is_random, load_model
+    from fastood.build_bank import bank_for
+    from fastood.images import iter_image_batches
+    from fastood.labels.prompts import load_classnames
+    from fastood.models import DEFAULT_MODEL
+
+    pretrained = args.pretrained or os.environ.get("FASTOOD_PRETRAINED") or None
+    random_weights = pretrained is None or is_random(pretrained)
+    device = args.device or _default_device()
+    paths = args.images or [str(SAMPLES_DIR)]
+    files = _list_files(paths)
+    if not files:
+        raise SystemExit(f"fastood demo: no images under {' '.join(paths)}")
+    bar = "=" * 78
+    print(bar)
+    if random_weights:
+        model = args.model or TINY_MODEL
+        kwargs = _model_kwargs(args) if args.model_kwargs else (TINY_MODEL_KWARGS if args.model is None else {})
+        print("RANDOM WEIGHTS: scores are meaningless.")
+        print("No checkpoint given (--pretrained / $FASTOOD_PRETRAINED), so this demo runs a small randomly")
+        print(f"initialised open_clip model ({model}{', tiny config' if kwargs is TINY_MODEL_KWARGS else ''}) to show the")
+        print("whole pipeline offline. For real scores: fastood demo --pretrained /path/to/open_clip_model.safetensors")
+    else:
+        model = args.model or DEFAULT_MODEL
+        kwargs = _model_kwargs(args)
+        print(f"fastood demo: {model} with weights {pretrained}")
+    print(bar)
+
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM WEIGHTS.*")
+        warnings.filterwarnings("ignore", message="No pretrained weights loaded.*")
+        try:
+            clip = load_model(model, "none" if random_weights else pretrained, device=device, model_kwargs=kwargs,
+                              interpolation=args.interpolation, seed=args.seed)
+        except (RuntimeError, FileNotFoundError, PermissionError, ValueError) as exc:
+            raise SystemExit(f"fastood demo: cannot load the model: {exc}")
+    n_params = sum(p.numel() for p in clip.model.parameters())
+    print(f"model: {model} ({n_params / 1e6:.1f} M parameters) on {device}, loaded in {time.perf_counter() - t:.1f} s")
+
+    classes = load_classnames(args.classes)
+    corpus = _load_corpus_arg(args.corpus, args.max_candidates, "neglabel", classes)
+    from fastood.labels import load_corpus
+
+    full = corpus if corpus is not None else load_corpus("neglabel")
+    groups = args.groups
+    expected = int(0.15 * full.num_nouns) + int(0.15 * full.num_adjectives)  # NegMining keeps 15 % per POS
+    if groups > expected:
+        groups = max(1, expected)
+        print(f"note: only ~{expected} negatives will be mined from {len(full)} candidates: using G={groups} groups")
+    print(f"NegLabel bank: {len(classes)} ID classes ({args.classes}), {len(full):,} candidate words"
+          f"{' (subset: --max-candidates)' if args.max_candidates else ''}, G={groups} groups")
+    from fastood.bank import cache_dir
+
+    banks_dir = cache_dir(args.cache) / "banks"
+    before = set(banks_dir.glob("*.safetensors")) if banks_dir.is_dir() else set()
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="duplicate class names")  # CLIP's ImageNet list has 2, by design
+        bank = bank_for(clip, classes, method="neglabel", cache=args.cache, corpus=corpus, groups=groups,
+                        progress=not args.quiet)
+    bank_s = time.perf_counter() - t
+    built = bool(set(banks_dir.glob("*.safetensors")) - before)
+    print(f"  {bank.num_neg:,} negatives (+{bank.num_id} ID labels) "
+          f"{'encoded, mined and cached' if built else 'loaded from the cache'} in {bank_s:.1f} s "
+          f"({banks_dir})")
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM WEIGHTS.*")
+        warnings.filterwarnings("ignore", message="duplicate class names")
+        from fastood.api import load
+
+        det = load("neglabel", clip=clip, classes=classes, device=device, bank=bank,
+                   threshold=args.threshold, batch_size=args.batch_size)
+    def run(skipped: list[tuple[str, str]]):
+        """decode + preprocess + encode + fused head over every file."""
+        names, scores, preds, feats = [], [], [], []
+        for batch in iter_image_batches(files, _preprocess_of(det), batch_size=args.batch_size, on_error="skip",
+                                        skipped=skipped):
+            with torch.no_grad():
+                f = det.encode_images(batch.pixels.to(det.device))
+            p = det.predict_features(f)
+            names += batch.names
+            scores.append(p.scores.float().cpu())
+            preds.append(p.labels.cpu())
+            feats.append(f)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return names, scores, preds, feats
+
+    skipped: list[tuple[str, str]] = []
+    names, scores, preds, feats = run(skipped)  # also the warm-up of the timed pass below
+    if not names:
+        raise SystemExit("fastood demo: no readable images")
+    t = time.perf_counter()
+    run([])
+    e2e_s = time.perf_counter() - t
+    scores_t, preds_t, feats_t = torch.cat(scores), torch.cat(preds), torch.cat(feats)
+    # the head alone on the features (median of repeats)
+    times = []
+    for _ in range(21):
+        t = time.perf_counter()
+        det.score_features(feats_t)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    head_s = sorted(times)[len(times) // 2]
+
+    root = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else None
+    print()
+    w = max(len(os.path.relpath(n, root) if root else n) for n in names)
+    w = min(max(w, 4), 48)
+    print(f"{'file':<{w}}  {'score':>8}  {'predicted class':<28}  {'ID/OOD':<6}")
+    print(f"{'-' * w}  {'-' * 8}  {'-' * 28}  {'-' * 6}")
+    for n, s, p in zip(names, scores_t.tolist(), preds_t.tolist()):
+        label = det.classes[p] if 0 <= p < len(det.classes) else str(p)
+        verdict = "ID" if s >= det.threshold else "OOD"
+        shown = os.path.relpath(n, root) if root else n
+        print(f"{shown[-w:]:<{w}}  {s:8.4g}  {label[:28]:<28}  {verdict:<6}")
+    _report_skipped(skipped)
+    print()
+    n = len(names)
+    print(f"scored {n} images in {e2e_s:.3f} s: {n / e2e_s:,.1f} images/s end to end "
+          f"(decode + preprocess + encode + score, batch {args.batch_size}, {device})")
+    print(f"NegLabel head alone: {head_s * 1e3:.3f} ms per {n} feature rows ({n / head_s:,.0f} rows/s) "
+          f"against {bank.num_id + bank.num_neg:,} labels in {bank.groups} groups")
+    print(f"ID/OOD: score >= {det.threshold} is ID (--threshold; calibrate on your own ID images with "
+          "det.calibrate(...) or read it from `fastood eval`)")
+    if random_weights:
+        print("RANDOM WEIGHTS: scores are meaningless (no checkpoint given).")
+    return 0
+
+
+def _selfcheck(args: argparse.Namespace) -> int:
+    return _kernel_demo(args)
+
+
+def _add_kernel_args(p: argparse.ArgumentParser) -> None:
+    k = p.add_argument_group("kernel self-check (--kernels / selfcheck)")
+    k.add_argument("--num-id", type=int, default=1000)
+    k.add_argument("--num-neg", type=int, default=10499, help="10,499 = NegLabel's ImageNet-1k negatives (10,400 kept at G=100)")
+    k.add_argument("--dim", type=int, default=512)
+    k.add_argument("--batch", type=int, default=4096)
+    k.add_argument("--repeats", type=int, default=3)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fastood", description="fused-kernel OOD detection for CLIP-like models")
     sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="offline self-check: score with every backend, check agreement, print throughput")
-    demo.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    demo.add_argument("--num-id", type=int, default=1000)
-    demo.add_argument("--num-neg", type=int, default=10499, help="10,499 = NegLabel's ImageNet-1k negatives (10,400 kept at G=100)")
-    demo.add_argument("--groups", type=int, default=100)
-    demo.add_argument("--dim", type=int, default=512)
-    demo.add_argument("--batch", type=int, default=4096)
-    demo.add_argument("--repeats", type=int, default=3)
+
+    demo = sub.add_parser("demo", help="the end-to-end job on the bundled sample images (offline); "
+                                       "--kernels: the kernel self-check",
+                          description="Load a CLIP model (real weights from --pretrained / $FASTOOD_PRETRAINED, "
+                                      "else a small RANDOMLY initialised model), build the NegLabel bank, score the "
+                                      "bundled sample images, print a table and the throughput.")
+    demo.add_argument("images", nargs="*", help="images or directories to score instead of the bundled samples")
+    demo.add_argument("--kernels", action="store_true",
+                      help="run the kernel self-check instead (every backend vs float64 on random embeddings)")
+    demo.add_argument("--model", default=None,
+                      help="open_clip architecture (default: ViT-B-16-quickgelu with weights, the tiny config without)")
+    demo.add_argument("--pretrained", default=None,
+                      help="checkpoint file / open_clip directory / hub tag (default $FASTOOD_PRETRAINED; "
+                           "without one: random weights)")
+    demo.add_argument("--model-kwargs", default=None, help="JSON of open_clip config overrides")
+    demo.add_argument("--interpolation", default=None, choices=["bicubic", "bilinear"])
+    demo.add_argument("--classes", default="imagenet1k", help="ID class names (default imagenet1k)")
+    demo.add_argument("--corpus", default=None, help="corpus preset or 'word<TAB>n|a' file (default: neglabel WordNet)")
+    demo.add_argument("--max-candidates", type=int, default=None, help="evenly spaced corpus subset of this size")
+    demo.add_argument("--groups", type=int, default=100, help="NegLabel groups G (default 100)")
+    demo.add_argument("--threshold", type=float, default=DEMO_THRESHOLD,
+                      help=f"ID if score >= threshold (default {DEMO_THRESHOLD})")
+    demo.add_argument("--cache", default=None, help="text-bank cache directory")
+    demo.add_argument("--device", default=None)
+    demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_kernel_demo)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_kernel_args(demo)
+    demo.set_defaults(func=_demo)
+
+    selfcheck = sub.add_parser("selfcheck", help="kernel self-check: every backend vs float64 on random embeddings")
+    selfcheck.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    selfcheck.add_argument("--groups", type=int, default=100)
+    selfcheck.add_argument("--seed", type=int, default=0)
+    _add_kernel_args(selfcheck)
+    selfcheck.set_defaults(func=_selfcheck)
+
+    score = sub.add_parser("score", help="score images into a .csv / .jsonl / .parquet file (resumable, torchrun-aware)",
+                           description="Score image files and directories. Resumable: rows are flushed per batch and "
+                                       "a rerun skips images already in the output. Under torchrun each rank scores "
+                                       "files r::world of the sorted list into OUT.rank{r}.SUFFIX; rank 0 merges.")
+    score.add_argument("paths", nargs="+", help="image files and/or directories (searched recursively)")
+    score.add_argument("--out", required=True, help="output file: .csv, .jsonl or .parquet (needs pyarrow)")
+    score.add_argument("--overwrite", action="store_true", help="start again instead of resuming an existing output")
+    score.add_argument("--fit", default=None, help="ImageFolder of ID training images for the fitted methods "
+                                                   "(knn, mahalanobis, rmd, plp)")
+    _add_model_args(score)
+    score.set_defaults(func=_score)
+
+    ev = sub.add_parser("eval", help="OOD metrics + ID accuracy on an ImageFolder and OOD sets; writes a report",
+                        description="ID: an ImageFolder (one subfolder per class). Class names default to the folder "
+                                    "names ('_' -> ' '); with --classes, folders map to classes by name when all "
+                                    "match, else by sorted index (with a warning).")
+    ev.add_argument("--id", required=True, help="ID images: an ImageFolder directory")
+    ev.add_argument("--ood", required=True, action="append", metavar="NAME=DIR",
+                    help="an OOD set (repeatable); DIR alone names the set after the directory")
+    ev.add_argument("--out", required=True, help="report directory (report.md, report.json, roc.png, hist.png, scores.csv)")
+    ev.add_argument("--fit", default=None, help="ImageFolder of ID training images (knn, mahalanobis, rmd, plp)")
+    ev.add_argument("--convention", default="neglabel", help="FPR95 convention: neglabel (default), interp, openood")
+    ev.add_argument("--tpr", type=float, default=0.95, help="TPR level of the FPR metric (default 0.95)")
+    ev.add_argument("--aupr", default="ap", choices=["ap", "trapezoid"], help="AUPR integration (default ap)")
+    ev.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    _add_model_args(ev, classes_default=None)
+    ev.set_defaults(func=_eval)
 
     mine = sub.add_parser("mine", help="build a negative-label text bank and save it (.safetensors)")
     mine.add_argument("--model", default="ViT-B-16-quickgelu", help="open_clip architecture")

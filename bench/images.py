@@ -1,0 +1,133 @@
+"""Image-scoring throughput: ``fastood`` (detector.score) vs an official-style pipeline.
+
+``python -m bench images [--device cpu|cuda] [--quick] [--batches 64 256]``
+
+Both pipelines take the same already-preprocessed pixels (B, 3, H, W) float32 —
+JPEG decoding and resizing are excluded, they cost the same in both — and the
+ImageNet-1k NegLabel layout: K = 1,000 ID labels + 10,400 negatives in G = 100
+groups (random unit-norm text embeddings; the encoder weights are random too:
+the compute, not the scores, is what is measured).
+
+- ``fastood``   ``NegLabel.score(pixels)``: ``encode_image`` under fp16 autocast on
+                CUDA (fp32 on CPU) + the fused NegLabel op (``fastood.ops``, never
+                writes the B×N logits).
+- ``official``  eager fp32 ``encode_image`` + ``fastood.reference.neglabel_score_official_style``
+                (full logits, then per group a concatenation ``[ID | group]`` and a softmax),
+                as the NegLabel research code computes it.
+
+Each row also gives the head alone (score from precomputed features), so the
+encoder/head split is visible. Models: on CPU the tiny random CLIP of
+``fastood.api.TINY_MODEL_KWARGS`` (64×64 input); on CUDA ``ViT-B-16-quickgelu``
+with random weights (ViT-B/16 compute, 224×224) at B = 256.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import torch
+
+from bench.common import median_time, provenance, write_results
+from fastood import reference as R
+
+K, NUM_NEG, GROUPS = 1000, 10400, 100
+
+
+def _random_bank(dim: int):
+    from fastood.bank import TextBank
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(K + NUM_NEG, dim, generator=gen), dim=1)
+    return TextBank(emb, [f"class {i}" for i in range(K)], [f"neg {j}" for j in range(NUM_NEG)], groups=GROUPS,
+                    meta={"kind": "random benchmark bank"})
+
+
+def _setup(device: str):
+    from fastood.api import TINY_MODEL, TINY_MODEL_KWARGS, load_model
+    from fastood.detectors import NegLabel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if device == "cuda":
+            name, kwargs = "ViT-B-16-quickgelu", {}
+        else:
+            name, kwargs = TINY_MODEL, TINY_MODEL_KWARGS
+        clip = load_model(name, "none", device=device, model_kwargs=kwargs, warn_random=False)
+    dim = clip.model.visual.output_dim
+    bank = _random_bank(dim)
+    det = NegLabel(clip, bank=bank, device=device, batch_size=1 << 30)
+    size = clip.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return name, clip, det, bank, int(size)
+
+
+def run(device: str, batches: list[int], budget_s: float) -> tuple[dict, list[dict], str]:
+    meta = provenance(device)
+    name, clip, det, bank, size = _setup(device)
+    n_params = sum(p.numel() for p in clip.model.parameters())
+    meta.update(model=f"{name} (random weights, {n_params / 1e6:.1f} M parameters, {size}x{size} input)",
+                bank=f"K={K} ID + {NUM_NEG} negatives, G={GROUPS}, D={bank.dim}",
+                amp="fp16 autocast for fastood on CUDA; official eager fp32")
+    emb = bank.embeddings.to(device)
+    model = clip.model
+
+    def official(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f = model.encode_image(pixels.to(device)).float()
+            return R.neglabel_score_official_style(f, emb, K, groups=GROUPS)
+
+    def official_head(f: torch.Tensor) -> torch.Tensor:
+        return R.neglabel_score_official_style(f, emb, K, groups=GROUPS)
+
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for b in batches:
+        pixels = torch.randn(b, 3, size, size, generator=gen).to(device)
+        feats = det.encode_images(pixels)
+        ref = R.neglabel_score(feats.double(), emb.double(), K, groups=GROUPS)
+        cands = {
+            "fastood": (lambda: det.score(pixels), lambda: det.score_features(feats)),
+            "official": (lambda: official(pixels), lambda: official_head(feats)),
+        }
+        for cname, (full, head) in cands.items():
+            gc.collect()
+            t = median_time(full, device, budget_s=budget_s)
+            th = median_time(head, device, budget_s=budget_s / 2)
+            err = (head().double() - ref).abs().max().item()
+            rows.append({"pipeline": cname, "B": b, "ms_per_batch": 1e3 * t, "images_per_s": b / t,
+                         "head_ms": 1e3 * th, "head_share": th / t, "max_err_vs_fp64_head": err})
+            print(f"  B={b:<5} {cname:<9} {1e3 * t:9.2f} ms/batch {b / t:10.1f} images/s   head {1e3 * th:8.3f} ms "
+                  f"({100 * th / t:4.1f} %)", flush=True)
+    speed = {b: next(r for r in rows if r["B"] == b and r["pipeline"] == "fastood")["images_per_s"]
+             / next(r for r in rows if r["B"] == b and r["pipeline"] == "official")["images_per_s"] for b in batches}
+    md = [f"# images — {meta['device']}", "",
+          f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}", "",
+          f"Model: {meta['model']}. Bank: {meta['bank']}. {meta['amp']}. Input: preprocessed float32 pixels "
+          "(decode/resize excluded).", "",
+          "| pipeline | B | ms / batch | images / s | head ms | head share | head max err vs fp64 |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['pipeline']} | {r['B']} | {r['ms_per_batch']:.2f} | {r['images_per_s']:.1f} | "
+                  f"{r['head_ms']:.3f} | {100 * r['head_share']:.1f} % | {r['max_err_vs_fp64_head']:.1e} |")
+    md.append("")
+    md += [f"fastood / official at B={b}: **{s:.2f}×** images/s" for b, s in speed.items()]
+    md.append("")
+    return meta, rows, "\n".join(md)
+
+
+def main(args) -> None:
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+    if args.batches:
+        batches = list(args.batches)
+    elif device == "cuda":
+        batches = [256]
+    else:
+        batches = [64] if args.quick else [64, 256]
+    print(f"bench images on {device}: batches {batches}")
+    meta, rows, md = run(device, batches, 0.5 if args.quick else args.budget)
+    paths = write_results("images", device, meta, rows, md)
+    print(md)
+    print(f"wrote {paths[0]} and {paths[1]}")
