@@ -251,11 +251,12 @@ fc::HeadConfig head_config(const std::string& method, int64_t num_id, int64_t gr
 }
 
 int64_t cuda_head_workspace_bytes(const std::string& method, int64_t num_id, int64_t groups, double temperature,
-                                  bool normalize, int64_t max_B, int64_t N, int sm_count) {
+                                  bool normalize, int64_t B, int64_t N) {
   const fc::HeadConfig c = head_config(method, num_id, groups, temperature, normalize);
   const std::string why = fc::head_check(c, N);
   require(why.empty(), why);
-  return fc::head_workspace_bytes(c, max_B, N, sm_count);
+  require(B >= 1, "B must be >= 1");
+  return fc::head_workspace_bytes(c, B, N);
 }
 
 void head_score_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
@@ -307,8 +308,9 @@ int64 (validated by the caller); row_scale (B,) f32; lse (B, S) f32 row-major; m
 argmax0 (B,) int64. (splits, chunk, workspace_bytes) from cuda_plan_splits; the workspace must
 be 256-byte aligned. Asynchronous: errors of the launch itself raise RuntimeError.)doc");
   m.def("cuda_head_workspace_bytes", &cuda_head_workspace_bytes, py::arg("method"), py::arg("num_id"),
-        py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("max_B"), py::arg("N"),
-        py::arg("sm_count"), "Workspace bytes of head_score_cuda for batches up to max_B rows.");
+        py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("B"), py::arg("N"),
+        "Workspace bytes of head_score_cuda for B rows (non-decreasing in B: the size for the largest batch "
+        "covers all smaller ones).");
   m.def("head_score_cuda", &head_score_cuda, py::arg("dtype"), py::arg("x"), py::arg("ldx"), py::arg("bank"),
         py::arg("ldb"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("method"), py::arg("num_id"),
         py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("score"), py::arg("pred"),

@@ -138,14 +138,23 @@ def test_bindings_validate_before_launching():
     with pytest.raises(ValueError, match="null"):
         _ext.segment_lse_cuda("float16", **{**args, "x": 0})
     with pytest.raises(ValueError, match="method"):
-        _ext.cuda_head_workspace_bytes("energy", 10, 1, 0.01, True, 8, 100, 132)
+        _ext.cuda_head_workspace_bytes("energy", 10, 1, 0.01, True, 8, 100)
     with pytest.raises(ValueError, match="num_id"):
-        _ext.cuda_head_workspace_bytes("neglabel", 100, 1, 0.01, True, 8, 100, 132)
+        _ext.cuda_head_workspace_bytes("neglabel", 100, 1, 0.01, True, 8, 100)
     with pytest.raises(ValueError, match="groups"):
-        _ext.cuda_head_workspace_bytes("neglabel", 90, 11, 0.01, True, 8, 100, 132)
+        _ext.cuda_head_workspace_bytes("neglabel", 90, 11, 0.01, True, 8, 100)
     with pytest.raises(ValueError, match="temperature"):
-        _ext.cuda_head_workspace_bytes("mcm", 90, 1, 0.0, True, 8, 100, 132)
-    assert _ext.cuda_head_workspace_bytes("mcm", 100, 1, 1.0, True, 8, 100, 132) > 0
+        _ext.cuda_head_workspace_bytes("mcm", 90, 1, 0.0, True, 8, 100)
+    assert _ext.cuda_head_workspace_bytes("mcm", 100, 1, 1.0, True, 8, 100) > 0
+
+
+@needs_ext
+@pytest.mark.parametrize("method,K,G", [("neglabel", 1000, 100), ("neglabel", 10, 1), ("mcm", 1000, 1)])
+def test_head_workspace_grows_with_the_batch(method, K, G):
+    """TensorRT reserves the size for the profile's max batch: it must cover every smaller batch."""
+    sizes = [_ext.cuda_head_workspace_bytes(method, K, G, 0.01, True, b, 11400) for b in range(1, 700, 7)]
+    assert all(a <= b for a, b in zip(sizes, sizes[1:]))
+    assert sizes[0] > 0
 
 
 @needs_ext
@@ -234,9 +243,9 @@ LAYOUTS = [
 
 @gpu_test
 @pytest.mark.parametrize("name,N,offsets", LAYOUTS, ids=[c[0] for c in LAYOUTS])
-@pytest.mark.parametrize("splits", [None, 1, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("B", [1, 131])
+@pytest.mark.parametrize("splits", [None, 1, 3], ids=["auto", "s1", "s3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("B", [1, 131], ids=["B1", "B131"])
 def test_gpu_matches_float64(name, N, offsets, splits, dtype, B):
     """Truth of the rounded inputs: only fp32 accumulation error (×100 by the scale) remains."""
     gen = torch.Generator().manual_seed(31 * N + len(offsets) + B)
@@ -254,8 +263,8 @@ def test_gpu_matches_float64(name, N, offsets, splits, dtype, B):
 
 
 @gpu_test
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("splits", [None, 1, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("splits", [None, 1, 4], ids=["auto", "s1", "s4"])
 def test_gpu_low_precision_error_budget(dtype, splits):
     """Against the truth of the unrounded inputs: <= 2x torch's error (same rounded inputs, fp32 math) + 1e-4."""
     gen = torch.Generator().manual_seed(11)
@@ -276,7 +285,7 @@ def test_gpu_low_precision_error_budget(dtype, splits):
 
 @gpu_test
 @pytest.mark.parametrize("layout", ["x_strided", "x_transposed", "bank_transposed", "x_offset_by_one", "x_expanded"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_gpu_non_contiguous_and_misaligned_inputs(layout, dtype):
     """Strided, transposed, 2-byte-misaligned (scalar-load path) and stride-0 rows."""
     gen = torch.Generator().manual_seed(3)
@@ -309,7 +318,7 @@ def test_gpu_non_contiguous_and_misaligned_inputs(layout, dtype):
 
 
 @gpu_test
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_gpu_rows_equal_to_bank_rows(dtype):
     """cos = 1 on some columns at scale 100: finite, accurate, argmax exactly found."""
     gen = torch.Generator().manual_seed(5)
@@ -391,8 +400,8 @@ def test_gpu_runs_on_the_current_stream_and_device():
 
 
 @gpu_test
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("B", [1, 37, 4100])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("B", [1, 37, 4100], ids=["B1", "B37", "B4100"])
 def test_gpu_default_path_neglabel_sized(dtype, B):
     """Automatic split choice, D = 512, a NegLabel-sized bank (K = 1000, G = 100)."""
     gen = torch.Generator().manual_seed(29)
@@ -435,8 +444,8 @@ def test_gpu_public_ops_through_the_cuda_backend():
 
 @gpu_test
 @pytest.mark.parametrize("method", ["neglabel", "mcm"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("B", [1, 37, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("B", [1, 37, 300], ids=["B1", "B37", "B300"])
 def test_gpu_plugin_head_matches_the_ops(method, dtype, B):
     """head_score_cuda (what the TensorRT plugin enqueues) == fastood.ops on the torch backend."""
     gen = torch.Generator().manual_seed(43 + B)

@@ -2,8 +2,9 @@
 # One command for a lent GPU machine (no network; Python 3.12, torch, triton, nvcc,
 # cmake, ninja, pybind11, scikit-build-core there): install the wheels that are
 # missing from WHEEL_DIR, build fastood with its CUDA kernels, run the GPU tests
-# (the whole suite runs its backends on CUDA tensors there) and the GPU
-# benchmarks, and leave logs + results in OUT_DIR.
+# (the CUDA C++ kernel's tests first, under compute-sanitizer memcheck/racecheck
+# when it is there; then the whole suite, which runs its backends on CUDA tensors)
+# and the GPU benchmarks, and leave logs + results in OUT_DIR.
 #
 #   tools/gpu_check.sh OUT_DIR [WHEEL_DIR] [--quick]
 #
@@ -42,11 +43,28 @@ FASTOOD_CUDA=ON $PY -m pip install -v --no-build-isolation --no-deps -e . >"$OUT
   || { echo "build failed: see build.log"; tail -30 "$OUT/build.log"; exit 1; }
 $PY -c "import fastood, json; print(json.dumps({k: [v.available, v.reason] for k, v in fastood.backends().items()}, indent=1))" | tee "$OUT/backends.txt"
 
+echo "== CUDA C++ kernel: tests, then memcheck / racecheck on a small subset"
+# The CUDA kernel's own tests first (a fast signal; the whole suite below runs them again).
+$PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda_kernel.py 2>&1 | tee "$OUT/cuda_tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  # Out-of-bounds / misaligned accesses (tile edges, scalar-load path, splits) and shared-memory races.
+  SUBSET="(tile_edges and fp16 and B131) or misaligned or argmax_ties or (plugin_head_matches and B37)"
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda_kernel.py -k "$SUBSET" >"$OUT/cuda_$tool.log" 2>&1
+    rc=$?; echo "compute-sanitizer $tool: exit $rc" | tee -a "$OUT/cuda_tests.log"; [ "$rc" -eq 0 ] || status=1
+  done
+else
+  echo "compute-sanitizer not found: memcheck/racecheck skipped" | tee -a "$OUT/cuda_tests.log"
+fi
+
 echo "== tests on the GPU"
 $PY -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== benchmarks on the GPU"
+# bench/scores.py times every available backend: fastood-triton and fastood-cuda side by side.
 $PY -m bench scores --device cuda $QUICK 2>&1 | tee "$OUT/bench_scores.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 cp bench/results/*.json bench/results/*.md "$OUT/" 2>/dev/null

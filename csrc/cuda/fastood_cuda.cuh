@@ -51,6 +51,9 @@ struct SplitPlan {
 SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits,
                       int64_t max_workspace_bytes = kDefaultSplitWorkspaceBytes);
 
+// Exact workspace bytes of the split path for `splits` splits (0 when splits <= 1).
+int64_t split_workspace_bytes(int64_t splits, int64_t S, int64_t B);
+
 struct SegmentLseArgs {
   DType dtype = DType::kFloat32;
   const void* x = nullptr;     // (B, D), unit stride along D, row stride ldx (elements, >= 0)
@@ -96,8 +99,11 @@ struct HeadConfig {
 std::string head_check(const HeadConfig& cfg, int64_t N);
 // Number of segments the head reduces (1 + G for NegLabel, 1 for MCM).
 int64_t head_segments(const HeadConfig& cfg);
-// Workspace bytes for batches of up to max_B rows (valid for every B ≤ max_B).
-int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t max_B, int64_t N, int sm_count);
+// Workspace bytes for a batch of B rows. Non-decreasing in B and independent of the GPU,
+// so the size reserved for the largest batch (TensorRT's getWorkspaceSize at the profile's
+// max) also covers every smaller batch: head_score plans its column split inside
+// head_workspace_bytes(cfg, B, N) for the B it runs.
+int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t B, int64_t N);
 
 struct HeadArgs {
   DType dtype = DType::kFloat32;
@@ -110,7 +116,7 @@ struct HeadArgs {
   float* score = nullptr;   // device, (B,)
   int32_t* pred = nullptr;  // device, (B,) or nullptr
   void* workspace = nullptr;
-  int64_t workspace_bytes = 0;
+  int64_t workspace_bytes = 0;  // >= head_workspace_bytes(cfg, B, N)
   int sm_count = 0;  // <= 0: query the current device
   void* stream = nullptr;
 };

@@ -130,11 +130,14 @@ std::string head_check(const HeadConfig& cfg, int64_t N) {
 
 int64_t head_segments(const HeadConfig& cfg) { return cfg.method == HeadMethod::kMcm ? 1 : 1 + cfg.groups; }
 
-int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t max_B, int64_t N, int sm_count) {
+int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t B, int64_t N) {
+  // fixed part + a bound on the split workspace that holds for every GPU: at most one
+  // split per 64-column tile, capped like plan_splits. Both terms grow with B.
   const int64_t S = head_segments(cfg);
-  const int64_t B = std::max<int64_t>(max_B, 1);
-  const SplitPlan plan = plan_splits(B, used_rows(cfg, N), S, sm_count, 0);
-  return head_layout(B, S).fixed + plan.workspace_bytes;
+  B = std::max<int64_t>(B, 1);
+  const int64_t tiles = (std::max<int64_t>(used_rows(cfg, N), 1) + kTileN - 1) / kTileN;
+  const int64_t split = std::min(kDefaultSplitWorkspaceBytes, split_workspace_bytes(tiles, S, B));
+  return head_layout(B, S).fixed + split;
 }
 
 std::string head_score(const HeadArgs& a) {
@@ -145,9 +148,10 @@ std::string head_score(const HeadArgs& a) {
   if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0) return "fastood head: workspace must be 256-byte aligned";
   const int64_t S = head_segments(a.cfg);
   const HeadLayout lay = head_layout(a.B, S);
-  if (a.workspace_bytes < lay.fixed)
-    return "fastood head: workspace too small (" + std::to_string(a.workspace_bytes) + " < " +
-           std::to_string(lay.fixed) + " bytes)";
+  const int64_t need = head_workspace_bytes(a.cfg, a.B, a.N);
+  if (a.workspace_bytes < need)
+    return "fastood head: workspace too small (" + std::to_string(a.workspace_bytes) + " < " + std::to_string(need) +
+           " bytes)";
   int sms = a.sm_count;
   if (sms <= 0) {
     std::string e;
@@ -156,7 +160,9 @@ std::string head_score(const HeadArgs& a) {
     if (sms <= 0) return "fastood head: " + e;
   }
   const int64_t n_used = used_rows(a.cfg, a.N);
-  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, 0, a.workspace_bytes - lay.fixed);
+  // Plan inside the B-dependent budget (not the whole buffer): the same inputs always give
+  // the same split, hence bitwise the same scores, whatever workspace the caller reserved.
+  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, 0, need - lay.fixed);
 
   char* base = static_cast<char*>(a.workspace);
   auto* off = reinterpret_cast<int64_t*>(base + lay.off);
@@ -209,7 +215,7 @@ std::string head_score(const HeadArgs& a) {
   s.argmax0 = arg;
   s.plan = plan;
   s.workspace = plan.workspace_bytes > 0 ? base + lay.split : nullptr;
-  s.workspace_bytes = a.workspace_bytes - lay.fixed;
+  s.workspace_bytes = need - lay.fixed;
   s.stream = a.stream;
   why = segment_lse(s);
   if (!why.empty()) return "fastood head: " + why;

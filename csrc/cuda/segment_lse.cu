@@ -500,6 +500,10 @@ bool aligned16(const void* ptr, int64_t ld, int64_t D) {
 
 }  // namespace
 
+int64_t split_workspace_bytes(int64_t splits, int64_t S, int64_t B) {
+  return splits > 1 ? ws_layout(splits, S, B).total : 0;
+}
+
 SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits, int64_t max_workspace_bytes) {
   SplitPlan plan;
   const int64_t tiles = std::max<int64_t>(1, cdiv(N, kTileN));

@@ -206,7 +206,7 @@ def head_score_cuda(
     N = bank.shape[0]
     index = device.index if device.index is not None else torch.cuda.current_device()
     sms = _sm_count(index)
-    ws_bytes = ext.cuda_head_workspace_bytes(method, num_id, groups, float(temperature), bool(normalize), B, N, sms)
+    ws_bytes = ext.cuda_head_workspace_bytes(method, num_id, groups, float(temperature), bool(normalize), B, N)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
     score = torch.empty(B, dtype=torch.float32, device=device)
     pred = torch.empty(B, dtype=torch.int32, device=device)
