@@ -41,10 +41,12 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fastood' has no attribute {name!r}")
-    try:
-        value = getattr(importlib.import_module(module), name)
-    except AttributeError:
-        raise AttributeError(f"module 'fastood' has no attribute {name!r} ({module} does not define it)") from None
+    mod = importlib.import_module(module)
+    value = getattr(mod, name, None)
+    if value is None:  # optional detectors (MSP/PLP, InterNeg) are only in the registry
+        value = next((c for c in getattr(mod, "DETECTORS", {}).values() if c.__name__ == name), None)
+    if value is None:
+        raise AttributeError(f"module 'fastood' has no attribute {name!r} ({module} does not define it)")
     globals()[name] = value  # later lookups skip __getattr__
     return value
 

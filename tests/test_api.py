@@ -204,3 +204,12 @@ def test_import_fastood_is_lazy_and_works_without_open_clip():
     assert "IMPORT-ERROR" in res.stdout and "open_clip" in res.stdout
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         fastood.nonexistent  # noqa: B018
+
+
+def test_detector_classes_are_reexported():
+    from fastood.detectors import DETECTORS
+
+    for name in ("NegLabel", "MCM", "KNN", "Mahalanobis", "RMD", "MSP", "PLP", "InterNeg"):
+        cls = getattr(fastood, name)
+        assert cls.__name__ == name and DETECTORS[cls.name] is cls
+    assert all(issubclass(c, fastood.Detector) for c in DETECTORS.values())
