@@ -236,6 +236,21 @@ def test_cap_keeps_top_deviation_and_reset(clip, static, stream):
     assert torch.equal(det.dynamic, accepted[top])
 
 
+def test_calibrate_leaves_the_stream_alone(clip, static, stream):
+    det = make(clip, static, beta=1.0, batch_size=8)
+    det.score_features(stream[:8])
+    before = det.dynamic.clone(), dict(det.stats), det.generator.get_state()
+    imgs = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    thr = det.calibrate(imgs)  # scoring ID images runs the stream ...
+    assert torch.equal(det.dynamic, before[0]) and det.stats == before[1]  # ... and restores it
+    assert torch.equal(det.generator.get_state(), before[2])
+    assert det.threshold == thr
+    rest = det.score_features(stream[8:])
+    fresh = make(clip, static, beta=1.0, batch_size=8)
+    fresh.score_features(stream[:8])
+    assert torch.equal(rest, fresh.score_features(stream[8:]))
+
+
 def test_insert_is_stable_on_ties(clip, static):
     det = make(clip, static, bank_size=2)
     e = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(9)), dim=1)

@@ -32,7 +32,8 @@ batch at once); an inverted embedding is kept iff it passes the inter-modal
 criterion; kept ones join the dynamic bank, which is sorted by ``D`` (stable:
 earlier entries win ties) and cut to the top ``bank_size`` (2000); the batch is then
 rescored with the updated bank. The dynamic bank, the inversion generator (seeded by
-``inversion_seed``) and the counters in ``stats`` are the streaming state:
+``inversion_seed``) and the counters in ``stats`` are the streaming state
+(``calibrate`` on images restores it afterwards):
 :meth:`InterNeg.reset` clears the bank and counters and reseeds the generator, so a
 replayed stream gives the same scores. ``score`` / ``predict`` / ``score_features``
 / ``predict_features`` all update the state; :meth:`InterNeg.head` scores with the
@@ -241,6 +242,17 @@ class InterNeg(ZeroShotDetector):
         self.last_inversion: dict[str, Tensor] | None = None
         self._layout_cache = None
 
+    def calibrate(self, id_images_or_scores: Any, tpr: float = 0.95, **kw: Any) -> float:
+        """As :meth:`Detector.calibrate`; scoring ID images for it leaves the streaming state as it was."""
+        saved = (self.dynamic, self.dynamic_deviation, self.generator.get_state(), dict(self.stats),
+                 self.last_inversion)
+        try:
+            return super().calibrate(id_images_or_scores, tpr, **kw)
+        finally:
+            self.dynamic, self.dynamic_deviation, state, self.stats, self.last_inversion = saved
+            self.generator.set_state(state)
+            self._layout_cache = None
+
     def _to(self, device: torch.device) -> None:
         self._layout_cache = None
 
@@ -302,6 +314,11 @@ class InterNeg(ZeroShotDetector):
 
         Ties keep earlier entries first (stable sort). Returns how many were evicted.
         """
+        if self.bank is None:
+            raise NotFittedError("InterNeg is not fitted yet: there is no static bank to add negatives to")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.bank.dim or deviation.shape != embeddings.shape[:1]:
+            raise ValueError(f"insert needs (n, {self.bank.dim}) embeddings and (n,) deviations, got "
+                             f"{tuple(embeddings.shape)} and {tuple(deviation.shape)}")
         emb = torch.cat([self.dynamic, embeddings.to(self.dynamic.device, torch.float32)])
         dev = torch.cat([self.dynamic_deviation, deviation.to(self.dynamic.device, torch.float32)])
         order = torch.sort(dev, descending=True, stable=True).indices[: self.bank_size]
