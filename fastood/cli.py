@@ -456,9 +456,10 @@ def _score(args: argparse.Namespace) -> int:
         dist.barrier()
         if det is None:
             det = _build_detector(args, classes=args.classes, device=device)
+        fit_folders = None
         if getattr(det, "needs_fit", False):
             fit_skipped: list[tuple[str, str]] = []
-            _fit_detector(det, args, fit_skipped)
+            fit_folders = _fit_detector(det, args, fit_skipped)
             if rank == 0:
                 _report_skipped(fit_skipped)
         info = _run_info(args, det, args.classes)
@@ -467,7 +468,7 @@ def _score(args: argparse.Namespace) -> int:
         dist.barrier()
         if rank == 0:
             O.write_json_atomic(meta_path, info)
-        classes = getattr(det, "classes", None)
+        classes = getattr(det, "classes", None) or fit_folders  # fitted detectors predict --fit folder indices
         threshold = getattr(det, "threshold", None)
         columns = O.columns_for(threshold is not None)
         try:

@@ -66,7 +66,7 @@ def plot_roc(path: str | os.PathLike, id_scores: Any, ood_sets: Mapping[str, Any
     for name, ood in ood_sets.items():
         fpr, tpr = roc_curve(id_scores, ood)
         label = name if not aurocs else f"{name} (AUROC {100 * aurocs[name]:.2f})"
-        ax.plot(fpr, tpr, label=label, drawstyle="steps-post")
+        ax.plot(fpr, tpr, label=label)  # straight segments: tied scores give diagonal steps
     ax.plot([0, 1], [0, 1], linestyle=":", color="gray", linewidth=1)
     ax.axhline(0.95, linestyle="--", color="gray", linewidth=0.8)
     ax.set_xlim(0, 1)
@@ -127,6 +127,10 @@ def _markdown(report: dict[str, Any]) -> str:
     acc = report["id"].get("accuracy")
     lines.append(f"- ID accuracy (top-1 over the detector's classes): {_pct(acc)} %" if acc is not None
                  else "- ID accuracy: not available (this detector predicts no ID class, or labels could not be mapped)")
+    thr = info.get("calibrated_threshold")
+    if thr is not None:
+        lines.append(f"- threshold keeping {100 * m['average']['tpr']:g} % of ID images: score ≥ {thr:.6g} "
+                     f"(use it as `--threshold` / `det.threshold`)")
     lines += [
         f"- skipped unreadable files: {len(report['skipped'])}",
         f"- {CONVENTION_TEXT[conv]} Target TPR = {tpr:g}.",
