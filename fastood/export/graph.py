@@ -165,7 +165,11 @@ class DetectorGraph(nn.Module):
     def __init__(self, encoder: nn.Module, head: StandardHead, *, fp16: bool = False) -> None:
         super().__init__()
         self.fp16 = bool(fp16)
-        self.encoder = _fp16_encoder(encoder) if fp16 else encoder
+        if fp16:
+            encoder = _fp16_encoder(encoder)
+        elif any(p.dtype != torch.float32 for p in encoder.parameters()):
+            encoder = copy.deepcopy(encoder).float()  # e.g. a model loaded with precision="fp16": export fp32
+        self.encoder = encoder
         self.head = head
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,5 +207,6 @@ def build_graph(
     cls = FusedHead if head == "fused" else StandardHead
     h = cls(bank.detach().cpu(), num_id, groups, temperature, method)
     enc = image_encoder(model)
-    graph = DetectorGraph(enc, h, fp16=fp16).eval()
+    device = next(iter(enc.parameters()), torch.empty(0)).device
+    graph = DetectorGraph(enc, h.to(device), fp16=fp16).eval()
     return graph
