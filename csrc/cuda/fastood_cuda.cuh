@@ -34,6 +34,8 @@ constexpr int64_t kTileN = 64;
 constexpr int64_t kMaxColumns = (int64_t{1} << 31) - 1 - 2 * kTileN;
 // Default cap on the split workspace (partial m, l per split, segment and row).
 constexpr int64_t kDefaultSplitWorkspaceBytes = int64_t{64} << 20;
+// The fused head's (TensorRT plugin's) cap: TensorRT reserves it for the largest batch.
+constexpr int64_t kHeadSplitWorkspaceBytes = int64_t{16} << 20;
 
 // How the columns are split. splits == 1: single pass, no workspace, no merge kernel.
 struct SplitPlan {

@@ -136,7 +136,7 @@ int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t B, int64_t N) {
   const int64_t S = head_segments(cfg);
   B = std::max<int64_t>(B, 1);
   const int64_t tiles = (std::max<int64_t>(used_rows(cfg, N), 1) + kTileN - 1) / kTileN;
-  const int64_t split = std::min(kDefaultSplitWorkspaceBytes, split_workspace_bytes(tiles, S, B));
+  const int64_t split = std::min(kHeadSplitWorkspaceBytes, split_workspace_bytes(tiles, S, B));
   return head_layout(B, S).fixed + split;
 }
 

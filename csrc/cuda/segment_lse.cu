@@ -388,8 +388,8 @@ __device__ __forceinline__ void run_block(const FwdParams& p, Smem& sm, TileFn t
   const bool row_ok = row < p.B;
   const float t_scale = row_ok ? p.row_scale[row] * kLog2e : 0.0f;
 
-  const int col_lo = pid * p.chunk;
-  const int col_hi = min(p.N, col_lo + p.chunk);
+  const int col_lo = pid * p.chunk;  // < N: the plan has no empty split
+  const int col_hi = static_cast<int>(min(static_cast<int64_t>(p.N), static_cast<int64_t>(col_lo) + p.chunk));
 
   SegCursor cur;
   if (p.split) {

@@ -1,0 +1,3 @@
+// TEST STAND-IN — see NvInferRuntime.h in this folder.
+#pragma once
+#include "NvInferRuntime.h"
