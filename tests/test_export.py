@@ -184,6 +184,12 @@ def test_mcm_export(clip, bank, tmp_path):
         assert (score.double() - truth).abs().max() < 2e-6
         assert (score - det.score(x)).abs().max() < 2e-6
         assert torch.equal(pred, det.predict(x).labels)
+    fused = onnx.load(str(fx.to_onnx(det, tmp_path / "fused", head="fused")))
+    (node,) = [n for n in fused.graph.node if n.domain == "fastood"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["method"] == b"mcm" and attrs["num_id"] == K and attrs["groups"] == 1
+    assert attrs["temperature"] == pytest.approx(1.0)
+    assert [tuple(i.dims) for i in fused.graph.initializer if i.name == node.input[1]] == [(K, 32)]
 
 
 def test_fp16_export_keeps_layernorm_and_head_fp32(neglabel, tmp_path):
@@ -467,3 +473,159 @@ def test_tensorrt_engine_matches_onnxruntime(neglabel, std_export, tmp_path, fp1
     assert (score.cpu().double() - truth).abs().max() < (5e-3 if fp16 else 1e-4)
     if not fp16:
         assert torch.equal(got_pred.cpu(), pred)
+
+
+# ------------------------------------------------------------ TensorRT build logic, on a stand-in module
+class _FakeTRT:
+    """The slice of the TensorRT 10 / 11 Python API that build_engine uses, recording calls.
+
+    The parser turns the ONNX file's nodes into layers named like them (as TensorRT's
+    ONNX parser does), so precision pinning is checked against the real exported graph.
+    TensorRT 11 has no FP16 / precision-constraint flags and no per-layer precision.
+    """
+
+    float32, float16, int32, int64, bool = "f32", "f16", "i32", "i64", "bool"
+
+    def __init__(self, version: str):
+        import types
+
+        self.__version__ = version
+        self.major = int(version.split(".")[0])
+        self.calls: list = []
+        fake = self
+        self.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda s, level: None})
+        self.LayerType = types.SimpleNamespace(NORMALIZATION="norm", OTHER="other")
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+        flags = {"STRONGLY_TYPED_UNUSED": "x"}
+        if self.major < 11:
+            flags.update(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY", PREFER_PRECISION_CONSTRAINTS="PREFER")
+        self.BuilderFlag = types.SimpleNamespace(**flags)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="ws")
+
+        class Tensor:
+            def __init__(self, dtype):
+                self.dtype = dtype
+
+        class Layer:
+            def __init__(self, name, kind, out_dtype):
+                self.name, self.type, self._outs = name, kind, [Tensor(out_dtype)]
+                self.num_outputs = 1
+                self.pinned = False
+
+            def get_output(self, i):
+                return self._outs[i]
+
+            def __setattr__(self, key, value):
+                if key in ("precision", "compute_precision") and fake.major >= 11:
+                    raise AttributeError(f"TensorRT 11 has no ILayer.{key}")
+                if key == "precision":
+                    object.__setattr__(self, "pinned", True)
+                object.__setattr__(self, key, value)
+
+            def set_output_type(self, i, dt):
+                assert fake.major < 11
+                self._outs[i].dtype = dt
+
+        class Network:
+            def __init__(self, flags):
+                self.flags, self.layers = flags, []
+
+            @property
+            def num_layers(self):
+                return len(self.layers)
+
+            def get_layer(self, i):
+                return self.layers[i]
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.network, self.num_errors = network, 0
+
+            def parse_from_file(self, path):
+                m = onnx.load(path)
+                ints = {"ArgMax", "Shape", "Cast"}
+                for n in m.graph.node:
+                    kind = "norm" if n.op_type == "LayerNormalization" else "other"
+                    self.network.layers.append(Layer(n.name, kind, "i64" if n.op_type in ints else "f32"))
+                fake.calls.append(("parse", path))
+                return True
+
+        class Config:
+            def __init__(self):
+                self.flags, self.profiles = set(), []
+
+            def set_flag(self, f):
+                self.flags.add(f)
+
+            def clear_flag(self, f):
+                self.flags.discard(f)
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("workspace", size))
+
+            def add_optimization_profile(self, p):
+                self.profiles.append(p)
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls.append(("profile", name, lo, opt, hi))
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags=0):
+                fake.network = Network(flags)
+                return fake.network
+
+            def create_builder_config(self):
+                fake.config = Config()
+                return fake.config
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", network.flags, frozenset(config.flags)))
+                return b"serialized-engine"
+
+        self.Builder, self.OnnxParser = Builder, Parser
+
+
+@pytest.mark.parametrize("version", ["10.8.0", "11.1.0"])
+def test_tensorrt_build_logic_with_a_stand_in(neglabel, std_export, tmp_path, monkeypatch, version):
+    import sys
+
+    from fastood.export.runtime_trt import build_engine, engine_key
+
+    fake = _FakeTRT(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    kw = dict(image_size=(32, 32), batch=(1, 8, 16))
+    # fp32 file, fp32 engine: no precision flags, explicit (non strongly typed) network
+    out = build_engine(std_export, tmp_path / "a.engine", **kw)
+    assert out.read_bytes() == b"serialized-engine"
+    assert ("profile", "pixels", (1, 3, 32, 32), (8, 3, 32, 32), (16, 3, 32, 32)) in fake.calls
+    assert fake.calls[-1] == ("build", 0, frozenset())
+    # an fp16 file: strongly typed, precision from the file (10.x sets the flag; 11.x always is)
+    fp16_file = fx.to_onnx(neglabel, tmp_path / "f16", fp16=True)
+    build_engine(fp16_file, tmp_path / "b.engine", onnx_precision="fp16", **kw)
+    assert fake.calls[-1] == ("build", 1 if fake.major < 11 else 0, frozenset())
+    # an fp32 file with fp16=True: TensorRT 10's builder flag + fp32 LayerNorm / head; an error on 11
+    if fake.major >= 11:
+        with pytest.raises(ValueError, match="export with fp16=True"):
+            build_engine(std_export, tmp_path / "c.engine", fp16=True, **kw)
+    else:
+        build_engine(std_export, tmp_path / "c.engine", fp16=True, **kw)
+        assert fake.calls[-1] == ("build", 0, frozenset({"FP16", "OBEY"}))
+        layers = fake.network.layers
+        pinned = {ly.name for ly in layers if ly.pinned}
+        norms = {ly.name for ly in layers if ly.type == "norm"}
+        head_float = {ly.name for ly in layers if ly.name.startswith("fastood_head/") and "ArgMax" not in ly.name
+                      and "Cast" not in ly.name}
+        assert norms and head_float and pinned == norms | head_float
+        assert all(ly.get_output(0).dtype == "f32" for ly in layers if ly.pinned)
+    with pytest.raises(ValueError, match="fp16=False"):
+        build_engine(fp16_file, tmp_path / "d.engine", onnx_precision="fp16", fp16=False, **kw)
+    assert not list(tmp_path.glob(".*.tmp"))
+    k = engine_key(version, "90", "ab" * 32, {"fp16": True, "batch": [1, 8, 16]})
+    assert k.startswith(f"trt{version}-sm90-{'ab' * 8}-") and k != engine_key(version, "80", "ab" * 32, {"fp16": True, "batch": [1, 8, 16]})

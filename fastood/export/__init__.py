@@ -233,15 +233,19 @@ def to_tensorrt(
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
     if device is None:
         _compute_capability(torch.device("cpu"))  # raises the clear "needs a CUDA GPU" error
-    if engine_path is None:
+    default_location = engine_path is None
+    if default_location:
         engine_path = cached_engine_path(manifest, model.parent, fp16=fp16, batch=prof, device=device)
     engine_path = Path(engine_path)
-    if engine_path.is_file() and not force:
-        return engine_path
-    h, w = manifest["preprocess"]["image_size"]
-    return build_engine(model, engine_path, input_name=manifest["input"]["name"], image_size=(h, w), batch=prof,
-                        onnx_precision=manifest["precision"], fp16=fp16, fused=manifest["head"] == "fused",
-                        workspace_gb=workspace_gb, plugin=plugin)
+    if not engine_path.is_file() or force:
+        h, w = manifest["preprocess"]["image_size"]
+        build_engine(model, engine_path, input_name=manifest["input"]["name"], image_size=(h, w), batch=prof,
+                     onnx_precision=manifest["precision"], fp16=fp16, fused=manifest["head"] == "fused",
+                     workspace_gb=workspace_gb, plugin=plugin)
+    if default_location:  # load(provider="tensorrt") then finds this engine without repeating the options
+        manifest["tensorrt"] = {"fp16": bool(fp16), "batch": list(prof)}
+        mf.write_manifest(manifest, mpath)
+    return engine_path
 
 
 def load(path: str | os.PathLike, provider: str = "auto", **options: Any):

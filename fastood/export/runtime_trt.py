@@ -303,6 +303,11 @@ class TrtDetector(ExportedDetector):
         trt = import_tensorrt()
         if not torch.cuda.is_available():
             raise TensorRTUnavailable("TensorRT needs a CUDA GPU, and torch sees none")
+        built = manifest.get("tensorrt") or {}  # what fastood.export.to_tensorrt built for this export
+        if fp16 is None and built.get("fp16") is not None:
+            fp16 = bool(built["fp16"])
+        if batch is None and built.get("batch"):
+            batch = tuple(built["batch"])
         if batch is not None:
             manifest = {**manifest, "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}}
         super().__init__(manifest, model_path, batch_size=batch_size)
