@@ -323,3 +323,37 @@ def test_eval_fitted_method_with_fit_dir(data, tmp_path):
     with open(out / "scores.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["set"] == "id"]
     assert len(rows) == 8 and all(abs(float(r["score"]) - 1.0) < 1e-5 for r in rows)
+
+
+def test_output_journal_and_merge_by_hand(tmp_path):
+    """Hand-written rows: round trip, truncated tails (CSV and JSONL), header check, merge order + dedupe."""
+    cols = O.columns_for(True)
+    rows = [{"path": "b, \"quoted\".png", "score": 0.1 + 2 ** -30, "pred": 3, "pred_label": "x", "is_ood": True},
+            {"path": "a.png", "score": float(np.float32(0.7)), "pred": None, "pred_label": None, "is_ood": False}]
+    for suffix in (".csv", ".jsonl"):
+        path = tmp_path / f"j{suffix}"
+        with O.RowJournal(path, cols) as j:
+            j.append(rows[:1])
+            j.append(rows[1:])
+        assert O.read_rows(path) == rows  # exact floats, quoting, empty cells
+        with open(path, "a") as f:
+            f.write("c.png,0.5" if suffix == ".csv" else '{"path": "c.png", "sc')
+        j = O.RowJournal(path, cols)
+        assert j.dropped_tail and j.rows == rows and j.done() == {r["path"] for r in rows}
+        j.close()
+        assert path.read_text().endswith("\n")  # rewritten without the cut record
+    with pytest.raises(ValueError, match="columns"):
+        O.RowJournal(tmp_path / "j.csv", O.columns_for(False))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,score\na.png,notanumber\nb.png,0.5\n")
+    with pytest.raises(ValueError, match="record 2"):
+        O.read_rows(bad)
+    # merge: one row per path (the later source wins), in the given order, unknown paths last
+    src2 = tmp_path / "r1.csv"
+    O.write_rows(src2, [dict(rows[1], score=0.25), {"path": "z.png", "score": 1.0, "pred": 0, "pred_label": "y",
+                                                     "is_ood": False}], cols)
+    merged = O.finalize(tmp_path / "out.csv", [tmp_path / "j.csv", src2], cols, order=["a.png", rows[0]["path"]])
+    assert [r["path"] for r in merged] == ["a.png", rows[0]["path"], "z.png"]
+    assert merged[0]["score"] == 0.25 and O.read_rows(tmp_path / "out.csv") == merged
+    assert O.rank_path("x/scores.parquet", 1) == Path("x/scores.rank1.jsonl")
+    assert O.journal_path("x/s.parquet") == Path("x/s.parquet.partial.jsonl")
