@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import os
 import threading
 import warnings
@@ -98,12 +99,28 @@ def load_model(
         if warn_random:
             warnings.warn(f"pretrained={pretrained!r}: {model} has RANDOM WEIGHTS; scores are meaningless "
                           "(pass a checkpoint or set FASTOOD_PRETRAINED for real results)", stacklevel=3)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clip = load_clip(model, "", device=device, precision=precision, interpolation=interpolation, **kwargs)
+        quiet = _DropLog("No pretrained weights loaded")  # open_clip's notice; we warned above
+        logging.getLogger().addFilter(quiet)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                clip = load_clip(model, "", device=device, precision=precision, interpolation=interpolation, **kwargs)
+        finally:
+            logging.getLogger().removeFilter(quiet)
         clip.pretrained = RANDOM_TAG
         return clip
     return load_clip(model, pretrained, device=device, precision=precision, interpolation=interpolation, **kwargs)
+
+
+class _DropLog(logging.Filter):
+    """Drops log records containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _accepts(cls: type, name: str) -> bool:

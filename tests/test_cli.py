@@ -357,3 +357,18 @@ def test_output_journal_and_merge_by_hand(tmp_path):
     assert merged[0]["score"] == 0.25 and O.read_rows(tmp_path / "out.csv") == merged
     assert O.rank_path("x/scores.parquet", 1) == Path("x/scores.rank1.jsonl")
     assert O.journal_path("x/s.parquet") == Path("x/s.parquet.partial.jsonl")
+
+
+def test_demo_with_a_checkpoint_file(tmp_path, capsys):
+    """--pretrained FILE takes the real-weights branch (here: a saved tiny model), with no random-weights banner."""
+    from safetensors.torch import save_file
+
+    from fastood.api import load_model
+
+    clip = load_model("ViT-B-32", "none", device="cpu", model_kwargs=MODEL_KWARGS, seed=7, warn_random=False)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, str(ckpt))
+    assert main(["demo", "--pretrained", str(ckpt), "--model", "ViT-B-32", "--model-kwargs", json.dumps(MODEL_KWARGS),
+                 "--max-candidates", "300", "--groups", "5", "--cache", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" not in out and f"with weights {ckpt}" in out and "G=5 groups" in out
