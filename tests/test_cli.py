@@ -372,3 +372,19 @@ def test_demo_with_a_checkpoint_file(tmp_path, capsys):
                  "--max-candidates", "300", "--groups", "5", "--cache", str(tmp_path), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" not in out and f"with weights {ckpt}" in out and "G=5 groups" in out
+
+
+def test_report_without_matplotlib_skips_plots(tmp_path, monkeypatch):
+    from fastood.report import write_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    id_s, ood_s = np.array([0.9, 0.8, 0.7, 0.95]), {"x": np.array([0.1, 0.85, 0.2])}
+    metrics = evaluate_many(id_s, ood_s)
+    with pytest.warns(UserWarning, match="matplotlib is not installed"):
+        written = write_report(tmp_path, id_scores=id_s, ood_scores=ood_s, metrics=metrics,
+                               id_info={"dir": "id", "num_images": 4, "num_classes": 1, "label_mapping": "none",
+                                        "accuracy": None}, run_info={"method": "neglabel"})
+    assert set(written) == {"json", "md"} and not (tmp_path / "roc.png").exists()
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["metrics"]["per_set"]["x"]["auroc"] == pytest.approx(10 / 12)  # 10 of the 12 (ID, OOD) pairs ordered
+    assert "| x | 3 |" in (tmp_path / "report.md").read_text()
