@@ -95,6 +95,10 @@ def main(args) -> None:
     device = getattr(args, "device", "cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
+    if device == "cpu":
+        # One thread by default: on a shared CPU, OpenMP threads stall at every barrier while another
+        # process holds a core (measured here: the same step 0.13 s with 1 thread, 0.4-1.9 s with 2).
+        torch.set_num_threads(int(os.environ.get("FASTOOD_BENCH_THREADS", "1")))
     quick = bool(getattr(args, "quick", False))
     batches = getattr(args, "batches", None) or ([32] if quick else ([64, 256] if device == "cpu" else [256, 1024]))
     steps, warm, rounds = (2, 1, 1) if quick else (4, 1, 3)
@@ -127,7 +131,9 @@ def main(args) -> None:
         model=f"{name} (random weights){' shrunk: ' + str(kwargs) if kwargs else ''}",
         image_size=size, embed_dim=D, precision="fp32" if device == "cpu" else "bf16 autocast",
         steps=f"{rounds} interleaved rounds × {steps} measured steps (after {warm} warm-up steps) per candidate",
-        load_average=[list(load_start), list(os.getloadavg())],
+        load_average=[round(v, 2) for v in load_start] and [[round(v, 2) for v in load_start],
+                                                             [round(v, 2) for v in os.getloadavg()]],
+        cpu_threads=torch.get_num_threads() if device == "cpu" else None,
     )
     md = to_markdown(meta, rows)
     json_path, md_path = write_results("train", device, meta, rows, md)
@@ -149,6 +155,8 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
         "the best step",
         "- speed-up from the best step times (the median is shown too: on a shared machine individual steps "
         "vary by up to 10×)",
+        *([f"- {meta['cpu_threads']} CPU thread(s) (FASTOOD_BENCH_THREADS, default 1: on a shared CPU two OpenMP "
+            "threads stall whenever another process holds a core)"] if meta.get("cpu_threads") else []),
         "",
         "| loss | global batch B | images/s (median step) | median step ms | images/s (best step) | best step ms | "
         "loss alone fwd+bwd ms | loss share | speed-up vs open_clip (best) |",
