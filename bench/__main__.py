@@ -7,18 +7,11 @@ device name, date, commit and torch/triton versions.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-# CPU peak memory is read from the RSS high-water mark. glibc's dynamic mmap
-# threshold would keep freed logits in its heap (invisible to RSS); a fixed
-# threshold makes every large buffer an mmap that is returned on free.
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-    os.execv(sys.executable, [sys.executable, "-m", "bench", *sys.argv[1:]])
+import torch
 
-import torch  # noqa: E402
+from bench.common import steady_state_allocator
 
 
 def _suites() -> list[str]:
@@ -45,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import importlib
 
+    steady_state_allocator()  # timing; peak_extra_memory switches to 1 MiB mmaps while it measures
     importlib.import_module(f"bench.{args.suite}").main(args)
 
 

@@ -31,7 +31,7 @@ import warnings
 
 import torch
 
-from bench.common import provenance, sync, write_results
+from bench.common import provenance, steady_state_allocator, sync, write_results
 from fastood import reference as R
 
 K, NUM_NEG, GROUPS = 1000, 10400, 100
@@ -151,28 +151,8 @@ def run(device: str, batches: list[int], budget_s: float, allocator: str = "") -
     return meta, rows, "\n".join(md)
 
 
-def _heap_allocations() -> str:
-    """Undo ``python -m bench``'s ``MALLOC_MMAP_THRESHOLD_=1 MiB`` for this suite (Linux glibc).
-
-    That setting (there for the RSS-based peak-memory measurements of other suites) turns
-    every large buffer into a fresh mmap, i.e. page faults on every call, which taxes the
-    allocation-heavy official pipeline several-fold. This suite times throughput only, so
-    it puts the threshold at glibc's 64-bit maximum (32 MiB; trim threshold 64 MiB), close
-    to glibc's default steady state.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 64 << 20) == 1
-        return "glibc mmap threshold 32 MiB, trim threshold 64 MiB" if ok else "allocator defaults (mallopt failed)"
-    except (OSError, AttributeError):
-        return "allocator defaults"
-
-
 def main(args) -> None:
-    allocator = _heap_allocations()
+    allocator = steady_state_allocator()
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
