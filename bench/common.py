@@ -130,6 +130,15 @@ def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def steady_state_allocator() -> str:
     """Put glibc's allocator in the state a warmed-up process reaches by itself, for timing.
 
@@ -159,15 +168,13 @@ def peak_extra_memory(fn: Callable[[], object], device: str) -> int | None:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    _mallopt(1 << 20, 1 << 20)
+    _malloc_trim()  # give the pages of chunks freed during timing back, so reusing them shows in RSS
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        return None
-    _mallopt(1 << 20, 1 << 20)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
         base = _rss_now_bytes()
         fn()
         return max(0, _rss_peak_bytes() - base)
