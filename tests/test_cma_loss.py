@@ -437,3 +437,28 @@ def test_autocast_does_not_leak_into_the_op():
     assert all(torch.equal(u, v) for u, v in zip(g_inside, g_outside))
     truth = R.cma_loss(x.detach().double(), t.double(), s.detach().double())
     assert abs(inside.item() - truth.item()) < 1e-5
+
+
+def test_drop_in_for_open_clip_training_code():
+    """open_clip's training loop calls ``loss(**model(images, texts), output_dict=True)`` on a model
+    created with ``output_dict=True``; CMALoss(lam=0) takes that call and equals ClipLoss."""
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(
+        "ViT-B-32", pretrained=None, output_dict=True, embed_dim=16,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+    )
+    images = torch.randn(6, 3, 32, 32)
+    texts = open_clip.get_tokenizer("ViT-B-32")([f"a photo of a {c}" for c in "abcdef"])
+    losses = []
+    for loss_fn in (ClipLoss(), CMALoss(lam=0.0)):
+        model.zero_grad()
+        out = loss_fn(**model(images, texts), output_dict=True)
+        total = sum(out.values())
+        total.backward()
+        losses.append((total.detach(), model.logit_scale.grad.clone(), model.visual.conv1.weight.grad.clone()))
+    for a, b in zip(*losses):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

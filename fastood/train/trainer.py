@@ -163,6 +163,7 @@ class Trainer:
         checkpoint = None
         if cfg.resume is not None:
             checkpoint, cfg = self._open_resume(cfg, explicit)
+        self._fresh = checkpoint is None
         cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(cfg.out).expanduser()
@@ -334,7 +335,7 @@ class Trainer:
         from fastood.train.evaluate import mine_negatives, read_negatives, write_negatives
 
         path = self._negatives_path()
-        if self.is_main and not path.exists():
+        if self.is_main and (self._fresh or not path.exists()):  # a fresh run never inherits a stale list
             if self.cfg.eval_negatives:
                 negatives = read_negatives(self.cfg.eval_negatives)
             else:
@@ -560,6 +561,11 @@ class Trainer:
                 rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= self.step]
         text = ",".join(CSV_FIELDS) + "\n" + "".join(",".join(r.get(k, "") for k in CSV_FIELDS) + "\n" for r in rows)
         atomic_write_text(path, text)
+        evals = self.run_dir / "eval.jsonl"
+        if evals.exists():  # likewise: evaluations after the checkpoint (or of an abandoned fresh start) go
+            kept = [ln for ln in evals.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and not self._fresh and json.loads(ln).get("step", 0) <= self.step]
+            atomic_write_text(evals, "".join(ln + "\n" for ln in kept))
         self._csv = open(path, "a", newline="", encoding="utf-8")
         self._csv_writer = csv.DictWriter(self._csv, fieldnames=CSV_FIELDS)
         if self.cfg.tensorboard:
@@ -658,7 +664,7 @@ class Trainer:
             saved_at = self.step if self.last_checkpoint is not None else None
             t_prev = time.perf_counter()
             t_start = t_prev
-            stop = False
+            stop = cfg.stop_at_step is not None and self.step >= cfg.stop_at_step
             while self.step < self.total_steps and not stop:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch)
