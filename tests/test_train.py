@@ -262,10 +262,16 @@ def test_stop_and_resume_is_exact(data, tmp_path, reference_run):
     assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
 
 
-def test_resume_refuses_a_different_setup_and_an_occupied_run_dir(data, tmp_path):
+def test_resume_refuses_a_different_setup_and_an_occupied_run_dir(data, tmp_path, capfd):
     out = tmp_path / "run"
-    first = train(make_cfg(data, out, stop_at_step=1, precision="bf16"))  # the CPU autocast path runs too
+    first = train(make_cfg(data, out, stop_at_step=1, precision="bf16", tensorboard=True))  # CPU autocast path
     assert math.isfinite(first.last_loss) and len(log_rows(out)) == 1
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard is not installed" in capfd.readouterr().err
+    else:
+        assert any((out / "tensorboard").iterdir())
     with pytest.raises(ValueError, match="lr: checkpoint 0.001 vs given 0.01"):
         Trainer(make_cfg(data, out, lr=1e-2, precision="bf16", resume=""), explicit={"lr", "out", "resume"})
     with pytest.raises(ValueError, match="precision: checkpoint 'bf16' vs given 'fp32'"):

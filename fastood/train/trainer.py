@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import csv
 import json
 import math
@@ -243,7 +244,9 @@ class Trainer:
             use_cuda = torch.cuda.is_available() and (cfg.device is None or str(cfg.device).startswith("cuda"))
             if use_cuda:
                 torch.cuda.set_device(local)
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            # rank 0 alone mines the negatives and runs evaluations while the others wait at a barrier:
+            # allow for that rather than NCCL's 10-minute default
+            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=60))
             self._own_pg = True
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
