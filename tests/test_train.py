@@ -14,13 +14,11 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
