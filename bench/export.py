@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from bench.common import provenance, sync, write_results
+from bench.common import provenance, steady_state_allocator, sync, write_results
 from fastood import reference as R
 
 K, NUM_NEG, GROUPS = 1000, 10400, 100
@@ -95,6 +95,7 @@ def run(device: str, batches: list[int], with_compile: bool, budget_s: float, qu
     import fastood.export as fx
 
     meta = provenance(device)
+    meta["allocator"] = steady_state_allocator()
     if hasattr(os, "getloadavg"):
         meta["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
     name, clip, det = _setup(device)
@@ -219,3 +220,4 @@ def main(args) -> None:
                          quick=args.quick)
     json_path, md_path = write_results("export", device, meta, rows, md)
     print(f"\nwrote {json_path} and {md_path}")
+
