@@ -153,6 +153,21 @@ def test_deterministic(backend):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_autocast_does_not_lower_the_precision(backend):
+    """Under the caller's autocast the ops still compute in the inputs' dtype (fp32 here):
+    at τ = 0.01 a bf16 GEMM would move the LSE by ~0.1."""
+    x, bank = make_case(9, 64, 301, seed=21)
+    x, bank = x.float().to(DEVICE), bank.float().to(DEVICE)
+    plain = segment_lse(x, bank, [0, 40, 301], backend=backend)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        under = segment_lse(x, bank, [0, 40, 301], backend=backend)
+        score = neglabel_score(x, bank, 40, groups=3, backend=backend)
+    assert under.dtype == torch.float32
+    assert torch.equal(under, plain)
+    assert torch.equal(score, neglabel_score(x, bank, 40, groups=3, backend=backend))
+
+
 def test_backends_agree_with_each_other():
     x, bank = make_case(12, 64, 500, seed=4)
     x, bank = x.float().to(DEVICE), bank.float().to(DEVICE)

@@ -189,7 +189,11 @@ def run_segment_lse(
     name = resolve_backend(backend, x.device)
     row_scale = row_scale_for(x, scale, normalize, x_name)
     dtype = torch.promote_types(x.dtype, bank.dtype)
-    lse, max0, arg0 = _launcher(name)(
-        x.to(dtype), bank.to(dtype), off.to(x.device), row_scale.contiguous(), bool(want_argmax)
-    )
+    # A custom op's body still runs under the caller's autocast: without this, the torch
+    # backend's GEMM would silently drop to bf16/fp16 (×100 at τ = 0.01). The inputs'
+    # dtypes decide the precision, nothing else.
+    with torch.autocast(x.device.type, enabled=False):
+        lse, max0, arg0 = _launcher(name)(
+            x.to(dtype), bank.to(dtype), off.to(x.device), row_scale.contiguous(), bool(want_argmax)
+        )
     return lse, max0, arg0
