@@ -6,13 +6,14 @@ Training features are random normal fp32 (seeded), fitted with the SPEC default
 (per-dimension standardisation, then L2 normalisation; ``copy=False`` so the
 2 GB bank is not duplicated). For each query batch it reports the median scoring
 time, GFLOP/s of the similarity GEMM (2·B·N·D), the peak *extra* memory of one
-``score_features`` call (CPU: RSS high-water mark; CUDA: allocator peak) next to
+``score_features`` call after a warm-up call (CPU: RSS high-water mark; CUDA: allocator peak) next to
 what a dense (B × N) fp32 similarity matrix would take, and the max error against
 a float64 brute force on a few queries. ``--quick`` uses 100,000 training features.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -58,6 +59,7 @@ def _median_time(fn, device: str, *, budget_s: float, max_runs: int = 10) -> flo
 def run(device: str, n_train: int, batches: list[int], budget_s: float) -> tuple[dict, list[dict], str]:
     from fastood.detectors import KNN
 
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     train = _random_features(n_train, DIM, device)
     t_gen = time.perf_counter() - t0
@@ -72,7 +74,8 @@ def run(device: str, n_train: int, batches: list[int], budget_s: float) -> tuple
     for b in batches:
         q = _random_features(b, DIM, device, seed=1 + b) * 1.5 + 0.1
         fn = lambda: det.score_features(q)  # noqa: E731
-        peak = peak_extra_memory(fn, device)  # also the warm-up run
+        fn()  # warm-up: one-time BLAS / allocator workspaces are not charged to the steady-state peak
+        peak = peak_extra_memory(fn, device)
         t = _median_time(fn, device, budget_s=budget_s)
         checks.append(q[:8])
         flops = 2.0 * b * n_train * DIM
@@ -91,13 +94,17 @@ def run(device: str, n_train: int, batches: list[int], budget_s: float) -> tuple
     meta = provenance(device)
     meta.update({"suite": "knn", "n_train": n_train, "dim": DIM, "generate_s": t_gen, "fit_s": t_fit,
                  "bank_bytes": det.train_features.numel() * det.train_features.element_size(),
-                 "fit": "standardize=True, copy=False (in place)"})
+                 "fit": "standardize=True, copy=False (in place)", "loadavg_1min_start": load_start,
+                 "loadavg_1min_end": os.getloadavg()[0]})
     mib = lambda v: "n/a" if v is None else f"{v / 2**20:,.0f} MiB"  # noqa: E731
     md = [f"# KNN benchmark: exact 1-NN cosine, {n_train:,} × {DIM} fp32 training features", "",
           f"- device: {meta['device']}", f"- date: {meta['date']}; commit: {meta['commit']}; torch {meta['torch']}",
           f"- training bank: {mib(meta['bank_bytes'])} (random normal, seeded); fit (standardise + normalise in place): "
-          f"{t_fit:.1f} s", f"- similarity block cap: {mib(det.block_bytes)}; peak extra memory = one "
-          "`score_features` call beyond what was live (CPU: RSS high-water mark)", "",
+          f"{t_fit:.1f} s",
+          f"- 1-min load average at start / end: {load_start:.1f} / {meta['loadavg_1min_end']:.1f} on "
+          f"{os.cpu_count()} CPUs (a load above 0 means other work shared the CPU: times are then upper bounds)",
+          f"- similarity block cap: {mib(det.block_bytes)}; peak extra memory = one "
+          "`score_features` call (after a warm-up call) beyond what was live (CPU: RSS high-water mark)", "",
           "| queries | median time | queries/s | GFLOP/s | peak extra memory | dense B×N fp32 would be | max err vs fp64 |",
           "|---:|---:|---:|---:|---:|---:|---:|"]
     md += [f"| {r['batch']:,} | {r['median_s'] * 1e3:,.1f} ms | {r['queries_per_s']:,.0f} | {r['gflops']:.1f} | "
