@@ -185,7 +185,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, classes_default: str | None =
     r = p.add_argument_group("run")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
     r.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    r.add_argument("--num-workers", type=int, default=0, help="image decoding worker processes (default 0)")
+    r.add_argument("--num-workers", type=int, default=0, help="image decoding threads (default 0: decode in the main thread)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

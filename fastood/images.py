@@ -26,6 +26,7 @@ naming the file, or with ``on_error="skip"`` are left out and recorded in ``skip
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 from dataclasses import dataclass
@@ -472,22 +473,6 @@ def _iter_blocks(images: Any, stream: _Stream) -> Iterator[Any]:
             yield stream.single(item, None if label is None else _label_list(label, 1)[0])
 
 
-class _PathDataset(torch.utils.data.Dataset):
-    """Loads + preprocesses file items in DataLoader workers; errors come back as strings."""
-
-    def __init__(self, items: list[_Item], preprocess: Callable[[Any], Tensor]):
-        self.items, self.preprocess = items, preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[Tensor | None, str | None]:
-        try:
-            return _preprocess_item(self.items[i], self.preprocess), None
-        except UnreadableImageError as exc:
-            return None, exc.reason
-
-
 def _preprocess_item(item: _Item, preprocess: Callable[[Any], Tensor] | None) -> Tensor:
     if item.kind == "tensor":
         return item.value
@@ -526,7 +511,8 @@ def iter_image_batches(
         on_error: ``"raise"`` (:class:`UnreadableImageError` naming the file) or
             ``"skip"`` (leave the file out; append ``(path, reason)`` to ``skipped``).
         progress: show a tqdm bar (counts images).
-        num_workers: decode + preprocess files in this many DataLoader worker processes.
+        num_workers: decode + preprocess files in a pool of this many threads, created once per
+            call (PIL's decoders and resizes and torch's ops release the GIL).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -549,15 +535,17 @@ def iter_image_batches(
     stream = _Stream(preprocess, batch_size)
     bar = tqdm(total=total, desc="images", unit="img", disable=not progress, leave=False)
     pending: list[_Item] = []
+    pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def flush() -> Iterator[ImageBatch]:
         items = list(pending)
         pending.clear()
         results: Iterable[tuple[Tensor | None, str | None]]
         if num_workers > 0 and len(items) > 1 and any(it.kind == "path" for it in items):
-            loader = torch.utils.data.DataLoader(_PathDataset(items, preprocess), batch_size=None,
-                                                 num_workers=num_workers)
-            results = loader
+            nonlocal pool
+            if pool is None:  # one pool for the whole call, not one per batch
+                pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="fastood-decode")
+            results = pool.map(_safe, items)  # in order
         else:
             results = (_safe(it) for it in items)
         pixels, names, labels = [], [], []
@@ -607,3 +595,5 @@ def iter_image_batches(
             yield from flush()
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
