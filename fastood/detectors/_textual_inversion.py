@@ -22,6 +22,11 @@ exactly those of ``n`` separate single-image inversions with the same draws.
 Only ``p`` receives gradients (``torch.autograd.grad``): the model's parameters
 and their ``.grad`` are never touched.
 
+The tower is :class:`fastood.models.TextTower` (shared with
+:func:`fastood.models.encode_texts`): open_clip ``CLIP`` models and
+``CustomTextCLIP`` models with a plain ``TextTransformer``; other towers (HF,
+class-token towers such as CoCa) raise ``ValueError``.
+
 Speed: with a causal attention mask the EOT output only depends on the tokens
 before it, so sequences are cut right after the longest template's EOT token
 (12 tokens instead of 77 for the 80 templates with CLIP's tokenizer); this gives
@@ -36,6 +41,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fastood.models import TextTower, _text_tower
 
 __all__ = ["TextInverter", "InversionResult", "DEFAULT_FINAL_TEMPLATE"]
 
@@ -60,66 +67,6 @@ class InversionResult:
     pseudo_tokens: Tensor
     losses: Tensor
     final_loss: Tensor
-
-
-class _TextParts:
-    """The pieces of an open_clip text tower needed to run it on embeddings."""
-
-    def __init__(self, model: nn.Module) -> None:
-        if hasattr(model, "token_embedding") and hasattr(model, "ln_final"):
-            tower = model  # open_clip.CLIP: the text tower lives on the model itself
-            pool_type = getattr(model, "text_pool_type", "argmax")
-            eos_id = getattr(model, "text_eos_id", None)
-        elif hasattr(getattr(model, "text", None), "token_embedding"):
-            tower = model.text  # open_clip.CustomTextCLIP with a TextTransformer
-            if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
-                raise ValueError("textual inversion does not support text towers with a class token or a padding mask")
-            pool_type = getattr(tower, "pool_type", "argmax")
-            eos_id = getattr(tower, "eos_id", None)
-        else:
-            raise ValueError(
-                f"model {type(model).__name__} has no open_clip text transformer (token_embedding, transformer, "
-                "ln_final): textual inversion needs an open_clip CLIP / CustomTextCLIP model")
-        if pool_type not in ("argmax", "eos", "last", "first"):
-            raise ValueError(f"unsupported text pooling {pool_type!r}")
-        self.token_embedding: nn.Embedding = tower.token_embedding
-        self.positional_embedding: Tensor = tower.positional_embedding
-        self.transformer: nn.Module = tower.transformer
-        self.ln_final: nn.Module = tower.ln_final
-        self.text_projection = tower.text_projection
-        self.attn_mask: Tensor | None = getattr(tower, "attn_mask", None)
-        self.pool_type = pool_type
-        self.eos_id = eos_id
-        self.width = int(self.token_embedding.weight.shape[1])
-
-    def cast_dtype(self) -> torch.dtype:
-        get = getattr(self.transformer, "get_cast_dtype", None)
-        return get() if get is not None else self.token_embedding.weight.dtype
-
-    def forward(self, ids: Tensor, embeds: Tensor) -> Tensor:
-        """Text features (unnormalised) from token ids and their (already edited) embeddings."""
-        L = ids.shape[1]
-        x = embeds + self.positional_embedding[:L].to(embeds.dtype)
-        mask = self.attn_mask
-        if mask is not None:
-            mask = mask[:L, :L]
-        x = self.transformer(x, attn_mask=mask)
-        x = self.ln_final(x)
-        rows = torch.arange(x.shape[0], device=x.device)
-        if self.pool_type == "argmax":
-            x = x[rows, ids.argmax(dim=-1)]
-        elif self.pool_type == "eos":
-            x = x[rows, (ids == self.eos_id).int().argmax(dim=-1)]
-        elif self.pool_type == "last":
-            x = x[:, -1]
-        else:
-            x = x[:, 0]
-        proj = self.text_projection
-        if proj is None:
-            return x
-        if isinstance(proj, nn.Module):
-            return proj(x)
-        return x @ proj.to(x.dtype)
 
 
 class TextInverter:
@@ -170,26 +117,34 @@ class TextInverter:
         if not (float(weight_decay) >= 0 and float(weight_decay) < float("inf")):
             raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay!r}")
         self.model = model
-        self.parts = _TextParts(model)
+        tower, why = _text_tower(model)
+        if tower is None:
+            raise ValueError(f"textual inversion needs an open_clip text transformer (CLIP, or CustomTextCLIP with "
+                             f"a TextTransformer): {why}")
+        self.tower: TextTower = tower
         self.tokenizer = tokenizer
         self.templates = templates
         self.final_template = final_template
         self.steps, self.lr, self.weight_decay, self.init_std = steps, float(lr), float(weight_decay), float(init_std)
         self.amp = amp
-        causal = self.parts.attn_mask is not None and self.parts.pool_type in ("argmax", "eos")
-        self.ids, self.slots = self._tokenize(templates, truncate and causal)
+        self.truncate = bool(truncate)
+        self.ids, self.slots, self.pool = self._tokenize(templates)
         if final_template is None:
-            self.final_ids, self.final_slots = self.ids, self.slots
+            self.final_ids, self.final_slots, self.final_pool = self.ids, self.slots, self.pool
         else:
-            self.final_ids, self.final_slots = self._tokenize([final_template], truncate and causal)
+            self.final_ids, self.final_slots, self.final_pool = self._tokenize([final_template])
 
     @property
     def width(self) -> int:
         """The pseudo-token width (the text transformer's token width)."""
-        return self.parts.width
+        return self.tower.width
 
-    def _tokenize(self, templates: list[str], truncate: bool) -> tuple[Tensor, Tensor]:
-        """Token ids (T, L) with the probe word in the slot, and the slot positions (T,)."""
+    def _tokenize(self, templates: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids (T, L) with the probe word in the slot, the slot positions (T,) and pooled positions (T,).
+
+        With ``truncate`` (and a cuttable tower) ``L`` ends after the last pooled
+        (EOT) token, and never before the last slot.
+        """
         a = self.tokenizer([t.format(_PROBES[0]) for t in templates])
         b = self.tokenizer([t.format(_PROBES[1]) for t in templates])
         if not isinstance(a, Tensor) or a.dim() != 2:
@@ -201,16 +156,14 @@ class TextInverter:
             raise ValueError(f"cannot locate the class slot of template {templates[bad[0]]!r} as one token "
                              "(the tokenizer splits it or truncates it)")
         slots = diff.int().argmax(dim=1)
-        if truncate:
-            if self.parts.pool_type == "argmax":
-                end = a.argmax(dim=1)
-            else:
-                end = (a == self.parts.eos_id).int().argmax(dim=1)
-            a = a[:, : int(end.max()) + 1]
-        return a.contiguous(), slots
+        pool = self.tower.pool_positions(a)
+        if self.truncate:
+            cut = max(self.tower.cut_length(pool, a.shape[1]), int(slots.max()) + 1)
+            a = a[:, :cut]
+        return a.contiguous(), slots, pool
 
     def _device(self) -> torch.device:
-        return self.parts.token_embedding.weight.device
+        return self.tower.token_embedding.weight.device
 
     def _autocast(self, device: torch.device):
         use = device.type == "cuda" and (self.amp is None or bool(self.amp))
@@ -223,7 +176,8 @@ class TextInverter:
         template (``template_idx`` is then an index into the final templates,
         default 0).
         """
-        ids_all, slots_all = (self.final_ids, self.final_slots) if final else (self.ids, self.slots)
+        ids_all, slots_all, pool_all = ((self.final_ids, self.final_slots, self.final_pool) if final
+                                        else (self.ids, self.slots, self.pool))
         if pseudo.dim() != 2 or pseudo.shape[1] != self.width:
             raise ValueError(f"pseudo must be (n, {self.width}), got {tuple(pseudo.shape)}")
         n = pseudo.shape[0]
@@ -234,10 +188,10 @@ class TextInverter:
         ids = ids_all[template_idx].to(device)
         slots = slots_all[template_idx].to(device)
         with self._autocast(device):
-            emb = self.parts.token_embedding(ids).to(self.parts.cast_dtype())
+            emb = self.tower.embed(ids)
             rows = torch.arange(n, device=device)
             emb = emb.index_put((rows, slots), pseudo.to(device=device, dtype=emb.dtype))
-            out = self.parts.forward(ids, emb)
+            out = self.tower.forward(emb, pool_all[template_idx].to(device))
         return out.float()
 
     def embed(self, pseudo: Tensor) -> Tensor:
