@@ -50,6 +50,14 @@ TEMPLATES = {
 }
 
 
+class _LoadedNames(list):
+    """Class names already through :func:`load_classnames` (checked, warned about once)."""
+
+
+def _classnames(classes: str | Sequence[str]) -> list[str]:
+    return list(classes) if isinstance(classes, _LoadedNames) else load_classnames(classes)
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -116,7 +124,7 @@ def build_bank(
         raise ValueError(f"method must be one of {BANK_METHODS}, got {method!r}")
     if method == "interneg" and prototypes is None:
         raise ValueError("method='interneg' needs prototypes: (K, D) image prototypes of the ID classes")
-    names = load_classnames(classes)
+    names = _classnames(classes)
     id_t, noun_ts, adj_ts = templates or TEMPLATES[method]
     if corpus is None:
         corpus = load_corpus(method, remove=names) if method == "interneg" else load_corpus(method)
@@ -170,7 +178,7 @@ def bank_for(
     **params: Any,
 ) -> TextBank:
     """:func:`build_bank` through the disk cache (``~/.cache/fastood`` unless ``cache``)."""
-    names = load_classnames(classes)
+    names = _LoadedNames(load_classnames(classes))  # build_bank does not load (and warn about) them again
     key_params: dict[str, Any] = {}
     for k, v in params.items():
         if k in ("batch_size", "progress"):
@@ -180,5 +188,5 @@ def bank_for(
         elif isinstance(v, torch.Tensor) or (k == "permutation" and v is not None):
             v = _sha(torch.as_tensor(v).tolist())  # large: keyed by content hash
         key_params[k] = v
-    request = bank_request(clip, names, method, **key_params)
+    request = bank_request(clip, list(names), method, **key_params)
     return cached_bank(request, lambda: build_bank(clip, names, method=method, **params), directory=cache, on_mismatch=on_mismatch)

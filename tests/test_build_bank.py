@@ -4,6 +4,8 @@ reference formula evaluated directly on the same embeddings."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from fastood import reference as R
 from fastood.bank import TextBank
 from fastood.build_bank import bank_for, build_bank
-from fastood.labels import image_prototypes, load_corpus, mine_neglabel
+from fastood.labels import image_prototypes, imagenet1k_classnames, load_classnames, load_corpus, mine_neglabel
 from fastood.models import encode_texts, load_clip
 from fastood.ops import neglabel_score
 
@@ -127,3 +129,36 @@ def test_mine_command_writes_a_loadable_bank(tmp_path, capsys):
     assert bank.groups == 2 and bank.num_neg % 2 == 0 and bank.num_neg > 0
     assert set(bank.neg_labels) <= {"rock", "river", "cloud", "smooth", "rusty", "glass", "thunder"}
     assert "RANDOM weights" in capsys.readouterr().err
+
+
+def _duplicate_warnings(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    return out, [w for w in caught if "duplicate class names" in str(w.message)]
+
+
+def test_imagenet_preset_is_quiet_and_user_duplicates_warn_once(clip, small_corpus, tmp_path):
+    preset = imagenet1k_classnames()
+    assert len(preset) - len(set(preset)) == 2  # CLIP's curated list: "missile", "sunglasses" twice
+    tiny = small_corpus.filter(np.arange(len(small_corpus)) < 40)
+    # the preset, by name or as the list it resolves to (how the detectors hand it on): no warning
+    for spec in ("imagenet1k", preset):
+        assert _duplicate_warnings(lambda: load_classnames(spec))[1] == []
+        bank, caught = _duplicate_warnings(lambda: bank_for(clip, spec, corpus=tiny, groups=2, cache=str(tmp_path),
+                                                           progress=False))
+        assert caught == [] and bank.id_labels == preset
+    assert _duplicate_warnings(lambda: build_bank(clip, "imagenet1k", corpus=tiny, groups=2, progress=False))[1] == []
+    # a user list with duplicates warns, naming them, once per call (bank_for does not warn again in build_bank)
+    names = ["dog", "cat", "dog", "tree"]
+    _, caught = _duplicate_warnings(lambda: load_classnames(names))
+    assert len(caught) == 1 and "dog" in str(caught[0].message)
+    bank, caught = _duplicate_warnings(lambda: bank_for(clip, names, corpus=tiny, groups=2, cache=str(tmp_path),
+                                                        progress=False))
+    assert len(caught) == 1 and bank.id_labels == names
+    _, caught = _duplicate_warnings(lambda: build_bank(clip, names, corpus=tiny, groups=2, progress=False))
+    assert len(caught) == 1
+    # the preset with one name changed is a user list: its duplicates warn
+    edited = list(preset)
+    edited[0] = "my fish"
+    assert len(_duplicate_warnings(lambda: load_classnames(edited))[1]) == 1

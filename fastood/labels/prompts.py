@@ -107,6 +107,13 @@ def _read_classname_file(path: str) -> list[str]:
     return names
 
 
+def _is_preset(spec: object, names: list[str]) -> bool:
+    """Whether ``spec`` names a preset, or ``names`` is exactly a preset's list."""
+    if isinstance(spec, str) and spec in CLASSNAME_PRESETS:
+        return True
+    return names == imagenet1k_classnames()
+
+
 def load_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     """ID class names from a preset, a list, or a text file.
 
@@ -116,7 +123,9 @@ def load_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     ignored). Order is kept. An empty result raises ``ValueError``; duplicate
     names raise a warning that names them (they are kept). CLIP's curated
     ImageNet list itself has two duplicates ("missile", "sunglasses": two
-    ImageNet classes each); the preset keeps them without a warning.
+    ImageNet classes each); the preset keeps them without a warning, also when
+    it is passed on as the list it resolves to (callers resolve the preset and
+    hand the names on).
     """
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
@@ -139,6 +148,6 @@ def load_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     if not names:
         raise ValueError(f"no class names in {spec!r}")
     dups = [n for n, c in Counter(names).items() if c > 1]
-    if dups and spec not in CLASSNAME_PRESETS:
+    if dups and not _is_preset(spec, names):
         warnings.warn(f"duplicate class names (kept in order): {dups}", stacklevel=2)
     return names
