@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, nargs="*", help="override the batch sizes")
     p.add_argument("--compile", action="store_true", help="include torch.compile on CPU too (slow to compile)")
     p.add_argument("--skip-official-above", type=int, default=65536, help="skip the official-style baseline above this B")
+    p.add_argument("--model-size", choices=["tiny", "vit-b-16"], default=None,
+                   help="bank suite: the random text tower (default: tiny on CPU, ViT-B/16-sized on CUDA)")
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per candidate (after warm-up)")
     args = p.parse_args(argv)
     import importlib
