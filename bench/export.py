@@ -156,7 +156,7 @@ def run(device: str, batches: list[int], with_compile: bool, budget_s: float, qu
                 rows.append({"method": cname, "B": b, "error": str(exc)[:200]})
                 print(f"{cname:>16} B={b:<4} ERROR {exc}", flush=True)
         # interleaved rounds: a load change on a shared machine hits every candidate alike
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         rounds = 0
         while rounds < min_rounds or (rounds < 30 and time.perf_counter() - start < budget_s * len(times)):
             for cname in times:
@@ -167,11 +167,15 @@ def run(device: str, batches: list[int], with_compile: bool, budget_s: float, qu
                 sync(device)
                 times[cname].append(time.perf_counter() - t0)
             rounds += 1
+        # cores this process kept busy while timing: ~ the thread count when the machine is quiet,
+        # much less when other jobs share it (then the numbers are contended)
+        util = (time.process_time() - cpu0) / max(time.perf_counter() - start, 1e-9)
         for cname, ts in times.items():
             t, best = statistics.median(ts), min(ts)
             row = {"method": cname, "B": b, "median_ms": t * 1e3, "best_ms": best * 1e3, "runs": len(ts),
                    "images_per_s": b / t, "images_per_s_best": b / best,
-                   "max_abs_err_vs_fp64": (scores[cname].double() - truth).abs().max().item()}
+                   "max_abs_err_vs_fp64": (scores[cname].double() - truth).abs().max().item(),
+                   "process_cpu_util": round(util, 2)}
             if cname in providers:
                 row["provider"] = providers[cname]
             rows.append(row)
@@ -196,18 +200,20 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
         f"load average at start / end {meta.get('loadavg_start')} / {meta.get('loadavg_end')} (a shared machine: "
         "read CPU numbers as rough)",
         "- error = max |score − float64 NegLabel formula on the fp32 features|",
+        "- CPU util = cores this process kept busy during the batch's timing rounds (≈ the thread count when "
+        "the machine is quiet; lower = other jobs shared the cores)",
         "",
-        "| method | B | median ms | best ms | images/s | speed-up vs official | max abs err vs fp64 | provider |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| method | B | median ms | best ms | images/s | speed-up vs official | max abs err vs fp64 | provider | CPU util |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     official = {r["B"]: r["median_ms"] for r in rows if r["method"] == "torch-official" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['B']} | error: {r['error'][:60]} | | | | | |")
+            lines.append(f"| {r['method']} | {r['B']} | error: {r['error'][:60]} | | | | | | |")
             continue
         sp = f"{official[r['B']] / r['median_ms']:.2f}×" if r["B"] in official else ""
         lines.append(f"| {r['method']} | {r['B']} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | {r['images_per_s']:.1f} | {sp} | "
-                     f"{r['max_abs_err_vs_fp64']:.1e} | {r.get('provider', '')} |")
+                     f"{r['max_abs_err_vs_fp64']:.1e} | {r.get('provider', '')} | {r.get('process_cpu_util', '')} |")
     return "\n".join(lines) + "\n"
 
 
