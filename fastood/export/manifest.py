@@ -24,12 +24,12 @@ every model file: a missing, modified or swapped file is a clear error.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from fastood._io import atomic_write_text, file_sha256
 
 __all__ = [
     "FORMAT",
@@ -80,17 +80,6 @@ def manifest_path_for(model_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + SUFFIX)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_entry(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     return {"sha256": file_sha256(p), "bytes": p.stat().st_size}
@@ -119,19 +108,7 @@ def now_utc() -> str:
 
 def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``manifest`` as JSON atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    text = json.dumps(manifest, indent=2, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 def _check(manifest: Any, where: str) -> dict[str, Any]:

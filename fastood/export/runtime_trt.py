@@ -38,7 +38,6 @@ import ctypes
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastood._io import atomic_write_bytes
 from fastood.export.runtime_ort import ExportedDetector
 
 __all__ = [
@@ -239,19 +239,7 @@ def build_engine(
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {str(onnx_path)!r} (see the TensorRT log above)")
-    engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{engine_path.name}.", suffix=".tmp", dir=engine_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(serialized))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, engine_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return engine_path
+    return atomic_write_bytes(engine_path, memoryview(serialized))
 
 
 def cached_engine_path(

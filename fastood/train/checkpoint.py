@@ -27,7 +27,6 @@ open_clip ``local-dir:`` model and the file works as ``pretrained=``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from fastood._io import atomic_write, atomic_write_text, file_sha256, fsync_file
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints", "resolve_checkpoint",
@@ -54,50 +55,6 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt or does not belong to this run."""
 
 
-def _sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _plain_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -112,6 +69,19 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in ck.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model_state: dict[str, Tensor], state: dict[str, Any],
@@ -132,11 +102,11 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model_state: dict[str
         torch.save(state, tmp / STATE_FILE)
         files = {}
         for fname in (MODEL_FILE, STATE_FILE):
-            _fsync_file(tmp / fname)
-            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+            fsync_file(tmp / fname)
+            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
         manifest = {"format": FORMAT, "version": VERSION, "step": step, "files": files}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        _fsync_file(tmp / MANIFEST_FILE)
+        fsync_file(tmp / MANIFEST_FILE)
         _fsync_dir(tmp)
         final = ck / name
         if final.exists():  # the same step saved again (e.g. a periodic save then the final one)
@@ -211,7 +181,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         if size != want.get("bytes"):
             raise CheckpointError(f"checkpoint file {str(fpath)!r} is truncated or overwritten: {size} bytes, "
                                   f"the manifest says {want.get('bytes')}{more}")
-        if _sha256(fpath) != want.get("sha256"):
+        if file_sha256(fpath) != want.get("sha256"):
             raise CheckpointError(f"checkpoint file {str(fpath)!r} is corrupt: its sha256 does not match the "
                                   f"manifest{more}")
     try:
@@ -235,14 +205,7 @@ def write_final_model(run_dir: str | os.PathLike, model_state: dict[str, Tensor]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / MODEL_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_FILE}.", suffix=".tmp", dir=run_dir)
-    os.close(fd)
-    try:
-        save_file(_plain_state_dict(model_state), tmp, metadata={"format": "open_clip", **(metadata or {})})
-        _fsync_file(Path(tmp))
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(final, lambda tmp: save_file(_plain_state_dict(model_state), tmp,
+                                              metadata={"format": "open_clip", **(metadata or {})}))
     atomic_write_text(run_dir / "open_clip_config.json", json.dumps(open_clip_config, indent=2))
     return final
