@@ -21,7 +21,7 @@ def _suites() -> list[str]:
     for path in sorted(here.glob("*.py")):
         if path.stem.startswith("_") or path.stem in ("common", "conftest") or path.stem.startswith("test_"):
             continue
-        if "\ndef main(" in path.read_text():
+        if "\ndef main(args" in path.read_text():
             names.append(path.stem)
     return names
 
