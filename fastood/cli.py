@@ -896,9 +896,23 @@ def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     k.add_argument("--repeats", type=int, default=3)
 
 
+# Subcommands that are whole programs of their own: `fastood export ...` = `python -m fastood.export ...`.
+FORWARDED = {
+    "export": ("fastood.export.__main__", "ONNX / TensorRT export of a detector (= python -m fastood.export)"),
+    "train": ("fastood.train.__main__", "CMA fine-tuning of an open_clip model (= python -m fastood.train)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+
+        return importlib.import_module(FORWARDED[argv[0]][0]).main(argv[1:])
     p = argparse.ArgumentParser(prog="fastood", description="fused-kernel OOD detection for CLIP-like models")
     sub = p.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in FORWARDED.items():
+        sub.add_parser(name, help=help_text + "; `fastood %s -h` lists its flags" % name, add_help=False)
 
     demo = sub.add_parser("demo", help="the end-to-end job on the bundled sample images (offline); "
                                        "--kernels: the kernel self-check",

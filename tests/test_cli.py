@@ -388,3 +388,26 @@ def test_report_without_matplotlib_skips_plots(tmp_path, monkeypatch):
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["metrics"]["per_set"]["x"]["auroc"] == pytest.approx(10 / 12)  # 10 of the 12 (ID, OOD) pairs ordered
     assert "| x | 3 |" in (tmp_path / "report.md").read_text()
+
+
+def test_export_and_train_are_forwarded_subcommands(tmp_path, capsys):
+    """`fastood export ARGS` is `python -m fastood.export ARGS` (same exit code, same message); same for train."""
+    from fastood.export.__main__ import main as export_main
+
+    pytest.importorskip("onnx")
+    args = ["--trt", "--out", str(tmp_path / "deploy")]  # no TensorRT here: a clear error, before any model loads
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed: --trt would really build")
+    except ImportError:
+        pass
+    direct = export_main(list(args))
+    direct_err = capsys.readouterr().err
+    forwarded = main(["export", *args])
+    forwarded_err = capsys.readouterr().err
+    assert direct == forwarded == 2
+    assert "TensorRT" in direct_err and direct_err == forwarded_err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    assert "python -m fastood.train" in capsys.readouterr().out
