@@ -43,7 +43,7 @@ __all__ = ["cma_loss", "CMA_BACKENDS", "cma_fwd_torch", "cma_bwd_torch"]
 
 CMA_BACKENDS = ("auto", "triton", "torch")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MAX_CHUNK_BYTES = 32 * 2**20  # torch path: logits-sized buffers of one block of rows (two of them) in this budget
+MAX_CHUNK_BYTES = 16 * 2**20  # torch path: logits-sized buffers of one block of rows (two of them) in this budget
 
 
 # ------------------------------------------------------------------ torch (chunked) backend
@@ -79,7 +79,7 @@ def cma_fwd_torch(
     dev = x.device
     pair = labels is None
     v = t.to(cd) * rt.to(cd)[:, None]
-    su = x.to(cd) * (scale.to(cd) * rx.to(cd))[:, None]
+    srx = scale.to(cd) * rx.to(cd)  # row i of the logits is (x_i · s/||x_i||) · vᵀ, formed block by block
     row = [torch.empty(B, dtype=cd, device=dev) for _ in range(3)]
     ncol = N if pair else 0
     col_m = torch.full((ncol,), float("-inf"), dtype=cd, device=dev)
@@ -87,7 +87,7 @@ def cma_fwd_torch(
     step = _rows_per_chunk(2 * N, cd, max_chunk_bytes)  # logits and their exponentials
     for r0 in range(0, B, step):
         r1 = min(B, r0 + step)
-        logits = su[r0:r1] @ v.T
+        logits = (x[r0:r1].to(cd) * srx[r0:r1, None]) @ v.T
         k, tgt = _target_index(labels, r0, r1, dev)
         m = logits.amax(dim=1)
         e = torch.sub(logits, m[:, None]).exp_()
@@ -131,9 +131,9 @@ def cma_bwd_torch(
     B, N = x.shape[0], t.shape[0]
     dev = x.device
     pair = labels is None
-    u = x.to(cd) * rx.to(cd)[:, None]
+    rxc = rx.to(cd)
     v = t.to(cd) * rt.to(cd)[:, None]
-    su = x.to(cd) * (scale.to(cd) * rx.to(cd))[:, None]  # the forward's exact logits, block for block
+    srx = scale.to(cd) * rxc  # the forward's exact logits, block for block (u and s·u are never held whole)
     row_lse, row_comp = row_lse.to(cd), row_comp.to(cd)
     if pair:
         col_lse, col_comp = col_lse.to(cd), col_comp.to(cd)
@@ -142,7 +142,8 @@ def cma_bwd_torch(
     step = _rows_per_chunk(2 * N, cd, max_chunk_bytes)  # logits and G~ side by side
     for r0 in range(0, B, step):
         r1 = min(B, r0 + step)
-        logits = su[r0:r1] @ v.T
+        xb = x[r0:r1].to(cd)
+        logits = (xb * srx[r0:r1, None]) @ v.T
         g = torch.sub(logits, row_lse[r0:r1, None]).exp_().mul_(alpha)
         k, tgt = _target_index(labels, r0, r1, dev)
         if pair:  # target entries: (α + β − 1) − α·(1 − P_ii) − β·(1 − Q_ii)
@@ -155,7 +156,7 @@ def cma_bwd_torch(
         if a is not None:
             torch.mm(g, v, out=a[r0:r1])
         if at is not None:
-            at.addmm_(g.T, u[r0:r1])
+            at.addmm_(g.T, xb * rxc[r0:r1, None])
     return a, at
 
 
@@ -375,14 +376,14 @@ def _cma_loss_bwd_impl(grad, image, text, scale, labels, row_lse, row_comp, col_
         """(∂feat or empty, ∂s or None) from acc = G~·(the other side's unit rows)."""
         if acc is None:
             return feat.new_empty((0,)), None
-        acc = acc.to(cd)
+        acc = acc.to(cd)  # the backend's own buffer: updated in place below (bounded memory)
         u = feat.to(cd) * r[:, None]
         ds = c * torch.einsum("bd,bd->", u, acc) if need_scale else None
         if not need:
             return feat.new_empty((0,)), ds
-        du = (c * s) * acc
+        du = acc.mul_(c * s)
         if normalize:  # (I − u uᵀ) ∂u / ||x||
-            du = r[:, None] * (du - u * torch.einsum("bd,bd->b", u, du)[:, None])
+            du.sub_(u * torch.einsum("bd,bd->b", u, du)[:, None]).mul_(r[:, None])
         return du.to(feat.dtype), ds
 
     d_image, ds_rows = through(image, rx, a, need_image)
