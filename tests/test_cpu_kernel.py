@@ -193,6 +193,19 @@ def test_fp16_bank_operand_cache_never_serves_a_stale_bank():
     other = bank.flip(0).contiguous()  # a new object
     lse_o, _, _ = segment_lse_cpu(x, other, off, rs, False)
     assert max_err(lse_o, truth(x, other, off, rs)[0]) <= 1e-4
+    # views: a fresh view object of the same rows reuses the copy; other rows, or an
+    # in-place edit of the base seen through the view, do not
+    from fastood.ops._cpu_segment_lse import _bank_operand
+
+    first_view = _bank_operand(bank[:250])
+    assert _bank_operand(bank[:250]) is first_view
+    assert torch.equal(first_view, bank[:250].float())
+    assert torch.equal(_bank_operand(bank[10:260]), bank[10:260].float())
+    bank.add_(1.0)
+    assert torch.equal(_bank_operand(bank[:250]), bank[:250].float())
+    off_v = torch.tensor([0, 50, 250])
+    lse_v, _, _ = segment_lse_cpu(x, bank[:250], off_v, rs, False)
+    assert max_err(lse_v, truth(x, bank[:250], off_v, rs)[0]) <= 1e-4
 
 
 def test_rows_identical_to_bank_rows_at_scale_100():

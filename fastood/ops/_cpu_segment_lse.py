@@ -56,20 +56,24 @@ def _blas_operand(t: Tensor) -> Tensor:
 # The last bank's fp32 BLAS operand, when that bank needed a copy (fp16/bf16 or odd strides).
 # A detector scores batch after batch against one fixed bank: re-upcasting it every call
 # costs ~N·D·6 bytes of memory traffic (≈ 7 ms at N = 11,400, D = 512 on 2 cores), as much
-# as the GEMM itself at B = 256. Keyed on the tensor object (weakref) and its version
-# counter, so an in-place change to the bank, or a new bank, is never served stale.
-_operand_cache: tuple[weakref.ref, int, Tensor] | None = None
+# as the GEMM itself at B = 256. Keyed on the tensor that owns the memory (weakref: the
+# bank itself, or the base of a view such as ``neglabel_score``'s ``bank[:K + G·m]``, a new
+# view object every call), the view's offset / shape / strides and the shared version
+# counter: an in-place change to the bank, or a new bank, is never served stale.
+_operand_cache: tuple[weakref.ref, tuple, Tensor] | None = None
 
 
 def _bank_operand(bank: Tensor) -> Tensor:
     global _operand_cache
     if bank.dtype == torch.float32 and (bank.stride(1) == 1 or bank.stride(0) == 1):
         return bank  # used in place, nothing to cache
+    owner = bank if bank._base is None else bank._base
+    key = (bank.storage_offset(), tuple(bank.shape), bank.stride(), bank.dtype, bank._version)
     cached = _operand_cache
-    if cached is not None and cached[0]() is bank and cached[1] == bank._version:
+    if cached is not None and cached[0]() is owner and cached[1] == key:
         return cached[2]
     operand = _blas_operand(bank)
-    _operand_cache = (weakref.ref(bank), bank._version, operand)
+    _operand_cache = (weakref.ref(owner), key, operand)
     return operand
 
 
