@@ -240,7 +240,7 @@ class Detector:
     name: ClassVar[str] = "detector"
     needs_fit: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
-    feature_space: str = "projection"
+    _feature_space: str = "projection"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -285,6 +285,17 @@ class Detector:
         self.fitted = False
 
     # ---------------------------------------------------------------- properties
+    @property
+    def feature_space(self) -> str:
+        """Which image features the detector works on: ``"projection"`` or ``"pre_projection"``."""
+        return self._feature_space
+
+    @feature_space.setter
+    def feature_space(self, value: str) -> None:
+        if value not in FEATURE_SPACES:
+            raise ValueError(f"feature_space must be one of {FEATURE_SPACES}, got {value!r}")
+        self._feature_space = value
+
     @property
     def feature_dim(self) -> int | None:
         """The feature width this detector expects (``None`` = not known yet)."""

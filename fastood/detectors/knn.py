@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from fastood.detectors.base import FEATURE_SPACES, Detector
+from fastood.detectors.base import Detector
 from fastood.models import ClipBundle
 
 __all__ = ["KNN", "standardize_stats", "max_cosine"]
@@ -152,15 +152,13 @@ class KNN(Detector):
     ) -> None:
         super().__init__(clip, model=model, tokenizer=tokenizer, preprocess=preprocess, device=device,
                          batch_size=batch_size, amp=amp, threshold=threshold)
-        if feature_space not in FEATURE_SPACES:
-            raise ValueError(f"feature_space must be one of {FEATURE_SPACES}, got {feature_space!r}")
+        self.feature_space = feature_space  # validated by Detector.feature_space
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 4:
             raise ValueError(f"block_bytes must be an int >= 4, got {block_bytes!r}")
         if bank_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"bank_dtype must be float32, float16 or bfloat16, got {bank_dtype}")
-        self.feature_space = feature_space
         self.standardize = bool(standardize)
         self.k = k
         self.block_bytes = block_bytes

@@ -41,7 +41,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from fastood.detectors.base import FEATURE_SPACES, Detector
+from fastood.detectors.base import Detector
 from fastood.models import ClipBundle
 
 __all__ = ["Mahalanobis", "RMD", "whitening"]
@@ -113,13 +113,11 @@ class Mahalanobis(Detector):
     ) -> None:
         super().__init__(clip, model=model, tokenizer=tokenizer, preprocess=preprocess, device=device,
                          batch_size=batch_size, amp=amp, threshold=threshold)
-        if feature_space not in FEATURE_SPACES:
-            raise ValueError(f"feature_space must be one of {FEATURE_SPACES}, got {feature_space!r}")
+        self.feature_space = feature_space  # validated by Detector.feature_space
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (0 <= ridge < float("inf")):
             raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
         if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 8:
             raise ValueError(f"block_bytes must be an int >= 8, got {block_bytes!r}")
-        self.feature_space = feature_space
         self.normalize = bool(normalize)
         self.ridge = float(ridge)
         self.pinv_fallback = bool(pinv_fallback)

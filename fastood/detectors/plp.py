@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastood.detectors.base import FEATURE_SPACES, Detector, NotFittedError
+from fastood.detectors.base import Detector, NotFittedError
 from fastood.detectors.knn import standardize_stats
 from fastood.models import ClipBundle
 
@@ -197,8 +197,7 @@ class MSP(Detector):
     ) -> None:
         super().__init__(clip, model=model, tokenizer=tokenizer, preprocess=preprocess, device=device,
                          batch_size=batch_size, amp=amp, threshold=threshold)
-        if feature_space not in FEATURE_SPACES:
-            raise ValueError(f"feature_space must be one of {FEATURE_SPACES}, got {feature_space!r}")
+        self.feature_space = feature_space  # validated by Detector.feature_space
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         _check_pos_int("epochs", epochs)
@@ -209,7 +208,6 @@ class MSP(Detector):
             _check_pos_int("num_classes", num_classes)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        self.feature_space = feature_space
         self.standardize = bool(standardize)
         self.score_method = score
         self.epochs, self.warmup, self.train_batch_size, self.seed = epochs, float(warmup), train_batch_size, seed
