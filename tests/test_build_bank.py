@@ -14,20 +14,16 @@ from fastood import reference as R
 from fastood.bank import TextBank
 from fastood.build_bank import bank_for, build_bank
 from fastood.labels import image_prototypes, imagenet1k_classnames, load_classnames, load_corpus, mine_neglabel
-from fastood.models import encode_texts, load_clip
+from fastood.models import encode_texts
 from fastood.ops import neglabel_score
+from tests.tiny import TINY_KWARGS, tiny_clip
 
 CLASSES = ["dog", "cat", "airplane", "tree", "car", "violin"]
 
 
 @pytest.fixture(scope="module")
 def clip():
-    torch.manual_seed(0)
-    return load_clip(
-        "ViT-B-32", pretrained="", device="cpu", embed_dim=32,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
+    return tiny_clip()
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +114,7 @@ def test_mine_command_writes_a_loadable_bank(tmp_path, capsys):
     corpus.write_text("# my candidates\nrock\tn\nriver\tn\ncloud\nsmooth\ta\nrusty\ta\nglass\tn\nthunder\tn\n" * 3)
     classes = tmp_path / "classes.txt"
     classes.write_text("dog\ncat\n# comment\nbird\n")
-    kwargs = json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-                         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}})
+    kwargs = json.dumps(TINY_KWARGS)
     out = tmp_path / "bank.safetensors"
     rc = main(["mine", "--model", "ViT-B-32", "--pretrained", "none", "--model-kwargs", kwargs, "--classes", str(classes),
                "--corpus", str(corpus), "--ratio", "0.5", "--groups", "2", "--device", "cpu", "--quiet", "--out", str(out)])

@@ -29,7 +29,8 @@ from fastood.detectors import (
     threshold_at_tpr,
 )
 from fastood.detectors.base import pre_projection
-from fastood.models import encode_texts, load_clip
+from fastood.models import encode_texts
+from tests.tiny import tiny_clip
 
 CLASSES = ["dog", "cat", "airplane", "tree", "car"]
 D = 32
@@ -37,12 +38,7 @@ D = 32
 
 @pytest.fixture(scope="module")
 def clip():
-    torch.manual_seed(0)
-    return load_clip(
-        "ViT-B-32", pretrained="", device="cpu", embed_dim=D,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
+    return tiny_clip(embed_dim=D)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from fastood.detectors import NotFittedError, create
 from fastood.detectors._textual_inversion import TextInverter
 from fastood.detectors.interneg import InterNeg, interneg_layout
 from fastood.labels import clip_imagenet_templates, image_prototypes, load_corpus
-from fastood.models import encode_texts, load_clip
+from fastood.models import encode_texts
+from tests.tiny import tiny_clip
 
 CLASSES = ["dog", "cat", "airplane", "tree", "car", "violin"]
 K = len(CLASSES)
@@ -23,12 +24,7 @@ K = len(CLASSES)
 
 @pytest.fixture(scope="module")
 def clip():
-    torch.manual_seed(0)
-    return load_clip(
-        "ViT-B-32", pretrained="", device="cpu", embed_dim=32,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
+    return tiny_clip()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from fastood.detectors import NotFittedError, create
 from fastood.detectors.mahalanobis import RMD
 from fastood.detectors.plp import MSP, PLP, lr_at, zero_shot_probs
 from fastood.labels import PLP_TEMPLATES
-from fastood.models import encode_texts, load_clip
+from fastood.models import encode_texts
+from tests.tiny import tiny_clip
 
 CLASSES = ["dog", "cat", "car", "tree"]
 
@@ -31,12 +32,7 @@ def blobs(n=120, d=10, c=4, seed=0, spread=0.6):
 
 @pytest.fixture(scope="module")
 def clip():
-    torch.manual_seed(0)
-    return load_clip(
-        "ViT-B-32", pretrained="", device="cpu", embed_dim=32,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
+    return tiny_clip()
 
 
 def test_standardisation_and_msp_match_float64():
