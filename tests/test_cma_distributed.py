@@ -86,6 +86,9 @@ def _worker(rank: int, port: int, queue) -> None:
         for mode in MODES:
             _check_mode(rank, mode)
             queue.put((rank, mode, "ok"))
+        # Leave together: a rank that tears gloo down while its peer is still closing the
+        # last collective's connections can abort ("terminate called without an active exception").
+        dist.barrier()
     except BaseException as exc:  # report to the parent, then fail this rank
         queue.put((rank, mode, f"{type(exc).__name__}: {exc}"))
         raise
