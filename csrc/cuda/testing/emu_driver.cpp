@@ -1,0 +1,181 @@
+// TEST ONLY — runs fastood's CUDA host API (segment_lse, head_score) on the CPU emulator
+// (fastood_emu.h) with inputs from files, for tests/test_cuda_emulated.py.
+//
+//   emu_driver segment_lse DIR     reads DIR/args.txt (key value lines), x.bin, bank.bin,
+//                                  offsets.bin (int64), row_scale.bin (f32); writes lse.bin,
+//                                  max0.bin, argmax0.bin and plan.txt ("splits chunk")
+//   emu_driver head DIR            reads args.txt, x.bin, bank.bin; writes score.bin, pred.bin
+//
+// Every buffer is allocated at its exact size (so AddressSanitizer catches any access past
+// it) and the outputs and workspace start as all-ones bytes (NaN / −1), so an element the
+// kernels never write shows up in the comparison. Exit 0 on success, 3 with the launcher's
+// message on stderr when it refuses, 2 on a usage or I/O error.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda/fastood_cuda.cuh"
+
+namespace fc = fastood::cuda;
+
+namespace {
+
+[[noreturn]] void die(const std::string& msg, int code = 2) {
+  std::fprintf(stderr, "emu_driver: %s\n", msg.c_str());
+  std::exit(code);
+}
+
+std::map<std::string, std::string> read_args(const std::string& dir) {
+  std::ifstream in(dir + "/args.txt");
+  if (!in) die("cannot read " + dir + "/args.txt");
+  std::map<std::string, std::string> kv;
+  std::string k, v;
+  while (in >> k >> v) kv[k] = v;
+  return kv;
+}
+
+int64_t geti(const std::map<std::string, std::string>& kv, const char* k) {
+  auto it = kv.find(k);
+  if (it == kv.end()) die(std::string("missing argument ") + k);
+  return std::stoll(it->second);
+}
+
+// A file's bytes in a buffer of exactly that size (ASan-visible bounds).
+std::vector<char> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) die("cannot read " + path);
+  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const std::string& path, const void* data, std::size_t bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  if (!out) die("cannot write " + path);
+}
+
+// Exact-size, 256-byte aligned, filled with 0xFF (NaN floats, −1 integers).
+struct Buffer {
+  explicit Buffer(std::size_t n) : bytes(n) {
+    if (n > 0) {
+      ptr = static_cast<char*>(::operator new(n, std::align_val_t{256}));
+      std::memset(ptr, 0xFF, n);
+    }
+  }
+  ~Buffer() {
+    if (ptr) ::operator delete(ptr, std::align_val_t{256});
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  char* ptr = nullptr;
+  std::size_t bytes;
+};
+
+fc::DType dtype_of(const std::string& s) {
+  if (s == "float32") return fc::DType::kFloat32;
+  if (s == "float16") return fc::DType::kFloat16;
+  if (s == "bfloat16") return fc::DType::kBFloat16;
+  die("unknown dtype " + s);
+}
+
+std::size_t elem_size(fc::DType t) { return t == fc::DType::kFloat32 ? 4 : 2; }
+
+// A file's bytes copied to a 256-byte aligned, exact-size buffer: a test sets a
+// pointer's alignment by the number of leading elements it writes before the operand.
+struct Operand {
+  explicit Operand(const std::string& path) : data(read_file(path)), buf(data.size()), base(buf.ptr) {
+    if (!data.empty()) std::memcpy(buf.ptr, data.data(), data.size());
+  }
+  std::vector<char> data;
+  Buffer buf;
+  char* base;
+};
+
+int run_segment_lse(const std::string& dir) {
+  auto kv = read_args(dir);
+  fc::SegmentLseArgs a;
+  a.dtype = dtype_of(kv.at("dtype"));
+  a.B = geti(kv, "B");
+  a.N = geti(kv, "N");
+  a.D = geti(kv, "D");
+  a.S = geti(kv, "S");
+  a.ldx = geti(kv, "ldx");
+  a.ldb = geti(kv, "ldb");
+  const std::size_t es = elem_size(a.dtype);
+  // x.bin / bank.bin hold `x_offset` / `bank_offset` leading elements, then the operand.
+  Operand x(dir + "/x.bin"), bank(dir + "/bank.bin");
+  a.x = x.base + geti(kv, "x_offset") * static_cast<int64_t>(es);
+  a.bank = bank.base + geti(kv, "bank_offset") * static_cast<int64_t>(es);
+  Operand off(dir + "/offsets.bin"), rs(dir + "/row_scale.bin");
+  a.offsets = reinterpret_cast<const int64_t*>(off.base);
+  a.row_scale = reinterpret_cast<const float*>(rs.base);
+  Buffer lse(static_cast<std::size_t>(a.B * a.S) * 4), max0(static_cast<std::size_t>(a.B) * 4);
+  const bool want_arg = geti(kv, "argmax") != 0;
+  Buffer arg(want_arg ? static_cast<std::size_t>(a.B) * 8 : 0);
+  a.lse = reinterpret_cast<float*>(lse.ptr);
+  a.max0 = reinterpret_cast<float*>(max0.ptr);
+  a.argmax0 = want_arg ? reinterpret_cast<int64_t*>(arg.ptr) : nullptr;
+  int sms = static_cast<int>(geti(kv, "sm_count"));
+  a.plan = fc::plan_splits(a.B, a.N, a.S, sms, geti(kv, "splits"), fc::kDefaultSplitWorkspaceBytes);
+  Buffer ws(static_cast<std::size_t>(a.plan.workspace_bytes));
+  a.workspace = ws.ptr;
+  a.workspace_bytes = a.plan.workspace_bytes;
+  const std::string err = fc::segment_lse(a);
+  if (!err.empty()) die(err, 3);
+  write_file(dir + "/lse.bin", lse.ptr, lse.bytes);
+  write_file(dir + "/max0.bin", max0.ptr, max0.bytes);
+  write_file(dir + "/argmax0.bin", arg.ptr, arg.bytes);
+  std::ofstream(dir + "/plan.txt") << a.plan.splits << " " << a.plan.chunk << "\n";
+  return 0;
+}
+
+int run_head(const std::string& dir) {
+  auto kv = read_args(dir);
+  fc::HeadArgs a;
+  a.dtype = dtype_of(kv.at("dtype"));
+  a.B = geti(kv, "B");
+  a.N = geti(kv, "N");
+  a.D = geti(kv, "D");
+  a.ldx = a.D;
+  a.ldb = a.D;
+  const std::string method = kv.at("method");
+  a.cfg.method = method == "mcm" ? fc::HeadMethod::kMcm : fc::HeadMethod::kNegLabel;
+  a.cfg.num_id = geti(kv, "num_id");
+  a.cfg.groups = geti(kv, "groups");
+  a.cfg.temperature = std::stof(kv.at("temperature"));
+  a.cfg.normalize = geti(kv, "normalize") != 0;
+  a.sm_count = static_cast<int>(geti(kv, "sm_count"));  // <= 0: ask the (emulated) device
+  Operand x(dir + "/x.bin"), bank(dir + "/bank.bin");
+  a.x = x.base;
+  a.bank = bank.base;
+  Buffer score(static_cast<std::size_t>(a.B) * 4), pred(static_cast<std::size_t>(a.B) * 4);
+  a.score = reinterpret_cast<float*>(score.ptr);
+  a.pred = reinterpret_cast<int32_t*>(pred.ptr);
+  const std::string why = fc::head_check(a.cfg, a.N);
+  if (!why.empty()) die(why, 3);
+  a.workspace_bytes = fc::head_workspace_bytes(a.cfg, a.B, a.N);
+  Buffer ws(static_cast<std::size_t>(a.workspace_bytes));
+  a.workspace = ws.ptr;
+  const std::string err = fc::head_score(a);
+  if (!err.empty()) die(err, 3);
+  write_file(dir + "/score.bin", score.ptr, score.bytes);
+  write_file(dir + "/pred.bin", pred.ptr, pred.bytes);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) die("usage: emu_driver (segment_lse|head) DIR");
+  const std::string mode = argv[1];
+  if (mode == "segment_lse") return run_segment_lse(argv[2]);
+  if (mode == "head") return run_head(argv[2]);
+  die("unknown mode " + mode);
+}

@@ -1,0 +1,176 @@
+// TEST ONLY — the CPU emulator's runtime (see fastood_emu.h for the model).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <barrier>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fastood_emu.h"
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace fastood_emu {
+namespace {
+
+struct Warp {
+  explicit Warp(int lanes) : bar(lanes), live(lanes), size(lanes) {}
+  std::barrier<> bar;
+  std::atomic<int> live;
+  int size;
+  std::uint64_t slot[kWarpSize] = {};
+};
+
+struct Block {
+  explicit Block(int threads) : bar(threads) {}
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+thread_local Block* t_block = nullptr;
+thread_local int t_linear = -1;  // linear thread index in the block
+
+cudaError_t g_last_error = cudaSuccess;  // the host thread's sticky-free last error
+std::mutex g_fail_mutex;
+
+Warp& my_warp() {
+  if (t_block == nullptr) fail("a device function was called outside a kernel");
+  return *t_block->warps[static_cast<std::size_t>(t_linear / kWarpSize)];
+}
+
+std::uint64_t launch_seed() {
+  static std::uint64_t n = 0;
+  const char* env = std::getenv("FASTOOD_EMU_SEED");
+  return (env ? std::strtoull(env, nullptr, 10) : 12345u) + 1000003u * n++;
+}
+
+}  // namespace
+
+[[noreturn]] void fail(const char* what) {
+  std::lock_guard<std::mutex> lock(g_fail_mutex);
+  std::fprintf(stderr, "fastood_emu: %s (block (%u,%u,%u), thread (%u,%u,%u))\n", what, blockIdx.x, blockIdx.y,
+               blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  std::fflush(stderr);
+  std::abort();
+}
+
+void syncthreads() {
+  if (t_block == nullptr) fail("__syncthreads outside a kernel");
+  t_block->bar.arrive_and_wait();
+}
+
+void syncwarp() {
+  Warp& w = my_warp();
+  if (w.live.load() != w.size) fail("__syncwarp with exited lanes");
+  w.bar.arrive_and_wait();
+}
+
+int lane() { return t_linear % kWarpSize; }
+
+void require_full_warp(const char* op) {
+  Warp& w = my_warp();
+  if (w.size != kWarpSize || w.live.load() != kWarpSize) fail(op);
+}
+
+bool collective_writer() { return lane() == 0; }
+
+std::uint64_t warp_exchange(std::uint64_t mine, int src) {
+  require_full_warp("__shfl_xor_sync with exited or missing lanes");
+  Warp& w = my_warp();
+  w.slot[lane()] = mine;
+  w.bar.arrive_and_wait();  // every lane has published
+  const std::uint64_t got = w.slot[src];
+  w.bar.arrive_and_wait();  // every lane has read before the slots are reused
+  return got;
+}
+
+void launch(dim3 grid, dim3 block, std::size_t dynamic_smem, const void* /*stream*/,
+            const std::function<void()>& body) {
+  const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
+  const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
+  if (threads == 0 || threads > 1024 || blocks == 0 || block.z > 64 || grid.y > 65535 || grid.z > 65535 ||
+      dynamic_smem > 0) {
+    g_last_error = cudaErrorInvalidConfiguration;  // what the runtime reports for such a launch
+    return;
+  }
+  // Blocks in a random order: a correct kernel's result cannot depend on it.
+  std::vector<std::uint64_t> order(blocks);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(launch_seed()));
+  for (std::uint64_t b : order) {
+    const uint3 bid = make_uint3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                                 static_cast<unsigned>(b / (std::uint64_t{grid.x} * grid.y)));
+    Block blk(static_cast<int>(threads));
+    for (std::uint64_t w0 = 0; w0 < threads; w0 += kWarpSize)
+      blk.warps.push_back(std::make_unique<Warp>(static_cast<int>(std::min<std::uint64_t>(kWarpSize, threads - w0))));
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (std::uint64_t t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        threadIdx = make_uint3(static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
+                               static_cast<unsigned>(t / (std::uint64_t{block.x} * block.y)));
+        blockIdx = bid;
+        blockDim = block;
+        gridDim = grid;
+        t_block = &blk;
+        t_linear = static_cast<int>(t);
+        body();
+        // An exited thread no longer takes part in barriers (as on the hardware).
+        Warp& w = my_warp();
+        w.live.fetch_sub(1);
+        w.bar.arrive_and_drop();
+        blk.bar.arrive_and_drop();
+        t_block = nullptr;
+      });
+    }
+    for (auto& th : pool) th.join();
+  }
+}
+
+}  // namespace fastood_emu
+
+// ---- the runtime API functions the kernels' host code calls ------------------------
+cudaError_t CUDARTAPI cudaGetLastError(void) {
+  const cudaError_t e = fastood_emu::g_last_error;
+  fastood_emu::g_last_error = cudaSuccess;
+  return e;
+}
+
+const char* CUDARTAPI cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    default: return "cudaError (emulated)";
+  }
+}
+
+const char* CUDARTAPI cudaGetErrorString(cudaError_t error) {
+  return error == cudaSuccess ? "no error" : "emulated launch failure";
+}
+
+// The emulated device: FASTOOD_EMU_SM_COUNT multiprocessors (default 132, an H100 SXM),
+// so the split planner makes the choices it makes on that GPU.
+cudaError_t CUDARTAPI cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  if (value == nullptr || device != 0) return cudaErrorInvalidValue;
+  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  const char* env = std::getenv("FASTOOD_EMU_SM_COUNT");
+  *value = env ? std::atoi(env) : 132;
+  return cudaSuccess;
+}
+
+cudaError_t CUDARTAPI cudaGetDevice(int* device) {
+  if (device == nullptr) return cudaErrorInvalidValue;
+  *device = 0;
+  return cudaSuccess;
+}

@@ -1,0 +1,199 @@
+"""Build and run fastood's CUDA kernels on the CPU emulator (csrc/cuda/testing/).
+
+The kernels in ``csrc/cuda/*.cu`` are compiled by g++ exactly as written, except that
+each ``kernel<<<grid, block, smem, stream>>>(args)`` launch is rewritten into
+``fastood_emu::launch(grid, block, smem, stream, [&] { kernel(args); })`` (plain C++
+has no launch syntax). ``csrc/cuda/testing/`` supplies ``<cuda_runtime.h>`` and
+``<mma.h>`` for the host compiler and the thread model (``fastood_emu.h``).
+
+Variants: ``plain`` (-O2), ``tsan`` (ThreadSanitizer: a missing ``__syncthreads`` is a
+reported data race), ``asan`` (AddressSanitizer + UBSan: out-of-bounds global accesses
+against exact-size buffers, misaligned vector loads, integer overflow).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastood.ops._cuda_segment_lse import _rows
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "csrc" / "cuda"
+EMU_DIR = CUDA_DIR / "testing"
+
+# kernel (optionally with template arguments) <<<config>>> (arguments);
+_LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;]*>)?)<<<(?P<cfg>.*?)>>>\((?P<args>.*?)\);", re.S)
+
+FLAGS = {
+    "plain": ["-O2"],
+    "tsan": ["-O1", "-fsanitize=thread"],
+    "asan": ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
+}
+
+
+def cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (for cuda_fp16.h, cuda_runtime_api.h), or None."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parents[1]))
+    for c in candidates:
+        if c and (Path(c) / "include" / "cuda_fp16.h").is_file() and (Path(c) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(c) / "include"
+    return None
+
+
+def available() -> bool:
+    return cuda_include() is not None and shutil.which("g++") is not None
+
+
+def _split_top_level(s: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in s:
+        if ch in "(<[{":
+            depth += 1
+        elif ch in ")>]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur).strip())
+    return parts
+
+
+def rewrite_launches(source: str) -> tuple[str, int]:
+    """``source`` with every ``<<<…>>>`` launch turned into ``fastood_emu::launch``."""
+
+    def sub(m: re.Match) -> str:
+        cfg = _split_top_level(m.group("cfg"))
+        if not 2 <= len(cfg) <= 4:
+            raise ValueError(f"cannot parse the launch configuration <<<{m.group('cfg')}>>>")
+        cfg += ["0", "nullptr"][len(cfg) - 2 :]
+        return f"::fastood_emu::launch({', '.join(cfg)}, [&] {{ {m.group('kernel')}({m.group('args')}); }});"
+
+    out, n = _LAUNCH.subn(sub, source)
+    if n != source.count("<<<"):
+        raise ValueError(f"rewrote {n} launches but the source has {source.count('<<<')} '<<<'")
+    return out, n
+
+
+def build(out_dir: Path, variant: str = "plain", edit=None) -> Path:
+    """Compile the emulated kernels and the driver (csrc/cuda/testing/emu_driver.cpp).
+
+    ``edit(name, text) -> text``, when given, changes a kernel source first (the tests'
+    negative controls: a deleted barrier must be caught, an unguarded load must be caught).
+    """
+    inc = cuda_include()
+    if inc is None:
+        raise RuntimeError("the CUDA headers (cuda_fp16.h) were not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = [EMU_DIR / "fastood_emu.cpp", EMU_DIR / "emu_driver.cpp"]
+    for cu in sorted(CUDA_DIR.glob("*.cu")):
+        text = cu.read_text()
+        if edit is not None:
+            text = edit(cu.name, text)
+        text, _ = rewrite_launches(text)
+        dst = out_dir / (cu.stem + ".emu.cpp")
+        dst.write_text(f'#line 1 "{cu}"\n' + text)
+        sources.append(dst)
+    exe = out_dir / f"emu_driver_{variant}"
+    cmd = ["g++", "-std=c++20", "-g", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
+           *FLAGS[variant], "-I", str(EMU_DIR), "-I", str(CUDA_DIR), "-I", str(ROOT / "csrc"), "-I", str(inc),
+           *map(str, sources), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the emulator ({variant}) failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+    return exe
+
+
+# --------------------------------------------------------------------------- running
+_NP = {torch.float32: np.float32, torch.float16: np.float16}
+_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """Little-endian bytes of a contiguous CPU tensor (bf16 through its int16 bits)."""
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def _operand_bytes(t: torch.Tensor) -> tuple[bytes, int, int]:
+    """(file bytes, leading elements, row stride) reproducing ``t``'s layout: the rows as
+    torch stores them, from the first to the last element used, with the storage offset's
+    misalignment (mod 8 elements) kept as leading elements before a 256-byte aligned base."""
+    t, ld = _rows(t)
+    rows, D = t.shape
+    lead = t.storage_offset() % 8
+    extent = (rows - 1) * ld + D
+    storage = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage())
+    flat = storage[t.storage_offset() - lead : t.storage_offset() + extent]
+    return _raw_bytes(flat), lead, ld
+
+
+def _run(exe: Path, mode: str, work: Path, env_extra: dict | None = None, timeout: int = 600) -> None:
+    env = dict(os.environ)
+    env.setdefault("TSAN_OPTIONS", "halt_on_error=1 exitcode=66")
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+    env.update(env_extra or {})
+    proc = subprocess.run([str(exe), mode, str(work)], capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise EmulatorError(proc.returncode, proc.stderr[-8000:])
+
+
+class EmulatorError(RuntimeError):
+    def __init__(self, code: int, stderr: str):
+        super().__init__(f"emu_driver exited with {code}:\n{stderr}")
+        self.code, self.stderr = code, stderr
+
+
+def segment_lse(
+    exe: Path, work: Path, x: torch.Tensor, bank: torch.Tensor, offsets, row_scale: torch.Tensor, *,
+    want_argmax: bool = True, num_splits: int | None = None, sm_count: int = 132, seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """``(lse, max0, argmax0, (splits, chunk))`` of the emulated kernel (CPU tensors in)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (xb, x_lead, ldx), (bb, b_lead, ldb) = _operand_bytes(x), _operand_bytes(bank)
+    (work / "x.bin").write_bytes(xb)
+    (work / "bank.bin").write_bytes(bb)
+    off = torch.as_tensor(offsets, dtype=torch.int64)
+    (work / "offsets.bin").write_bytes(_raw_bytes(off))
+    (work / "row_scale.bin").write_bytes(_raw_bytes(row_scale.float()))
+    B, D = x.shape
+    S = off.numel() - 1
+    args = dict(dtype=_NAMES[x.dtype], B=B, N=bank.shape[0], D=D, S=S, ldx=ldx, ldb=ldb, x_offset=x_lead,
+                bank_offset=b_lead, argmax=int(want_argmax), splits=num_splits or 0, sm_count=sm_count)
+    (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
+    _run(exe, "segment_lse", work, {"FASTOOD_EMU_SEED": str(seed)} if seed is not None else None)
+    lse = torch.from_numpy(np.fromfile(work / "lse.bin", dtype=np.float32).reshape(B, S).copy())
+    max0 = torch.from_numpy(np.fromfile(work / "max0.bin", dtype=np.float32).copy())
+    arg = torch.from_numpy(np.fromfile(work / "argmax0.bin", dtype=np.int64).copy())
+    splits, chunk = map(int, (work / "plan.txt").read_text().split())
+    return lse, max0, arg, (splits, chunk)
+
+
+def head_score(
+    exe: Path, work: Path, x: torch.Tensor, bank: torch.Tensor, num_id: int, *, method: str = "neglabel",
+    groups: int = 1, temperature: float = 0.01, normalize: bool = True, sm_count: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(score f32, pred int32)`` of the emulated fused head (what the TensorRT plugin runs)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "x.bin").write_bytes(_raw_bytes(x))
+    (work / "bank.bin").write_bytes(_raw_bytes(bank))
+    args = dict(dtype=_NAMES[x.dtype], B=x.shape[0], N=bank.shape[0], D=x.shape[1], method=method, num_id=num_id,
+                groups=groups, temperature=repr(float(temperature)), normalize=int(normalize), sm_count=sm_count)
+    (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
+    _run(exe, "head", work)
+    score = torch.from_numpy(np.fromfile(work / "score.bin", dtype=np.float32).copy())
+    pred = torch.from_numpy(np.fromfile(work / "pred.bin", dtype=np.int32).copy())
+    return score, pred
