@@ -21,3 +21,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def emulator_exe(tmp_path_factory):
+    """The CUDA kernels built once per session for the CPU emulator (tests/cuda_emulator.py)."""
+    from tests import cuda_emulator
+
+    if not cuda_emulator.available():
+        pytest.skip("the CPU emulator needs g++ and the CUDA headers")
+    return cuda_emulator.build(tmp_path_factory.mktemp("cuda_emulator"), "plain")

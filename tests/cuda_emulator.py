@@ -29,7 +29,7 @@ CUDA_DIR = ROOT / "csrc" / "cuda"
 EMU_DIR = CUDA_DIR / "testing"
 
 # kernel (optionally with template arguments) <<<config>>> (arguments);
-_LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_]\w*(?:<[^<>;]*>)?)<<<(?P<cfg>.*?)>>>\((?P<args>.*?)\);", re.S)
+_LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_][\w:]*(?:<[^<>;]*>)?)<<<(?P<cfg>.*?)>>>\((?P<args>.*?)\);", re.S)
 
 FLAGS = {
     "plain": ["-O2"],
@@ -148,7 +148,8 @@ def _run(exe: Path, mode: str, work: Path, env_extra: dict | None = None, timeou
     env.update(env_extra or {})
     proc = subprocess.run([str(exe), mode, str(work)], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise EmulatorError(proc.returncode, proc.stderr[-8000:])
+        why = proc.stderr[-8000:] or (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
+        raise EmulatorError(proc.returncode, why)
 
 
 class EmulatorError(RuntimeError):

@@ -6,8 +6,11 @@
 // a 256-bit (32-byte) aligned pointer and ldm a multiple of 16 bytes.
 #pragma once
 
+#include <cuda_fp16.h>
+
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "fastood_emu.h"
 
@@ -47,6 +50,16 @@ template <typename T>
 inline float to_f32(T v) {
   return static_cast<float>(v);
 }
+// fp16 → fp32 through a table: the toolkit's host conversion is bit manipulation per
+// call, too slow for the emulator's inner loop (exact either way).
+inline float to_f32(__half v) {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (unsigned i = 0; i < 65536; ++i) t[i] = __half2float(__ushort_as_half(static_cast<unsigned short>(i)));
+    return t;
+  }();
+  return table[__half_as_ushort(v)];
+}
 }  // namespace detail
 
 template <class Use, int M, int N, int K, typename T, class Layout = void>
@@ -55,6 +68,7 @@ struct fragment {
   static constexpr int C = detail::shape<Use, M, N, K>::C;
   static constexpr int num_elements = R * C;
   T x[R * C];
+  float f32[R * C];  // emulator only: x converted at load time (operands are read 16 times per mma)
 };
 
 template <class Use, int M, int N, int K, typename T, class Layout>
@@ -69,8 +83,10 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, u
   detail::check_pointer_and_ldm(p, ldm, "wmma::load_matrix_sync: pointer not 32-byte aligned or ldm not a multiple of 16 bytes");
   constexpr int R = fragment<Use, M, N, K, T, Layout>::R, C = fragment<Use, M, N, K, T, Layout>::C;
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c)
+    for (int c = 0; c < C; ++c) {
       f.x[r * C + c] = std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[r + c * ldm];
+      f.f32[r * C + c] = detail::to_f32(f.x[r * C + c]);
+    }
 }
 
 template <int M, int N, int K, typename T>
@@ -99,7 +115,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, Tc>& d, const fragment<matri
   for (int r = 0; r < M; ++r)
     for (int n = 0; n < N; ++n) {
       float s = 0.0f;
-      for (int k = 0; k < K; ++k) s += detail::to_f32(a.x[r * K + k]) * detail::to_f32(b.x[k * N + n]);
+      for (int k = 0; k < K; ++k) s += a.f32[r * K + k] * b.f32[k * N + n];
       out[r * N + n] = c.x[r * N + n] + s;
     }
   for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
