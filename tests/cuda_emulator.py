@@ -86,17 +86,10 @@ def rewrite_launches(source: str) -> tuple[str, int]:
     return out, n
 
 
-def build(out_dir: Path, variant: str = "plain", edit=None) -> Path:
-    """Compile the emulated kernels and the driver (csrc/cuda/testing/emu_driver.cpp).
-
-    ``edit(name, text) -> text``, when given, changes a kernel source first (the tests'
-    negative controls: a deleted barrier must be caught, an unguarded load must be caught).
-    """
-    inc = cuda_include()
-    if inc is None:
-        raise RuntimeError("the CUDA headers (cuda_fp16.h) were not found")
+def _kernel_sources(out_dir: Path, edit=None) -> list[Path]:
+    """The emulator runtime and every csrc/cuda/*.cu with its launches rewritten."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = [EMU_DIR / "fastood_emu.cpp", EMU_DIR / "emu_driver.cpp"]
+    sources = [EMU_DIR / "fastood_emu.cpp"]
     for cu in sorted(CUDA_DIR.glob("*.cu")):
         text = cu.read_text()
         if edit is not None:
@@ -105,14 +98,51 @@ def build(out_dir: Path, variant: str = "plain", edit=None) -> Path:
         dst = out_dir / (cu.stem + ".emu.cpp")
         dst.write_text(f'#line 1 "{cu}"\n' + text)
         sources.append(dst)
-    exe = out_dir / f"emu_driver_{variant}"
+    return sources
+
+
+def _compile(cmd_tail: list[str], variant: str, what: str) -> None:
+    inc = cuda_include()
+    if inc is None:
+        raise RuntimeError("the CUDA headers (cuda_fp16.h) were not found")
     cmd = ["g++", "-std=c++20", "-g", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
-           *FLAGS[variant], "-I", str(EMU_DIR), "-I", str(CUDA_DIR), "-I", str(ROOT / "csrc"), "-I", str(inc),
-           *map(str, sources), "-o", str(exe)]
+           *FLAGS[variant], "-I", str(EMU_DIR), "-I", str(CUDA_DIR), "-I", str(ROOT / "csrc"), "-I", str(inc), *cmd_tail]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"building the emulator ({variant}) failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+        raise RuntimeError(f"building {what} ({variant}) failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+
+
+def build(out_dir: Path, variant: str = "plain", edit=None) -> Path:
+    """Compile the emulated kernels and the driver (csrc/cuda/testing/emu_driver.cpp).
+
+    ``edit(name, text) -> text``, when given, changes a kernel source first (the tests'
+    negative controls: a deleted barrier must be caught, an unguarded load must be caught).
+    """
+    sources = [EMU_DIR / "emu_driver.cpp", *_kernel_sources(out_dir, edit)]
+    exe = out_dir / f"emu_driver_{variant}"
+    _compile([*map(str, sources), "-o", str(exe)], variant, "the emulator")
     return exe
+
+
+def build_plugin(out_dir: Path, variant: str = "plain") -> tuple[Path, Path]:
+    """``(harness, plugin)``: the TensorRT plugin (csrc/trt/) linked with the emulated kernels,
+    against the stand-in TensorRT API and registry of csrc/trt/testing/, and its harness."""
+    testing = ROOT / "csrc" / "trt" / "testing"
+    lib = out_dir / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    # The stand-in headers first: NvInferRuntime.h includes <cuda_runtime.h>, the emulator's.
+    stand_in = ["-I", str(testing)]
+    _compile([*stand_in, "-shared", "-fPIC", str(testing / "registry_stub.cpp"), "-o", str(lib / "libnvinfer.so")],
+             variant, "the stand-in libnvinfer")
+    plugin = out_dir / "libfastood_trt_plugin.so"
+    kernels = _kernel_sources(out_dir / "kernels")
+    _compile([*stand_in, "-shared", "-fPIC", "-Werror", str(ROOT / "csrc" / "trt" / "segment_lse_score_plugin.cpp"),
+              *map(str, kernels), "-o", str(plugin), "-L", str(lib), "-lnvinfer", "-Wl,--no-undefined"],
+             variant, "the plugin")
+    harness = out_dir / "plugin_harness"
+    _compile([*stand_in, str(testing / "plugin_harness.cpp"), "-o", str(harness), "-L", str(lib), "-lnvinfer", "-ldl",
+              f"-Wl,-rpath,{lib}"], variant, "the plugin harness")
+    return harness, plugin
 
 
 # --------------------------------------------------------------------------- running
@@ -141,12 +171,13 @@ def _operand_bytes(t: torch.Tensor) -> tuple[bytes, int, int]:
     return _raw_bytes(flat), lead, ld
 
 
-def _run(exe: Path, mode: str, work: Path, env_extra: dict | None = None, timeout: int = 600) -> None:
+def _run(argv: list, work: Path, env_extra: dict | None = None, timeout: int = 600) -> None:
+    """Run ``argv + [work]``; an EmulatorError with its stderr when it fails."""
     env = dict(os.environ)
     env.setdefault("TSAN_OPTIONS", "halt_on_error=1 exitcode=66")
     env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
     env.update(env_extra or {})
-    proc = subprocess.run([str(exe), mode, str(work)], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([*map(str, argv), str(work)], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         why = proc.stderr[-8000:] or (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
         raise EmulatorError(proc.returncode, why)
@@ -175,7 +206,7 @@ def segment_lse(
     args = dict(dtype=_NAMES[x.dtype], B=B, N=bank.shape[0], D=D, S=S, ldx=ldx, ldb=ldb, x_offset=x_lead,
                 bank_offset=b_lead, argmax=int(want_argmax), splits=num_splits or 0, sm_count=sm_count)
     (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
-    _run(exe, "segment_lse", work, {"FASTOOD_EMU_SEED": str(seed)} if seed is not None else None)
+    _run([exe, "segment_lse"], work, {"FASTOOD_EMU_SEED": str(seed)} if seed is not None else None)
     lse = torch.from_numpy(np.fromfile(work / "lse.bin", dtype=np.float32).reshape(B, S).copy())
     max0 = torch.from_numpy(np.fromfile(work / "max0.bin", dtype=np.float32).copy())
     arg = torch.from_numpy(np.fromfile(work / "argmax0.bin", dtype=np.int64).copy())
@@ -186,15 +217,25 @@ def segment_lse(
 def head_score(
     exe: Path, work: Path, x: torch.Tensor, bank: torch.Tensor, num_id: int, *, method: str = "neglabel",
     groups: int = 1, temperature: float = 0.01, normalize: bool = True, sm_count: int = 0,
+    plugin: Path | None = None, max_batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(score f32, pred int32)`` of the emulated fused head (what the TensorRT plugin runs)."""
+    """``(score f32, pred int32)`` of the emulated fused head (what the TensorRT plugin runs).
+
+    With ``plugin``, ``exe`` is the plugin harness and the head runs through the plugin's
+    TensorRT calls (``plugin_harness PLUGIN --enqueue``), for an engine profile whose
+    largest batch is ``max_batch`` (default: this batch).
+    """
     work.mkdir(parents=True, exist_ok=True)
     (work / "x.bin").write_bytes(_raw_bytes(x))
     (work / "bank.bin").write_bytes(_raw_bytes(bank))
     args = dict(dtype=_NAMES[x.dtype], B=x.shape[0], N=bank.shape[0], D=x.shape[1], method=method, num_id=num_id,
-                groups=groups, temperature=repr(float(temperature)), normalize=int(normalize), sm_count=sm_count)
+                groups=groups, temperature=repr(float(temperature)), normalize=int(normalize), sm_count=sm_count,
+                max_batch=max_batch or x.shape[0])
     (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
-    _run(exe, "head", work)
+    if plugin is None:
+        _run([exe, "head"], work)
+    else:
+        _run([exe, plugin, "--enqueue"], work)
     score = torch.from_numpy(np.fromfile(work / "score.bin", dtype=np.float32).copy())
     pred = torch.from_numpy(np.fromfile(work / "pred.bin", dtype=np.int32).copy())
     return score, pred

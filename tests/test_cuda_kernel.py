@@ -104,7 +104,8 @@ def test_trt_plugin_against_the_api_stand_in(tmp_path):
          "-L", str(lib), "-lnvinfer", "-L", str(cuda / "lib64"), "-lcudart_static", "-ldl", "-lpthread", "-lrt",
          "-Wl,--no-undefined"], "plugin library")
     harness = tmp_path / "plugin_harness"
-    _sh(["g++", "-std=c++17", *inc, str(testing / "plugin_harness.cpp"), "-o", str(harness),
+    # emu_io.h (file helpers of its --enqueue mode) last, so <cuda_runtime.h> stays the toolkit's.
+    _sh(["g++", "-std=c++17", *inc, "-idirafter", str(ROOT / "csrc" / "cuda" / "testing"), str(testing / "plugin_harness.cpp"), "-o", str(harness),
          "-L", str(lib), "-lnvinfer", "-ldl", f"-Wl,-rpath,{lib}"], "plugin harness")
     proc = subprocess.run([str(harness), str(plugin)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

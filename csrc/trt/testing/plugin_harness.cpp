@@ -1,8 +1,17 @@
 // Drives the SegmentLSEScore plugin through the calls TensorRT's builder and runtime make,
-// against the stand-in API in this folder (no TensorRT, no GPU: enqueue is not called).
-// Usage: plugin_harness /path/to/libfastood_trt_plugin.so   (exit 0 = all checks passed)
+// against the stand-in API in this folder (no TensorRT).
+// Usage: plugin_harness LIB              the builder/runtime answers (exit 0 = all checks passed);
+//                                        enqueue is not called
+//        plugin_harness LIB --enqueue DIR  build phase → serialise → runtime phase → enqueue on
+//                                        DIR/x.bin, bank.bin with DIR/args.txt (the format of
+//                                        csrc/cuda/testing/emu_driver.cpp's head mode); writes
+//                                        score.bin, pred.bin. For a LIB whose kernels were built
+//                                        for the CPU emulator (csrc/cuda/testing/): host buffers
+//                                        stand in for device memory.
 #include <NvInferRuntime.h>
 #include <dlfcn.h>
+
+#include "emu_io.h"
 
 #include <cstdio>
 #include <cstring>
@@ -47,9 +56,70 @@ Dims dims2(int64_t a, int64_t b) {
 }
 }  // namespace
 
+// The runtime path TensorRT takes for one engine: a build-phase plugin from the node's
+// attributes (configurePlugin over the batch profile [1, max_batch], getWorkspaceSize at its
+// max), its serialised fields → a runtime-phase plugin (engine deserialisation),
+// onShapeChange for this batch, then enqueue with a workspace of exactly the reserved size.
+int enqueue_mode(IPluginCreatorV3One* cr, const std::string& dir) {
+  using namespace emu_io;
+  auto kv = read_args(dir);
+  int32_t k = static_cast<int32_t>(geti(kv, "num_id")), g = static_cast<int32_t>(geti(kv, "groups"));
+  int32_t norm = static_cast<int32_t>(geti(kv, "normalize"));
+  float t = std::stof(kv.at("temperature"));
+  const std::string method = kv.at("method"), dtype = kv.at("dtype");
+  PluginField f[] = {{"num_id", &k, PluginFieldType::kINT32, 1},
+                     {"groups", &g, PluginFieldType::kINT32, 1},
+                     {"temperature", &t, PluginFieldType::kFLOAT32, 1},
+                     {"method", method.c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(method.size() + 1)},
+                     {"normalize", &norm, PluginFieldType::kINT32, 1}};
+  PluginFieldCollection fc{5, f};
+  std::unique_ptr<IPluginV3> built(cr->createPlugin("head", &fc, TensorRTPhase::kBUILD));
+  if (!built) die("createPlugin(kBUILD) refused the attributes");
+  const DataType ty = dtype == "float16" ? DataType::kHALF : dtype == "bfloat16" ? DataType::kBF16 : DataType::kFLOAT;
+  const int64_t B = geti(kv, "B"), N = geti(kv, "N"), D = geti(kv, "D"), max_b = geti(kv, "max_batch");
+  DynamicPluginTensorDesc io[4]{};
+  for (auto& d : io) d.desc.format = TensorFormat::kLINEAR;
+  io[0].desc.type = io[1].desc.type = ty;
+  io[2].desc.type = DataType::kFLOAT;
+  io[3].desc.type = DataType::kINT32;
+  io[0].desc.dims = dims2(-1, D);
+  io[0].min = dims2(1, D);
+  io[0].opt = io[0].max = dims2(max_b, D);
+  io[1].desc.dims = io[1].min = io[1].opt = io[1].max = dims2(N, D);
+  Views vb = views(built.get());
+  for (int pos = 0; pos < 4; ++pos)
+    if (!vb.build->supportsFormatCombination(pos, io, 2, 2)) die("supportsFormatCombination refused the types");
+  if (vb.build->configurePlugin(io, 2, io + 2, 2) != 0) die("configurePlugin refused the shapes");
+  const size_t ws_bytes = vb.build->getWorkspaceSize(io, 2, io + 2, 2);
+
+  std::unique_ptr<IPluginV3> rt(cr->createPlugin("head", vb.rt->getFieldsToSerialize(), TensorRTPhase::kRUNTIME));
+  if (!rt) die("createPlugin(kRUNTIME) refused the serialised fields");
+  std::unique_ptr<IPluginV3> ctx(views(rt.get()).rt->attachToContext(nullptr));
+  IPluginV3OneRuntime* run = views(ctx.get()).rt;
+  PluginTensorDesc in[2]{}, out[2]{};
+  in[0].dims = dims2(B, D);
+  in[1].dims = dims2(N, D);
+  in[0].type = in[1].type = ty;
+  out[0].dims = out[1].dims = Dims{1, {B}};
+  out[0].type = DataType::kFLOAT;
+  out[1].type = DataType::kINT32;
+  if (run->onShapeChange(in, 2, out, 2) != 0) die("onShapeChange refused the shapes");
+  Operand x(dir + "/x.bin"), bank(dir + "/bank.bin");
+  Buffer score(static_cast<size_t>(B) * 4), pred(static_cast<size_t>(B) * 4), ws(ws_bytes);
+  void const* inputs[2] = {x.base, bank.base};
+  void* outputs[2] = {score.ptr, pred.ptr};
+  if (run->enqueue(in, out, inputs, outputs, ws.ptr, nullptr) != 0) die("enqueue failed", 3);
+  write_file(dir + "/score.bin", score.ptr, score.bytes);
+  write_file(dir + "/pred.bin", pred.ptr, pred.bytes);
+  std::printf("enqueue: B=%lld N=%lld D=%lld workspace %zu bytes\n", static_cast<long long>(B),
+              static_cast<long long>(N), static_cast<long long>(D), ws_bytes);
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::printf("usage: %s libfastood_trt_plugin.so\n", argv[0]);
+  const bool enqueue = argc == 4 && std::string(argv[2]) == "--enqueue";
+  if (argc != 2 && !enqueue) {
+    std::printf("usage: %s libfastood_trt_plugin.so [--enqueue DIR]\n", argv[0]);
     return 2;
   }
   void* lib = dlopen(argv[1], RTLD_NOW | RTLD_GLOBAL);
@@ -64,6 +134,7 @@ int main(int argc, char** argv) {
   CHECK(stub_creator_count() == 1);
   auto* cr = static_cast<IPluginCreatorV3One*>(stub_creator(0));
   if (cr == nullptr) return 1;
+  if (enqueue) return failures == 0 ? enqueue_mode(cr, argv[3]) : 1;
   CHECK(std::string(cr->getPluginName()) == "SegmentLSEScore");
   CHECK(std::string(cr->getPluginVersion()) == "1" && std::string(cr->getPluginNamespace()).empty());
   CHECK(cr->getFieldNames() != nullptr && cr->getFieldNames()->nbFields == 5);
