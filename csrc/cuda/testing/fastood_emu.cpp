@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cstdio>
 #include <cstdlib>
@@ -98,8 +99,8 @@ void launch(dim3 grid, dim3 block, std::size_t dynamic_smem, const void* /*strea
             const std::function<void()>& body) {
   const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
   const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
-  if (threads == 0 || threads > 1024 || blocks == 0 || block.z > 64 || grid.y > 65535 || grid.z > 65535 ||
-      dynamic_smem > 0) {
+  if (dynamic_smem > 0) fail("dynamic shared memory is not emulated");
+  if (threads == 0 || threads > 1024 || blocks == 0 || block.z > 64 || grid.y > 65535 || grid.z > 65535) {
     g_last_error = cudaErrorInvalidConfiguration;  // what the runtime reports for such a launch
     return;
   }

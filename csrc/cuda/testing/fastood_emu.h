@@ -46,7 +46,8 @@ namespace fastood_emu {
 constexpr int kWarpSize = 32;
 
 // Run `body` (one kernel invocation with its arguments bound) on grid × block threads.
-// A bad configuration sets the runtime's last error instead (as a real launch does).
+// A bad configuration sets the runtime's last error instead (as a real launch does);
+// dynamic shared memory (unused by fastood) is not emulated and stops the process.
 void launch(dim3 grid, dim3 block, std::size_t dynamic_smem, const void* stream, const std::function<void()>& body);
 
 // Abort the process with a message naming the emulated thread (a kernel bug the
