@@ -47,11 +47,12 @@ $PY -c "import fastood, json; print(json.dumps({k: [v.available, v.reason] for k
 
 echo "== CUDA C++ kernel: tests, then memcheck / racecheck on a small subset"
 # The CUDA kernel's own tests first (a fast signal; the whole suite below runs them again).
-$PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda_kernel.py 2>&1 | tee "$OUT/cuda_tests.log"
+$PY -m pytest -q -p no:cacheprovider -rs -m gpu tests/test_cuda_kernel.py 2>&1 | tee "$OUT/cuda_tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 if command -v compute-sanitizer >/dev/null 2>&1; then
   # Out-of-bounds / misaligned accesses (tile edges, scalar-load path, splits) and shared-memory races.
-  SUBSET="(tile_edges and fp16 and B131) or misaligned or argmax_ties or (plugin_head_matches and B37)"
+  # The [gpu] cases only: the [emu] ones run the CPU emulator, which has its own sanitizers.
+  SUBSET="gpu and ((tile_edges and fp16 and B131) or misaligned or argmax_ties or (plugin_head_matches and B37))"
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 99 \
       $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda_kernel.py -k "$SUBSET" >"$OUT/cuda_$tool.log" 2>&1
