@@ -146,7 +146,6 @@ def build_plugin(out_dir: Path, variant: str = "plain") -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------- running
-_NP = {torch.float32: np.float32, torch.float16: np.float16}
 _NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
