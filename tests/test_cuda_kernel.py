@@ -33,10 +33,10 @@ import fastood
 from fastood._backends import load_extension
 from fastood.ops._cuda_segment_lse import head_score_cuda, segment_lse_cuda
 from tests import cuda_emulator
+from tests.numerics import check_argmax, max_abs_err, neglabel_offsets, segment_truth, unit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
-NEG_INF = float("-inf")
 
 _ext, _ = load_extension()
 HAS_CUDA_EXT = _ext is not None and _ext.cuda_available()
@@ -234,48 +234,6 @@ def test_launch_without_a_gpu_raises_runtime_error_with_the_cuda_error():
 
 
 # ================================================================================= GPU
-def truth(x, bank, offsets, row_scale):
-    """float64 (lse (B, S), max0 (B,), argmax0 (B,), logits) from the inputs as given."""
-    L = row_scale.double().cpu()[:, None] * (x.double().cpu() @ bank.double().cpu().T)
-    B = L.shape[0]
-    cols = []
-    for lo, hi in zip(offsets[:-1], offsets[1:]):
-        cols.append(torch.logsumexp(L[:, lo:hi], 1) if hi > lo else torch.full((B,), NEG_INF, dtype=torch.float64))
-    seg0 = L[:, offsets[0] : offsets[1]]
-    if seg0.shape[1] == 0:
-        return torch.stack(cols, 1), torch.full((B,), NEG_INF, dtype=torch.float64), torch.zeros(B, dtype=torch.int64), L
-    return torch.stack(cols, 1), seg0.max(1).values, seg0.argmax(1), L
-
-
-def err(out, ref):
-    """max |out − ref| over finite entries; infinities must match exactly, no NaN."""
-    out, ref = out.detach().double().cpu(), ref.double().cpu()
-    assert not torch.isnan(out).any(), "NaN in the output"
-    inf = torch.isinf(ref)
-    assert torch.equal(inf, torch.isinf(out)), "infinities differ from the truth"
-    assert torch.equal(out[inf], ref[inf]), "infinities of different sign"
-    return (out[~inf] - ref[~inf]).abs().max().item() if (~inf).any() else 0.0
-
-
-def check_argmax(arg, ref_arg, L, offsets, tol):
-    arg = arg.cpu()
-    seg0 = L[:, offsets[0] : offsets[1]]
-    if seg0.shape[1] == 0:
-        assert torch.equal(arg, torch.zeros_like(arg))
-        return
-    assert ((arg >= 0) & (arg < seg0.shape[1])).all()
-    got = seg0.gather(1, arg[:, None])[:, 0]
-    assert (seg0.max(1).values - got).max().item() <= tol
-    if seg0.shape[1] > 1:
-        top2 = seg0.topk(2, dim=1).values
-        clear = (top2[:, 0] - top2[:, 1]) > tol
-        assert torch.equal(arg[clear], ref_arg[clear])
-
-
-def unit_rows(n, d, gen):
-    return torch.nn.functional.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
-
-
 def run(x, bank, offsets, row_scale, want_argmax=True, **kw):
     off = torch.tensor(offsets, dtype=torch.int64, device=x.device)
     out = segment_lse_cuda(x, bank, off, row_scale.to(x.device), want_argmax, **kw)
@@ -318,7 +276,7 @@ class EmulatedKernel:
         return lse, max0, (arg if want_argmax else torch.zeros(0, dtype=torch.int64))
 
     def head_score(self, x, bank, num_id, **kw):
-        return cuda_emulator.head_score(self.exe, self._dir(), x.cpu().contiguous(), bank.cpu().contiguous(), num_id, **kw)
+        return cuda_emulator.head_score(self.exe, self._dir(), x.cpu(), bank.cpu(), num_id, **kw)
 
 
 @pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "emu"])
@@ -329,10 +287,6 @@ def kernel(request, tmp_path):
             pytest.skip("needs a CUDA GPU and fastood._C with CUDA kernels")
         return GpuKernel()
     return EmulatedKernel(request.getfixturevalue("emulator_exe"), tmp_path)
-
-
-def neglabel_offsets(k, groups, size):
-    return [0] + [k + g * size for g in range(groups + 1)]
 
 
 LAYOUTS = [
@@ -358,11 +312,11 @@ def test_kernel_matches_float64(kernel, name, N, offsets, splits, dtype, B):
     bank = unit_rows(N, D, gen).to(dtype)
     row_scale = torch.linspace(1.0, 100.0, B, dtype=torch.float32)
     lse, max0, arg0 = kernel.segment_lse(x, bank, offsets, row_scale, num_splits=splits)
-    ref_lse, ref_max, ref_arg, L = truth(x, bank, offsets, row_scale)
+    ref_lse, ref_max, ref_arg, L = segment_truth(x, bank, offsets, row_scale)
     assert lse.shape == (B, len(offsets) - 1) and lse.dtype == torch.float32
     assert max0.shape == (B,) and arg0.shape == (B,) and arg0.dtype == torch.int64
-    assert err(lse, ref_lse) <= 1e-4
-    assert err(max0, ref_max) <= 1e-4
+    assert max_abs_err(lse, ref_lse) <= 1e-4
+    assert max_abs_err(max0, ref_max) <= 1e-4
     check_argmax(arg0, ref_arg, L, offsets, tol=1e-4)
 
 
@@ -377,13 +331,13 @@ def test_kernel_low_precision_error_budget(kernel, dtype, splits):
     row_scale = torch.full((B,), 100.0)
     x, bank = x64.to(dtype), bank64.to(dtype)
     lse, max0, _ = kernel.segment_lse(x, bank, offsets, row_scale, num_splits=splits)
-    ref_lse, _, _, _ = truth(x64, bank64, offsets, row_scale)
-    base_lse, base_max, _, _ = truth(x, bank, offsets, row_scale)
+    ref_lse, _, _, _ = segment_truth(x64, bank64, offsets, row_scale)
+    base_lse, base_max, _, _ = segment_truth(x, bank, offsets, row_scale)
     L32 = row_scale[:, None] * (x.float() @ bank.float().T)
     torch_lse = torch.stack([torch.logsumexp(L32[:, lo:hi], 1) for lo, hi in zip(offsets[:-1], offsets[1:])], 1)
-    assert err(lse, ref_lse) <= 2 * err(torch_lse, ref_lse) + 1e-4
-    assert err(lse, base_lse) <= 1e-4
-    assert err(max0, base_max) <= 1e-4
+    assert max_abs_err(lse, ref_lse) <= 2 * max_abs_err(torch_lse, ref_lse) + 1e-4
+    assert max_abs_err(lse, base_lse) <= 1e-4
+    assert max_abs_err(max0, base_max) <= 1e-4
 
 
 @pytest.mark.parametrize("layout", ["x_strided", "x_transposed", "bank_transposed", "x_offset_by_one", "x_expanded"])
@@ -411,11 +365,11 @@ def test_kernel_non_contiguous_and_misaligned_inputs(kernel, layout, dtype):
         x = x[:1].expand(B, D)
         xk = xk[:1].expand(B, D)  # row stride 0
     row_scale = torch.full((B,), 50.0)
-    ref_lse, ref_max, ref_arg, L = truth(x, bank, offsets, row_scale)
+    ref_lse, ref_max, ref_arg, L = segment_truth(x, bank, offsets, row_scale)
     for splits in (1, 2):
         lse, max0, arg0 = kernel.segment_lse(xk, bk, offsets, row_scale, num_splits=splits)
-        assert err(lse, ref_lse) <= 1e-4
-        assert err(max0, ref_max) <= 1e-4
+        assert max_abs_err(lse, ref_lse) <= 1e-4
+        assert max_abs_err(max0, ref_max) <= 1e-4
         check_argmax(arg0, ref_arg, L, offsets, tol=1e-4)
 
 
@@ -431,9 +385,9 @@ def test_kernel_rows_equal_to_bank_rows(kernel, dtype):
     row_scale = torch.full((len(pick),), 100.0)
     for splits in (None, 1, 3):
         lse, max0, arg0 = kernel.segment_lse(x, bank, offsets, row_scale, num_splits=splits)
-        ref_lse, ref_max, _, _ = truth(x, bank, offsets, row_scale)
+        ref_lse, ref_max, _, _ = segment_truth(x, bank, offsets, row_scale)
         assert torch.isfinite(lse).all() and torch.isfinite(max0).all()
-        assert err(lse, ref_lse) <= 1e-4 and err(max0, ref_max) <= 1e-4
+        assert max_abs_err(lse, ref_lse) <= 1e-4 and max_abs_err(max0, ref_max) <= 1e-4
         seg0 = pick < 150
         assert torch.equal(arg0.cpu()[seg0], pick[seg0])
 
@@ -445,13 +399,13 @@ def test_kernel_extreme_scale(kernel, scale):
     offsets = [0, 140, 141, 290]
     x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
     row_scale = torch.full((B,), scale)
-    ref_lse, ref_max, _, _ = truth(x, bank, offsets, row_scale)
+    ref_lse, ref_max, _, _ = segment_truth(x, bank, offsets, row_scale)
     L32 = row_scale[:, None] * (x @ bank.T)
     torch_lse = torch.stack([torch.logsumexp(L32[:, lo:hi], 1) for lo, hi in zip(offsets[:-1], offsets[1:])], 1)
-    budget = 2 * err(torch_lse, ref_lse) + 1e-4 * max(1.0, scale / 100)
+    budget = 2 * max_abs_err(torch_lse, ref_lse) + 1e-4 * max(1.0, scale / 100)
     for splits in (1, 3):
         lse, max0, _ = kernel.segment_lse(x, bank, offsets, row_scale, num_splits=splits)
-        assert err(lse, ref_lse) <= budget and err(max0, ref_max) <= budget
+        assert max_abs_err(lse, ref_lse) <= budget and max_abs_err(max0, ref_max) <= budget
 
 
 def test_kernel_argmax_ties_first_index_across_tiles_and_splits(kernel):
@@ -510,9 +464,9 @@ def test_kernel_default_path_neglabel_sized(kernel, dtype, B):
     x, bank = unit_rows(B, D, gen).to(dtype), unit_rows(N, D, gen).to(dtype)
     row_scale = torch.full((B,), 100.0)
     lse, max0, arg0 = kernel.segment_lse(x, bank, offsets, row_scale)
-    base_lse, base_max, base_arg, L = truth(x, bank, offsets, row_scale)
-    assert err(lse, base_lse) <= 3e-4
-    assert err(max0, base_max) <= 3e-4
+    base_lse, base_max, base_arg, L = segment_truth(x, bank, offsets, row_scale)
+    assert max_abs_err(lse, base_lse) <= 3e-4
+    assert max_abs_err(max0, base_max) <= 3e-4
     check_argmax(arg0, base_arg, L, offsets, tol=3e-4)
 
 

@@ -19,67 +19,15 @@ import pytest  # noqa: E402
 triton = pytest.importorskip("triton")
 
 from fastood.ops._triton_segment_lse import segment_lse_triton  # noqa: E402
+from tests.numerics import NEG_INF, check_argmax, max_abs_err, neglabel_offsets, segment_truth, unit_rows  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NEG_INF = float("-inf")
 
 
 # ----------------------------------------------------------------------------- helpers
-def truth(x: torch.Tensor, bank: torch.Tensor, offsets: list[int], row_scale: torch.Tensor):
-    """float64 ground truth: (lse (B, S), max0 (B,), argmax0 (B,), logits)."""
-    logits = row_scale.double().cpu()[:, None] * (x.double().cpu() @ bank.double().cpu().T)
-    B = logits.shape[0]
-    cols = []
-    for lo, hi in zip(offsets[:-1], offsets[1:]):
-        if hi > lo:
-            cols.append(torch.logsumexp(logits[:, lo:hi], dim=1))
-        else:
-            cols.append(torch.full((B,), NEG_INF, dtype=torch.float64))
-    lse = torch.stack(cols, dim=1)
-    seg0 = logits[:, offsets[0] : offsets[1]]
-    if seg0.shape[1] == 0:
-        return lse, torch.full((B,), NEG_INF, dtype=torch.float64), torch.zeros(B, dtype=torch.int64), logits
-    return lse, seg0.max(dim=1).values, seg0.argmax(dim=1), logits
-
-
-def max_abs_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max |out - ref| over finite entries; infinities must match exactly, no NaN."""
-    out, ref = out.detach().double().cpu(), ref.double().cpu()
-    assert not torch.isnan(out).any(), "NaN in the output"
-    inf = torch.isinf(ref)
-    assert torch.equal(inf, torch.isinf(out)), "infinities differ from the truth"
-    assert torch.equal(out[inf], ref[inf]), "infinities of different sign"
-    fin = ~inf
-    return (out[fin] - ref[fin]).abs().max().item() if fin.any() else 0.0
-
-
 def run(x, bank, offsets: list[int], row_scale, want_argmax=True, **kw):
     off = torch.tensor(offsets, dtype=torch.int64, device=x.device)
     return segment_lse_triton(x, bank, off, row_scale, want_argmax, **kw)
-
-
-def unit_rows(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
-
-
-def neglabel_offsets(k: int, groups: int, size: int) -> list[int]:
-    return [0] + [k + g * size for g in range(groups + 1)]
-
-
-def check_argmax(arg, ref_arg, logits, offsets, tol):
-    """The returned index is in segment 0 and attains the max up to ``tol`` (near-ties)."""
-    arg = arg.cpu()
-    seg0 = logits[:, offsets[0] : offsets[1]]
-    if seg0.shape[1] == 0:
-        assert torch.equal(arg, torch.zeros_like(arg))
-        return
-    assert ((arg >= 0) & (arg < seg0.shape[1])).all()
-    got = seg0.gather(1, arg[:, None])[:, 0]
-    assert (seg0.max(dim=1).values - got).max().item() <= tol
-    # Where the maximum is clear, the index must be exactly torch's first argmax.
-    top2 = seg0.topk(min(2, seg0.shape[1]), dim=1).values
-    clear = (top2[:, 0] - top2[:, -1]) > tol if seg0.shape[1] > 1 else torch.ones(len(arg), dtype=torch.bool)
-    assert torch.equal(arg[clear], ref_arg[clear])
 
 
 # Offsets layouts: (name, N, offsets)
@@ -104,7 +52,7 @@ def test_fp32_matches_float64(name, N, offsets, splits):
     x, bank = x64.float().to(DEVICE), bank64.float().to(DEVICE)
     lse, max0, arg0 = run(x, bank, offsets, row_scale.to(DEVICE), num_splits=splits)
 
-    ref_lse, ref_max, ref_arg, logits = truth(x, bank, offsets, row_scale)
+    ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, row_scale)
     assert lse.shape == (B, len(offsets) - 1) and lse.dtype == torch.float32
     assert max0.shape == (B,) and max0.dtype == torch.float32
     assert arg0.shape == (B,) and arg0.dtype == torch.int64
@@ -124,7 +72,7 @@ def test_split_paths_and_blocks(splits, blocks):
     row_scale = torch.full((B,), 100.0)
     xd, bd, rd = x.to(DEVICE), bank.to(DEVICE), row_scale.to(DEVICE)
     lse, max0, arg0 = run(xd, bd, offsets, rd, num_splits=splits, blocks=blocks)
-    ref_lse, ref_max, ref_arg, logits = truth(x, bank, offsets, row_scale)
+    ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, row_scale)
     assert max_abs_err(lse, ref_lse) <= 1e-4
     assert max_abs_err(max0, ref_max) <= 1e-4
     check_argmax(arg0, ref_arg, logits, offsets, tol=1e-4)
@@ -144,8 +92,8 @@ def test_low_precision_error_budget(dtype, splits):
     x, bank = x64.to(dtype), bank64.to(dtype)
     lse, max0, _ = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
 
-    ref_lse, ref_max, _, _ = truth(x64, bank64, offsets, row_scale)
-    base_lse, base_max, _, _ = truth(x, bank, offsets, row_scale)  # float64 truth of the rounded inputs
+    ref_lse, ref_max, _, _ = segment_truth(x64, bank64, offsets, row_scale)
+    base_lse, base_max, _, _ = segment_truth(x, bank, offsets, row_scale)  # float64 truth of the rounded inputs
     logits32 = row_scale[:, None] * (x.float() @ bank.float().T)  # torch: rounded inputs, fp32 math
     torch_lse = torch.stack([torch.logsumexp(logits32[:, lo:hi], 1) for lo, hi in zip(offsets[:-1], offsets[1:])], 1)
     assert max_abs_err(lse, ref_lse) <= 2 * max_abs_err(torch_lse, ref_lse) + 1e-4
@@ -173,7 +121,7 @@ def test_non_contiguous_inputs(layout):
     row_scale = torch.full((B,), 50.0)
     for splits in (1, 2):
         lse, max0, arg0 = run(xk.to(DEVICE), bk.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
-        ref_lse, ref_max, ref_arg, logits = truth(x, bank, offsets, row_scale)
+        ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, row_scale)
         assert max_abs_err(lse, ref_lse) <= 1e-4
         assert max_abs_err(max0, ref_max) <= 1e-4
         check_argmax(arg0, ref_arg, logits, offsets, tol=1e-4)
@@ -192,7 +140,7 @@ def test_rows_equal_to_bank_rows_scale_100():
     for splits in (1, 3):
         lse, max0, arg0 = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
         assert torch.isfinite(lse).all() and torch.isfinite(max0).all()
-        ref_lse, ref_max, ref_arg, logits = truth(x, bank, offsets, row_scale)
+        ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, row_scale)
         assert max_abs_err(lse, ref_lse) <= 1e-4
         assert max_abs_err(max0, ref_max) <= 1e-4
         in_seg0 = pick < 50
@@ -207,7 +155,7 @@ def test_extreme_scale(scale):
     offsets = [0, 40, 41, 90]
     x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
     row_scale = torch.full((B,), scale)
-    ref_lse, ref_max, _, _ = truth(x, bank, offsets, row_scale)
+    ref_lse, ref_max, _, _ = segment_truth(x, bank, offsets, row_scale)
     logits32 = row_scale[:, None] * (x @ bank.T)
     torch_lse = torch.stack([torch.logsumexp(logits32[:, lo:hi], 1) for lo, hi in zip(offsets[:-1], offsets[1:])], 1)
     budget = 2 * max_abs_err(torch_lse, ref_lse) + 1e-4 * max(1.0, scale / 100)
@@ -258,7 +206,7 @@ def test_batch_of_one_and_empty_segment_zero():
         lse, max0, arg0 = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
         assert lse.shape == (1, 2)
         assert lse[0, 0].item() == NEG_INF and max0[0].item() == NEG_INF and arg0.cpu().tolist() == [0]
-        ref_lse, _, _, _ = truth(x, bank, offsets, row_scale)
+        ref_lse, _, _, _ = segment_truth(x, bank, offsets, row_scale)
         assert max_abs_err(lse, ref_lse) <= 1e-4
 
 
@@ -289,7 +237,7 @@ def test_gpu_autotuned_default_path(dtype, B):
     row_scale = torch.full((B,), 100.0)
     x, bank = x64.to(dtype), bank64.to(dtype)
     lse, max0, arg0 = run(x.cuda(), bank.cuda(), offsets, row_scale.cuda())
-    base_lse, base_max, base_arg, logits = truth(x.float(), bank.float(), offsets, row_scale)
+    base_lse, base_max, base_arg, logits = segment_truth(x.float(), bank.float(), offsets, row_scale)
     # Truth of the (rounded) inputs: only fp32 accumulation error remains, x100 by the scale.
     assert max_abs_err(lse, base_lse) <= 3e-4
     assert max_abs_err(max0, base_max) <= 3e-4
