@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastood.ops._cuda_segment_lse import _rows
+from fastood.ops._cuda_segment_lse import _DTYPE_NAMES, _rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -146,9 +146,6 @@ def build_plugin(out_dir: Path, variant: str = "plain") -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------- running
-_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-
-
 def _raw_bytes(t: torch.Tensor) -> bytes:
     """Little-endian bytes of a contiguous CPU tensor (bf16 through its int16 bits)."""
     t = t.contiguous()
@@ -202,7 +199,7 @@ def segment_lse(
     (work / "row_scale.bin").write_bytes(_raw_bytes(row_scale.float()))
     B, D = x.shape
     S = off.numel() - 1
-    args = dict(dtype=_NAMES[x.dtype], B=B, N=bank.shape[0], D=D, S=S, ldx=ldx, ldb=ldb, x_offset=x_lead,
+    args = dict(dtype=_DTYPE_NAMES[x.dtype], B=B, N=bank.shape[0], D=D, S=S, ldx=ldx, ldb=ldb, x_offset=x_lead,
                 bank_offset=b_lead, argmax=int(want_argmax), splits=num_splits or 0, sm_count=sm_count)
     (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
     _run([exe, "segment_lse"], work, {"FASTOOD_EMU_SEED": str(seed)} if seed is not None else None)
@@ -227,7 +224,7 @@ def head_score(
     work.mkdir(parents=True, exist_ok=True)
     (work / "x.bin").write_bytes(_raw_bytes(x))
     (work / "bank.bin").write_bytes(_raw_bytes(bank))
-    args = dict(dtype=_NAMES[x.dtype], B=x.shape[0], N=bank.shape[0], D=x.shape[1], method=method, num_id=num_id,
+    args = dict(dtype=_DTYPE_NAMES[x.dtype], B=x.shape[0], N=bank.shape[0], D=x.shape[1], method=method, num_id=num_id,
                 groups=groups, temperature=repr(float(temperature)), normalize=int(normalize), sm_count=sm_count,
                 max_batch=max_batch or x.shape[0])
     (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
