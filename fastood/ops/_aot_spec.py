@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AotSpec"]
+__all__ = ["AotSpec", "TRITON_TYPES", "ptr"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,23 @@ class AotSpec:
     intended_mma: str = "none"              # "wgmma" | "mma" | "none": the tensor-core path the main loop must use
     main_loop: bool = True                  # False for small helper kernels (merge): not held to the MMA rule
     extra_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"maxnreg": 128}
+
+
+# torch dtype → the element type in a Triton signature ("*fp16" is a pointer to fp16).
+TRITON_TYPES: dict[Any, str] = {}
+try:  # torch is a dependency of every kernel module; kept optional here so the contract imports alone
+    import torch as _torch
+
+    TRITON_TYPES = {_torch.float16: "fp16", _torch.bfloat16: "bf16", _torch.float32: "fp32",
+                    _torch.int32: "i32", _torch.int64: "i64"}
+except ImportError:  # pragma: no cover
+    pass
+
+
+def ptr(dtype: Any) -> str:
+    """The signature type of a pointer to ``dtype`` (a torch dtype or a Triton name): ``"*fp16"``."""
+    if isinstance(dtype, str):
+        return "*" + dtype
+    if dtype not in TRITON_TYPES:
+        raise TypeError(f"dtype must be one of {sorted(map(str, TRITON_TYPES))}, got {dtype!r}")
+    return "*" + TRITON_TYPES[dtype]

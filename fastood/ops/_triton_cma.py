@@ -526,3 +526,75 @@ def cma_bwd_triton(
     if want_cols:  # own = texts / classes: Σ_i G~_ij u_i
         at = _bwd_pass(t, x, rt, rx, scale, cols_st, rows_st, labels, beta, alpha, 0 if pair else 2, **kw)
     return a, at
+
+
+# --------------------------------------------------------------------------- AOT specs
+def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
+    """Every CMA configuration the launchers can pick on ``arch`` for ``dtype`` inputs.
+
+    Forward: every autotune config × (pair mode: WANT_COL, class mode: LABELS);
+    merge: both label modes; backward: every autotune config × the three flag sets the
+    two passes use (pair: own+other LSE, diagonal target; class rows: own LSE, labels
+    of the own rows; class columns: other LSE, labels of the other rows). The launch
+    specialisation is the common case: 16-byte-aligned pointers, ``D``, ``chunk`` and the
+    row strides divisible by 16, inner strides 1 (a constant for the JIT); ``M``, ``N``,
+    ``P``, ``n`` unhinted. fp32 with ``full=False``: the first and last config of each
+    kernel only.
+    """
+    from fastood.ops._aot_spec import AotSpec, ptr
+
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
+    el = ptr(dtype)
+    mma = "none" if dtype == torch.float32 else ("wgmma" if arch >= 90 else "mma")
+    ieee = dtype == torch.float32
+    sample = (lambda cfgs: cfgs) if (full or not ieee) else (lambda cfgs: [cfgs[0], cfgs[-1]])
+    strides = {"stride_a0": "i32", "stride_b0": "i32"}
+    unit = {"stride_a1": 1, "stride_b1": 1}
+    specs = []
+
+    def aligned_of(sig: dict) -> tuple[str, ...]:
+        return tuple(k for k in sig if k.endswith("_ptr")) + tuple(k for k in ("D", "chunk", "div") if k in sig) + (
+            tuple(strides) if "stride_a0" in sig else ())
+
+    for pair in (True, False):
+        sig = {"a_ptr": el, "b_ptr": el, "ra_ptr": "*fp32", "rb_ptr": "*fp32", "scale_ptr": "*fp32",
+               "lab_ptr": "*fp32" if pair else "*i64",
+               **{k: "*fp32" for k in ("row_m_ptr", "row_l_ptr", "row_lnt_ptr", "row_tt_ptr",
+                                      "col_m_ptr", "col_l_ptr", "col_lnt_ptr", "col_tt_ptr")},
+               "M": "i32", "N": "i32", "D": "i32", "chunk": "i32", **strides}
+        for cfg in sample(_CUDA_FWD_CONFIGS):
+            kw = cfg.kwargs
+            specs.append(AotSpec(
+                name=(f"cma_fwd[{_FWD_BLOCK_M}x{kw['BLOCK_N']}x{kw['BLOCK_D']} w{cfg.num_warps} s{cfg.num_stages} "
+                      f"{'pair' if pair else 'labels'}]"),
+                fn=_cma_fwd_kernel, signature=sig,
+                constexprs={**unit, "WANT_COL": pair, "LABELS": not pair, "IEEE_FP32": ieee,
+                            "BLOCK_M": _FWD_BLOCK_M, **kw},
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, aligned=aligned_of(sig), intended_mma=mma,
+            ))
+        msig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "lnt_ptr": "*fp32", "tt_ptr": "*fp32",
+                "lab_ptr": "*fp32" if pair else "*i64", "lse_ptr": "*fp32", "ce_ptr": "*fp32", "comp_ptr": "*fp32",
+                "P": "i32", "n": "i32", "div": "i32"}
+        specs.append(AotSpec(
+            name=f"cma_lse_merge[{_MERGE_BLOCK} {'pair' if pair else 'labels'}]", fn=_lse_merge_kernel,
+            signature=msig, constexprs={"LABELS": not pair, "BLOCK": _MERGE_BLOCK},
+            num_warps=4, num_stages=3, aligned=aligned_of(msig), main_loop=False,
+        ))
+    # (OWN_LSE, OTH_LSE, TARGET) of the pair passes, the class row pass and the class column pass.
+    for own, oth, target in ((True, True, 0), (True, False, 1), (False, True, 2)):
+        sig = {"a_ptr": el, "b_ptr": el, "ra_ptr": "*fp32", "rb_ptr": "*fp32", "scale_ptr": "*fp32",
+               "own_lse_ptr": "*fp32", "own_comp_ptr": "*fp32", "oth_lse_ptr": "*fp32", "oth_comp_ptr": "*fp32",
+               "lab_ptr": "*fp32" if target == 0 else "*i64", "out_ptr": "*fp32",
+               "M": "i32", "N": "i32", "D": "i32", "chunk": "i32", "alpha": "fp32", "beta": "fp32", "g_tgt": "fp32",
+               **strides}
+        for cfg in sample(_CUDA_BWD_CONFIGS):
+            kw = cfg.kwargs
+            specs.append(AotSpec(
+                name=(f"cma_bwd[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_D']} do{kw['BLOCK_DO']} w{cfg.num_warps} "
+                      f"s{cfg.num_stages} t{target}{' own' if own else ''}{' oth' if oth else ''}]"),
+                fn=_cma_bwd_kernel, signature=sig,
+                constexprs={**unit, "OWN_LSE": own, "OTH_LSE": oth, "TARGET": target, "IEEE_FP32": ieee, **kw},
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, aligned=aligned_of(sig), intended_mma=mma,
+            ))
+    return specs

@@ -348,3 +348,64 @@ def segment_lse_triton(
             WANT_ARGMAX=bool(want_argmax), BLOCK=mb,
         )
     return lse, max0, arg0
+
+
+# --------------------------------------------------------------------------- AOT specs
+def _mma_path(arch: int, dtype: torch.dtype) -> str:
+    """The tensor-core path an fp16/bf16 main loop must take; fp32 is IEEE FMA (no TF32)."""
+    if dtype == torch.float32:
+        return "none"
+    return "wgmma" if arch >= 90 else "mma"
+
+
+def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
+    """Every (fwd, merge) configuration ``segment_lse_triton`` can launch on ``arch``.
+
+    The launch specialisation is that of the common case the launcher guarantees
+    (contiguous rows, 16-aligned D, see ``_aligned_operands``): every pointer is
+    16-byte aligned (fresh or routed allocations), ``D``, the row strides and ``chunk``
+    (a multiple of 128) are divisible by 16, the inner strides are 1 (the JIT turns an
+    int equal to 1 into a constant). ``B``, ``N`` and ``S`` are left unhinted: the
+    general (least specialised) variant. fp16/bf16: every autotune config × (split,
+    argmax) in both modes; fp32 with ``full=False``: the largest and the smallest tile.
+    """
+    from fastood.ops._aot_spec import AotSpec, ptr
+
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
+    el = ptr(dtype)
+    mma = _mma_path(arch, dtype)
+    configs = _CUDA_CONFIGS if (full or dtype != torch.float32) else _CUDA_CONFIGS[:1] + _CUDA_CONFIGS[-1:]
+    specs = []
+    for split in (False, True):
+        for argmax in (False, True):
+            sig = {
+                "x_ptr": el, "bank_ptr": el, "off_ptr": "*i64", "scale_ptr": "*fp32",
+                "seg_start_ptr": "*i32" if split else "*fp32",
+                "lse_ptr": "*fp32", "max0_ptr": "*fp32", "arg0_ptr": "*i64" if argmax else "*fp32",
+                "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32", "ws_arg_ptr": "*i32" if (split and argmax) else "*fp32",
+                "B": "i32", "N": "i32", "D": "i32", "S": "i32", "chunk": "i32",
+                "stride_xb": "i32", "stride_bn": "i32",
+            }
+            aligned = tuple(k for k in sig if k.endswith("_ptr")) + ("D", "chunk", "stride_xb", "stride_bn")
+            for cfg in configs:
+                kw = cfg.kwargs
+                tag = (f"{kw['BLOCK_B']}x{kw['BLOCK_N']}x{kw['BLOCK_D']} w{cfg.num_warps} s{cfg.num_stages}"
+                       f"{' split' if split else ''}{' argmax' if argmax else ''}")
+                specs.append(AotSpec(
+                    name=f"segment_lse_fwd[{tag}]", fn=_segment_lse_fwd_kernel, signature=sig,
+                    constexprs={"stride_xd": 1, "stride_bd": 1, "SPLIT": split, "WANT_ARGMAX": argmax,
+                                "IEEE_FP32": dtype == torch.float32, **kw},
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, aligned=aligned, intended_mma=mma,
+                ))
+    for argmax in (False, True):
+        sig = {"ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32", "ws_arg_ptr": "*i32" if argmax else "*fp32",
+               "off_ptr": "*i64", "lse_ptr": "*fp32", "max0_ptr": "*fp32",
+               "arg0_ptr": "*i64" if argmax else "*fp32", "B": "i32", "S": "i32", "chunk": "i32"}
+        specs.append(AotSpec(
+            name=f"segment_lse_merge[{_MERGE_BLOCK}{' argmax' if argmax else ''}]", fn=_segment_lse_merge_kernel,
+            signature=sig, constexprs={"WANT_ARGMAX": argmax, "BLOCK": _MERGE_BLOCK},
+            num_warps=4, num_stages=3, aligned=tuple(k for k in sig if k.endswith("_ptr")) + ("chunk",),
+            main_loop=False,
+        ))
+    return specs
