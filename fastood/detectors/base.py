@@ -36,21 +36,22 @@ The public methods validate, move and dispatch; subclasses may also override the
 **Feature spaces.** ``feature_space = "projection"`` (default) is
 ``model.encode_image``: the joint image–text embedding. ``"pre_projection"`` is the
 visual tower's pooled output *before* its final linear projection (SPEC §5, the
-CLIP-kNN / RMD features): for open_clip's ``VisionTransformer`` the ``proj``
-parameter is set to ``None`` for the duration of the forward (under a lock, then
-restored), which makes the tower return the pooled, ``ln_post``-normalised token;
-for ``TimmModel`` towers the ``trunk`` output (before ``head``) is taken. Other
-towers (e.g. ``ModifiedResNet``, whose attention pool includes the projection)
-raise ``ValueError``.
+CLIP-kNN / RMD features): for open_clip's ``VisionTransformer`` the tower's own
+stages are called in order and the projection is skipped —
+``pooled = _pool(transformer(_embeds(pixels)))[0]`` (the pooled,
+``ln_post``-normalised token), which is ``forward`` without ``pooled @ proj``;
+for ``TimmModel`` towers the ``trunk`` output (before ``head``) is taken. The
+model is never modified, so detectors sharing one model may score from several
+threads at once (each in projection or pre-projection space). Other towers
+(e.g. ``ModifiedResNet``, whose attention pool includes the projection, or a
+``VisionTransformer`` subclass with its own ``forward``) raise ``ValueError``.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +75,6 @@ __all__ = [
 
 FEATURE_SPACES = ("projection", "pre_projection")
 _REGISTRY: dict[str, type["Detector"]] = {}
-_PROJ_LOCK = threading.RLock()
 
 D = TypeVar("D", bound="Detector")
 
@@ -178,33 +178,35 @@ def threshold_at_tpr(scores: Tensor, tpr: float = 0.95) -> float:
     return float(torch.sort(s, descending=True).values[k - 1])
 
 
-@contextmanager
-def _projection_bypassed(visual: nn.Module) -> Iterator[None]:
-    """Temporarily set ``visual.proj = None`` (open_clip VisionTransformer) and restore it."""
-    with _PROJ_LOCK:
-        proj = visual.proj
-        visual.proj = None
-        try:
-            yield
-        finally:
-            visual.proj = proj
+def _stock_vit(visual: nn.Module) -> bool:
+    """Whether ``visual`` is an open_clip ``VisionTransformer`` whose ``forward`` is open_clip's own
+    (``_embeds`` → ``transformer`` → ``_pool`` → ``@ proj``), so its stages can be called without the projection."""
+    try:
+        from open_clip.transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        return False
+    return (isinstance(visual, VisionTransformer) and type(visual).forward is VisionTransformer.forward
+            and all(callable(getattr(visual, a, None)) for a in ("_embeds", "_pool")))
 
 
 def pre_projection(model: nn.Module, pixels: Tensor) -> Tensor:
-    """The visual tower's pooled output before its final projection (see module docs)."""
+    """The visual tower's pooled output before its final projection (see module docs).
+
+    Read-only on ``model``: the tower's stages are called directly instead of
+    switching its projection off, so concurrent callers never see a half-changed model.
+    """
     visual = getattr(model, "visual", model)
-    if isinstance(getattr(visual, "proj", None), (nn.Parameter, Tensor)):
-        with _projection_bypassed(visual):
-            out = visual(pixels)
-    elif hasattr(visual, "trunk") and hasattr(visual, "head"):
+    if _stock_vit(visual):
+        pooled, _ = visual._pool(visual.transformer(visual._embeds(pixels)))
+        return pooled
+    if hasattr(visual, "trunk") and hasattr(visual, "head"):
         out = visual.trunk(pixels)
-    else:
-        raise ValueError(
-            f"feature_space='pre_projection' is supported for open_clip VisionTransformer (a `proj` parameter) and "
-            f"TimmModel (`trunk`) towers, not {type(visual).__name__}; use feature_space='projection'")
-    if isinstance(out, (tuple, list)):  # output_tokens=True towers return (pooled, tokens)
-        out = out[0]
-    return out
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out
+    raise ValueError(
+        f"feature_space='pre_projection' is supported for open_clip's VisionTransformer (its own forward) and "
+        f"TimmModel (`trunk`) towers, not {type(visual).__name__}; use feature_space='projection'")
 
 
 @torch.no_grad()
