@@ -13,7 +13,8 @@ from fastood import reference as R
 from fastood.build_bank import build_bank
 from fastood.detectors import NotFittedError, create
 from fastood.detectors._textual_inversion import TextInverter
-from fastood.detectors.interneg import InterNeg, interneg_layout
+from fastood.bank import TextBank
+from fastood.detectors.interneg import InterNeg, interneg_layout, official_permutation
 from fastood.labels import clip_imagenet_templates, image_prototypes, load_corpus
 from fastood.models import encode_texts
 from tests.tiny import tiny_clip
@@ -81,6 +82,31 @@ def truth_score(x, id_rows, static_neg, dynamic, groups, tau=0.01):
         neg = torch.cat([static_neg[g * m:(g + 1) * m], dynamic[g::groups]]).double()
         terms.append(torch.sigmoid(lid - torch.logsumexp(x @ neg.T / tau, dim=1)))
     return torch.stack(terms, 1).mean(1)
+
+
+def official_truth(x, id_rows, static_mined, dynamic, groups, tau=0.01):
+    """float64 rendering of the published InterNeg grouping, written from its description (SPEC §4):
+    negatives = [static (mining order) | dynamic[:2000] (D descending)], the last (n mod G) dropped,
+    the rest permuted by `torch.manual_seed(0); torch.randperm(n_kept)` and cut into G contiguous groups."""
+    negs = torch.cat([static_mined.double(), dynamic[:2000].double()])
+    n_kept = negs.shape[0] - negs.shape[0] % groups
+    negs = negs[:n_kept]
+    with torch.random.fork_rng():  # the official seeding, without leaking it into the other tests
+        torch.manual_seed(0)
+        perm = torch.randperm(n_kept)
+    grouped = negs[perm].reshape(groups, n_kept // groups, -1)
+    x = F.normalize(x.double(), dim=1)
+    lid = torch.logsumexp(x @ id_rows.double().T / tau, dim=1)
+    lg = torch.stack([torch.logsumexp(x @ grp.T / tau, dim=1) for grp in grouped], 1)
+    return torch.sigmoid(lid[:, None] - lg).mean(1)
+
+
+def static_in_mining_order(bank):
+    """The bank stores mined[perm] with perm = randperm(M) from a seed-0 CPU generator: undo it."""
+    perm = torch.randperm(bank.num_neg, generator=torch.Generator().manual_seed(bank.meta["seed"]))
+    mined = torch.empty_like(bank.embeddings[K:])
+    mined[perm] = bank.embeddings[K:]
+    return mined
 
 
 def criterion64(id_rows, protos, cand):
@@ -160,7 +186,7 @@ def test_layout_round_robin():
 
 def test_score_matches_float64_formula(clip, static, stream):
     bank, _ = static
-    det = make(clip, static, test_time=False)
+    det = make(clip, static, test_time=False, grouping="fixed")
     x = stream
     s, pred = det.head(x)
     truth = truth_score(x, bank.id_embeddings, bank.embeddings[K:], torch.empty(0, 32), 5)
@@ -177,6 +203,72 @@ def test_score_matches_float64_formula(clip, static, stream):
     assert (s2.double() - truth2).abs().max() < 1e-5
     assert not torch.allclose(s2, s)
     assert torch.equal(det.score_features(x), s2)  # test_time=False: no update
+
+
+def test_official_permutation_is_the_global_seed_0_draw_without_touching_the_rng():
+    for n in (0, 1, 37, 2040, 2043):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            want = torch.randperm(n)
+        state = torch.get_rng_state()
+        assert torch.equal(official_permutation(n), want)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's global RNG is left alone
+
+
+@pytest.mark.parametrize("num_dynamic", [0, 1, 37, 2000, 2003])
+def test_official_grouping_matches_the_published_rule(clip, static, stream, num_dynamic):
+    bank, _ = static
+    assert bank.num_neg == 40  # M_static a multiple of G = 5: a 1-entry test-time bank is dropped entirely
+    g = torch.Generator().manual_seed(100 + num_dynamic)
+    emb = F.normalize(torch.randn(num_dynamic, 32, generator=g), dim=1)
+    dev = torch.rand(num_dynamic, generator=g)
+    det = make(clip, static, test_time=False)  # grouping="official" is the default
+    fixed = make(clip, static, test_time=False, grouping="fixed")
+    if num_dynamic:
+        det.insert(emb, dev)
+        fixed.insert(emb, dev)
+    assert det.num_dynamic == min(num_dynamic, 2000)
+    order = np.argsort(-dev.numpy(), kind="stable")  # the bank, D descending (stable), independent of insert()
+    truth = official_truth(stream, bank.id_embeddings, static_in_mining_order(bank), emb[order], 5)
+    assert float(truth.max()) > 0.5 and float(truth.min()) < 1e-3  # ID-like and OOD-like queries
+    s, pred = det.head(stream)
+    rel = ((s.double() - truth).abs() / truth).max()  # relative: most scores are far below 1
+    assert rel < 1e-4, rel
+    assert torch.equal(pred, (F.normalize(stream, dim=1) @ bank.id_embeddings.T).argmax(1))
+    s_fixed, _ = fixed.head(stream)
+    no_bank = official_truth(stream, bank.id_embeddings, static_in_mining_order(bank), emb[:0], 5)
+    if num_dynamic <= 1:
+        # nothing from the bank survives the drop: the score is the static score, in both groupings
+        assert ((s.double() - no_bank).abs() / no_bank).max() < 1e-4
+        if num_dynamic == 0:
+            assert ((s_fixed.double() - no_bank).abs() / no_bank).max() < 1e-4
+    else:
+        assert ((s.double() - no_bank).abs() / no_bank).max() > 0.1
+    if num_dynamic:
+        # the two groupings really differ once there is a bank (far beyond the 1e-4 bound above)
+        assert ((s_fixed.double() - truth).abs() / truth).max() > 0.1
+
+
+def test_official_grouping_needs_the_mining_order(clip, static):
+    bank, protos = static
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(5))
+    mined = static_in_mining_order(bank)
+    explicit = TextBank.from_mined(bank.id_embeddings, CLASSES, mined, [str(i) for i in range(40)], groups=5,
+                                   permutation=perm, meta=dict(bank.meta))
+    with pytest.raises(ValueError, match="permutation"):
+        InterNeg(clip, bank=explicit, prototypes=protos, progress=False)
+    with pytest.raises(ValueError, match="permutation"):
+        InterNeg(clip, bank=explicit, prototypes=protos, permutation=torch.arange(40), progress=False)
+    det = InterNeg(clip, bank=explicit, prototypes=protos, permutation=perm, progress=False)
+    assert torch.equal(det.static, mined)
+    dropped = TextBank.from_mined(bank.id_embeddings, CLASSES, mined[:38], [str(i) for i in range(38)], groups=5,
+                                  meta=dict(bank.meta))
+    with pytest.raises(ValueError, match="dropped 3"):
+        InterNeg(clip, bank=dropped, prototypes=protos, progress=False)
+    fixed = InterNeg(clip, bank=dropped, prototypes=protos, grouping="fixed", progress=False)
+    assert torch.equal(fixed.static, dropped.embeddings[K:])
+    with pytest.raises(ValueError, match="grouping"):
+        make(clip, static, grouping="round_robin")
 
 
 def test_bank_grows_only_with_criterion_passing_embeddings(clip, static, stream):
@@ -201,7 +293,7 @@ def test_bank_grows_only_with_criterion_passing_embeddings(clip, static, stream)
     assert det.stats["accepted"] == int(keep.sum()) and det.stats["rejected"] == int((~keep).sum())
     # the batch was rescored with the updated bank
     assert torch.equal(scores, det.head(stream)[0])
-    truth = truth_score(stream, bank.id_embeddings, bank.embeddings[K:], det.dynamic, 5)
+    truth = official_truth(stream, bank.id_embeddings, static_in_mining_order(bank), det.dynamic, 5)
     assert (scores.double() - truth).abs().max() < 1e-5
 
 
@@ -266,6 +358,7 @@ def test_fit_builds_the_static_bank_and_scores_images(clip, corpus, fewshot, sta
     assert torch.allclose(det.bank.embeddings, bank.embeddings, atol=1e-6)
     assert torch.allclose(det.prototypes, protos, atol=1e-6)
     assert det.fitted and det.num_dynamic == 0
+    assert det.bank.groups == 1 and det.bank.meta["dropped"] == 0  # official grouping: no static negative dropped
     # images through the tiny image tower (features of width 32) and the registry
     imgs = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     pred = det.predict(imgs)

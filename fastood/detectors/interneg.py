@@ -10,17 +10,41 @@ and its deviation is ``D(n) = mean_k [b_k − cos(n, c_k)]``
 ``num_negatives = 2000`` by ``D`` (:func:`fastood.build_bank.bank_for` with
 ``method="interneg"``), in ``G = 5`` groups.
 
-**Score.** The NegLabel formula over G groups of negatives, each group the union of
-a static group and a share of the test-time (dynamic) bank:
+**Score.** The NegLabel formula over G groups of negatives drawn from the static
+negatives and the test-time (dynamic) bank:
 
-    S(x) = (1/G) Σ_g sigmoid(L_id − L_g),   L_id = LSE_k(c_k/τ),   L_g = LSE_{j ∈ static_g ∪ dynamic_g}(c_j/τ)
+    S(x) = (1/G) Σ_g sigmoid(L_id − L_g),   L_id = LSE_k(c_k/τ),   L_g = LSE_{j ∈ group g}(c_j/τ)
 
-Static group g is the g-th of G contiguous equal blocks of the bank's negatives (the
-last ``M mod G`` dropped, as :func:`fastood.ops.neglabel_score`); the dynamic bank,
-sorted by ``D`` descending, is dealt round-robin: entry r goes to group ``r mod G``.
-With an empty dynamic bank this is exactly ``neglabel_score(x, bank, K, groups=G)``.
-One fused :func:`fastood.ops.segment_lse_max` call gives all ``L``'s and the ID
-prediction ``argmax_k c_k``; τ = 0.01.
+τ = 0.01. How the groups are formed is ``grouping``:
+
+* ``"official"`` (default; the published InterNeg scorer, re-done on every scoring
+  pass): take ``N = [static | dynamic[:bank_size]]`` — the static negatives in mining
+  order (adjectives by D descending, then nouns by D descending), then the dynamic bank
+  by D descending — drop the last ``len(N) mod G`` entries (so the lowest-D test-time
+  entries go first, and a 1-entry dynamic bank is dropped entirely when ``M_static`` is a
+  multiple of G), permute the ``n_kept`` that remain with
+  ``torch.randperm(n_kept, generator=torch.Generator().manual_seed(0))`` — the same
+  draw as the official ``torch.manual_seed(0); torch.randperm(n_kept)`` on the CPU
+  generator, so the permutation is a function of ``n_kept`` alone, and the global RNG
+  is never reseeded — and cut the permuted list into G contiguous groups of
+  ``n_kept / G`` (:func:`interneg_official_layout`). Every group changes whenever the
+  bank grows. The official code keeps the dynamic bank and its D values in fp16, so its
+  order within fp16 ties of D is arbitrary; fastood keeps fp32 and a stable sort
+  (earlier entries win ties), so the two can differ only where fp16 D values tie.
+* ``"fixed"`` (fastood's earlier rule): static group g is the g-th of G contiguous
+  equal blocks of the bank's (already permuted) negatives, the last ``M mod G``
+  dropped, as :func:`fastood.ops.neglabel_score`; the dynamic bank, sorted by D
+  descending, is dealt round-robin: entry r joins group ``r mod G``
+  (:func:`interneg_layout`). The static groups never change with the bank size, and
+  a new test-time negative changes only the group it joins.
+
+With an empty dynamic bank, ``"fixed"`` is exactly ``neglabel_score(x, bank, K,
+groups=G)``. ``"official"`` needs the static negatives in mining order: the bank's
+seeded (or explicit, passed again as ``permutation=``) grouping permutation is
+inverted, and a bank that dropped negatives at build time (``M mod G`` of its own
+grouping) is refused — a bank built by :meth:`InterNeg.fit` in this mode is built with
+one group so nothing is dropped. One fused :func:`fastood.ops.segment_lse_max` call
+gives all ``L``'s and the ID prediction ``argmax_k c_k``.
 
 **Test-time visual negatives (streaming state).** Features are processed in batches
 of ``batch_size`` (256) in order. For each batch: score it; images with
@@ -56,7 +80,9 @@ from fastood.labels.mining import image_prototypes, interneg_criterion
 from fastood.models import ClipBundle
 from fastood.ops import segment_lse_max
 
-__all__ = ["InterNeg", "interneg_layout"]
+__all__ = ["InterNeg", "interneg_layout", "interneg_official_layout", "official_permutation", "GROUPINGS"]
+
+GROUPINGS = ("official", "fixed")
 
 
 def interneg_layout(num_id: int, num_static: int, num_dynamic: int, groups: int) -> tuple[Tensor, list[int]]:
@@ -77,6 +103,76 @@ def interneg_layout(num_id: int, num_static: int, num_dynamic: int, groups: int)
     return torch.cat(parts).to(torch.int64), offsets
 
 
+def official_permutation(n: int) -> Tensor:
+    """The official scorer's group permutation: ``torch.manual_seed(0); torch.randperm(n)`` on the CPU.
+
+    Drawn from a local ``torch.Generator().manual_seed(0)`` — the same sequence as
+    reseeding the global CPU generator, without touching the caller's RNG state. It is a
+    function of ``n`` alone.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
+
+
+def interneg_official_layout(num_id: int, num_static: int, num_dynamic: int, groups: int) -> tuple[Tensor, list[int]]:
+    """Row order and offsets of ``[ID | G groups]`` under the published InterNeg grouping.
+
+    Rows index ``cat([ID (K), static negatives in mining order (M_s), dynamic bank by D
+    descending (M_d)])``. The ``n = M_s + M_d`` negatives lose their last ``n mod G``
+    (lowest-D dynamic entries first), the ``n_kept`` left are permuted by
+    :func:`official_permutation` and cut into G contiguous groups of ``n_kept / G``.
+    Returns ``(order (K + n_kept,) int64, offsets (G + 2,))``; ``n_kept ≥ G`` is required.
+    """
+    n = num_static + num_dynamic
+    kept = n - n % groups
+    if kept < groups:
+        raise ValueError(f"{n} negatives cannot fill groups={groups} (official grouping)")
+    neg = num_id + official_permutation(kept)
+    m = kept // groups
+    offsets = [0, num_id] + [num_id + (g + 1) * m for g in range(groups)]
+    return torch.cat([torch.arange(num_id), neg]).to(torch.int64), offsets
+
+
+def mined_order(bank: TextBank, permutation: Sequence[int] | Tensor | None = None) -> Tensor:
+    """The bank's negatives put back in mining order (its grouping permutation inverted).
+
+    A :class:`~fastood.bank.TextBank` stores ``mined[:kept][perm]``; ``perm`` is redrawn
+    from the recorded seed, or taken from ``permutation`` for a bank built with an
+    explicit one, and checked against the recorded ``permutation_sha256``.
+    ``ValueError`` when it cannot be recovered or when the bank dropped negatives.
+    """
+    meta = bank.meta or {}
+    kept = bank.num_neg
+    hint = "or use grouping='fixed'"
+    if permutation is not None:
+        perm = torch.as_tensor(permutation, dtype=torch.int64).flatten()
+    elif meta.get("permutation") == "seeded" and (meta.get("seed") is None or type(meta.get("seed")) is int):
+        seed = meta.get("seed")
+        perm = torch.randperm(kept, generator=torch.Generator().manual_seed(0 if seed is None else int(seed)))
+    else:
+        raise ValueError("grouping='official' needs the static negatives in mining order, but this bank's grouping "
+                         f"permutation is not recorded (meta permutation={meta.get('permutation')!r}): pass the "
+                         f"permutation it was built with (permutation=), {hint}")
+    if perm.numel() != kept or not torch.equal(perm.sort().values, torch.arange(kept)):
+        raise ValueError(f"permutation must be a permutation of range({kept}) (the bank's negatives)")
+    want = meta.get("permutation_sha256")
+    if want is not None:
+        from fastood.bank import _sha256_tensor
+
+        if _sha256_tensor(perm) != want:
+            raise ValueError("the permutation does not match the one the bank was built with "
+                             f"(permutation_sha256 differs): pass the bank's own permutation=, {hint}")
+    if int(meta.get("dropped", 0) or 0):
+        raise ValueError(f"grouping='official' needs every mined static negative, but this bank dropped "
+                         f"{meta['dropped']} at build time (M mod G of its own grouping): build it with one group "
+                         f"(build_bank(..., groups=1) / fastood mine --groups 1), {hint}")
+    neg = bank.embeddings[bank.num_id :]
+    out = torch.empty_like(neg)
+    out[perm] = neg
+    return out
+
+
 class InterNeg(ZeroShotDetector):
     """InterNeg detector (see the module docstring for the math and the streaming state).
 
@@ -90,6 +186,9 @@ class InterNeg(ZeroShotDetector):
         prototypes: (K, D) visual prototypes; with ``bank`` and ``prototypes`` given the
             detector is ready without ``fit``.
         groups: G (5). temperature: τ (0.01).
+        grouping: ``"official"`` (default: the published scorer's regrouping of
+            ``[static | dynamic]`` on every pass) or ``"fixed"`` (static blocks + round-robin
+            test-time entries); see the module docstring.
         corpus, num_negatives, seed, permutation, cache, progress: static bank building
             (corpus: preset name or :class:`fastood.labels.Corpus`; default the ``interneg`` preset).
         test_time: add test-time visual negatives (True).
@@ -118,6 +217,7 @@ class InterNeg(ZeroShotDetector):
         prototypes: Tensor | None = None,
         groups: int = 5,
         temperature: float = 0.01,
+        grouping: str = "official",
         corpus: Any = None,
         num_negatives: int = 2000,
         seed: int | None = 0,
@@ -154,8 +254,11 @@ class InterNeg(ZeroShotDetector):
             raise ValueError(f"beta must be a score threshold in [0, 1], got {beta!r}")
         if isinstance(inversion_seed, bool) or not isinstance(inversion_seed, int):
             raise ValueError(f"inversion_seed must be an int, got {inversion_seed!r}")
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
         self.temperature = check_positive_finite("temperature", temperature)
         self.groups = groups
+        self.grouping = grouping
         self.backend = backend
         self.progress = bool(progress)
         self.test_time = bool(test_time)
@@ -177,6 +280,7 @@ class InterNeg(ZeroShotDetector):
         # the static bank: given now, or built at fit time from the prototypes
         self.bank: TextBank | None = None
         self.bank_embeddings: Tensor | None = None
+        self.static: Tensor | None = None  # (M_s, D) static negatives in the order the grouping needs
         if bank is not None:
             tb = resolve_bank(bank, self.clip, classes, who="InterNeg", build=None)  # type: ignore[arg-type]
             self._install_bank(tb)
@@ -223,7 +327,11 @@ class InterNeg(ZeroShotDetector):
     def _install_bank(self, tb: TextBank) -> None:
         if tb.num_neg < self.groups:
             raise ValueError(f"the bank has {tb.num_neg} negatives, fewer than groups={self.groups}")
+        # official: mining order (the scorer regroups everything); fixed: the bank's own (grouped) order
+        static = (mined_order(tb, self._build_args["permutation"]) if self.grouping == "official"
+                  else tb.embeddings[tb.num_id :])
         self._set_bank(tb, self.temperature, self.groups)
+        self.static = static.to(self.device)
         self._layout_cache = None
 
     def _set_prototypes(self, prototypes: Any) -> None:
@@ -254,6 +362,8 @@ class InterNeg(ZeroShotDetector):
             self._layout_cache = None
 
     def _to(self, device: torch.device) -> None:
+        if self.static is not None:
+            self.static = self.static.to(device)
         self._layout_cache = None
 
     # ------------------------------------------------------------------ fitting
@@ -277,7 +387,9 @@ class InterNeg(ZeroShotDetector):
                 raise TypeError(f"corpus must be a preset name or a fastood.labels.Corpus, got {type(corp).__name__}")
             tb = bank_for(self.clip, self._names, method="interneg", prototypes=protos.float().cpu(),
                           cache=None if a["cache"] is None else str(a["cache"]), corpus=corp,
-                          num_negatives=a["num_negatives"], groups=self.groups, seed=a["seed"],
+                          num_negatives=a["num_negatives"], seed=a["seed"],
+                          # official: one group, so no static negative is dropped before the scorer regroups
+                          groups=1 if self.grouping == "official" else self.groups,
                           permutation=a["permutation"], progress=self.progress)
             self._install_bank(tb)
         self._set_prototypes(protos)
@@ -286,8 +398,10 @@ class InterNeg(ZeroShotDetector):
     # ------------------------------------------------------------------ scoring
     def _layout(self) -> tuple[Tensor, list[int]]:
         if self._layout_cache is None:
-            order, offsets = interneg_layout(self.num_id, self.bank.num_neg, self.num_dynamic, self.groups)
-            rows = torch.cat([self.bank_embeddings, self.dynamic.to(self.bank_embeddings)])
+            layout = interneg_official_layout if self.grouping == "official" else interneg_layout
+            order, offsets = layout(self.num_id, self.static.shape[0], self.num_dynamic, self.groups)
+            rows = torch.cat([self.bank_embeddings[: self.num_id], self.static,
+                              self.dynamic.to(self.bank_embeddings)])
             self._layout_cache = (rows[order.to(rows.device)].contiguous(), offsets)
         return self._layout_cache
 
@@ -365,4 +479,4 @@ class InterNeg(ZeroShotDetector):
     def _repr_extra(self) -> str:
         shape = None if self.bank is None else tuple(self.bank.embeddings.shape)
         return (f", num_id={self.num_id}, bank={shape}, dynamic={self.num_dynamic}/{self.bank_size}, "
-                f"groups={self.groups}, temperature={self.temperature:g}, beta={self.beta:g}, test_time={self.test_time}")
+                f"groups={self.groups}, grouping={self.grouping!r}, temperature={self.temperature:g}, beta={self.beta:g}, test_time={self.test_time}")
