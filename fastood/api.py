@@ -281,7 +281,9 @@ def score(
     of them, a uint8 RGB tensor (B,3,H,W)/(3,H,W), an already-preprocessed float
     tensor (B,3,H,W), or an iterable / DataLoader of such tensors or (tensor, label)
     pairs. Images are encoded in batches of ``batch_size`` (default: the detector's),
-    under fp16 autocast on CUDA.
+    under fp16 autocast on CUDA. ``on_error``, ``skipped``, ``progress`` and
+    ``batch_size`` are per-call: they are checked before any detector is built or
+    cached and never stored on the cached detector.
 
     An unreadable image raises :class:`fastood.images.UnreadableImageError` naming the
     file; with ``on_error="skip"`` it is left out (so fewer scores than files) and
@@ -289,7 +291,7 @@ def score(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     from fastood.detectors import DETECTORS
 
@@ -299,8 +301,7 @@ def score(
         raise ValueError(f"method {method!r} must be fitted on ID training images first: "
                          f"det = fastood.load({method!r}, ...); det.fit(images, labels); det.score(...)")
     det = _cached(load_kwargs)
-    if batch_size is not None:
-        det.batch_size = batch_size
-    out = det.score(images, on_error=on_error, skipped=skipped, progress=progress)
+    # per-call options go to this call only: the cached detector is shared by later calls
+    out = det.score(images, on_error=on_error, skipped=skipped, progress=progress, batch_size=batch_size)
     return out.detach().float().cpu()
 

@@ -146,6 +146,20 @@ def test_score_caches_the_detector_by_value(kwargs, image_dir, monkeypatch):
     assert len(calls) == 2
 
 
+def test_per_call_options_are_checked_first_and_never_stored(kwargs, image_dir, truth):
+    """A bad per-call option is rejected before the detector is cached, and a good one does not stick to it."""
+    api.clear_cache()
+    det = api._cached({k: v for k, v in kwargs.items() if k != "progress"})  # the detector score() caches
+    default = det.batch_size
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="batch_size"):
+            fastood.score(image_dir, batch_size=bad, **kwargs)
+        assert det.batch_size == default and api._cached({k: v for k, v in kwargs.items() if k != "progress"}) is det
+    _check(fastood.score(image_dir, batch_size=1, **kwargs), truth[0])
+    assert det.batch_size == default  # per-call: the cached detector keeps its own
+    _check(fastood.score(image_dir, **kwargs), truth[0])  # later calls are unaffected
+
+
 def test_unreadable_file_raises_or_is_skipped(kwargs, image_dir, tmp_path, truth):
     import shutil
 

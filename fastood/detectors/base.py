@@ -342,11 +342,18 @@ class Detector:
         return encode_images(clip.model, pixels, device=self.device, amp=self.amp, feature_space=self.feature_space)
 
     def extract(self, images: Any, *, on_error: str = "raise", skipped: list[tuple[str, str]] | None = None,
-                progress: bool = False, num_workers: int = 0) -> Extracted:
-        """Features, labels (when the input carries them) and names of ``images``."""
+                progress: bool = False, num_workers: int = 0, batch_size: int | None = None) -> Extracted:
+        """Features, labels (when the input carries them) and names of ``images``.
+
+        ``batch_size``: images per forward pass for this call only (default ``self.batch_size``).
+        """
         clip = self._require_model()
+        if batch_size is None:
+            batch_size = self.batch_size
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         feats, labels, names = [], [], []
-        for batch in iter_image_batches(images, clip.preprocess, batch_size=self.batch_size, on_error=on_error,
+        for batch in iter_image_batches(images, clip.preprocess, batch_size=batch_size, on_error=on_error,
                                         skipped=skipped, progress=progress, num_workers=num_workers):
             feats.append(self.encode_images(batch.pixels))
             labels.append(batch.labels)
@@ -362,10 +369,10 @@ class Detector:
         return Extracted(torch.cat(feats), lab, names)
 
     def features(self, images: Any, *, on_error: str = "raise", skipped: list[tuple[str, str]] | None = None,
-                 progress: bool = False, num_workers: int = 0) -> Tensor:
+                 progress: bool = False, num_workers: int = 0, batch_size: int | None = None) -> Tensor:
         """(B, D) float32 raw image features of ``images`` (see :func:`fastood.images.iter_image_batches`)."""
         return self.extract(images, on_error=on_error, skipped=skipped, progress=progress,
-                            num_workers=num_workers).features
+                            num_workers=num_workers, batch_size=batch_size).features
 
     # ------------------------------------------------------------------- scoring
     def _prepare(self, features: Any, name: str = "features") -> Tensor:
@@ -387,7 +394,7 @@ class Detector:
         return self._score_features(self._prepare(features))[0]
 
     def score(self, images: Any, **kw: Any) -> Tensor:
-        """(B,) float32 scores of ``images`` (``on_error``, ``skipped``, ``progress`` as in :meth:`features`)."""
+        """(B,) float32 scores of ``images`` (``on_error``, ``skipped``, ``progress``, ``batch_size`` as in :meth:`features`)."""
         self._check_fitted()
         return self.score_features(self.features(images, **kw))
 
