@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "file_sha256", "fsync_file"]
+__all__ = ["atomic_write", "current_umask", "new_file_mode", "atomic_write_bytes", "atomic_write_text", "file_sha256", "fsync_file"]
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -21,11 +21,37 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux reports it in ``/proc/self/status`` (``Umask:``, kernel ≥ 4.7); elsewhere it is
+    read by setting and restoring it (``os.umask`` has no read-only form).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """Permission bits of a new file made by a plain ``open(path, "w")``: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a fresh temporary file beside ``path``, fsync it, rename it over ``path``.
 
     For writers that want a file name (``safetensors.save_file``, ``torch.save``);
     the temporary file is removed if ``write`` raises (or is interrupted).
+    ``tempfile.mkstemp`` creates the file ``0600``; it is given the permissions of a plain
+    ``open()`` (``0666 & ~umask``) before the rename, so every file fastood writes —
+    outputs, metadata, banks, checkpoints, manifests, models — follows the umask alike.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +60,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         fsync_file(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

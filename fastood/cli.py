@@ -335,9 +335,9 @@ def _predict_batch(det: Any, pixels: torch.Tensor):
 
 
 def _bar(total: int, desc: str, quiet: bool, initial: int = 0):
-    from tqdm.auto import tqdm
+    from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=quiet, dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, desc=desc, unit="img", disable=quiet, dynamic_ncols=True)
 
 
 def _report_skipped(skipped: list[tuple[str, str]], *, limit: int = 20) -> None:
@@ -397,24 +397,102 @@ class _Dist:
             self.dist.destroy_process_group()
 
 
-def _list_files(paths: list[str]) -> list[str]:
-    from fastood.images import list_image_files
+def _list_files(paths: list[str], skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Sorted image files under ``paths``, one per image (two spellings of one file count once:
+    the first in sorted order is kept); what the listing left out (special files, broken
+    links, directory links) is appended to ``skipped``."""
+    from fastood.images import scan_image_files
+    from fastood.outputs import path_key
 
     try:
-        files = list_image_files(paths)
+        files, bad = scan_image_files(paths)
     except (FileNotFoundError, TypeError) as exc:
         raise SystemExit(f"fastood: {exc}")
-    return sorted({str(f) for f in files})
+    if skipped is not None:
+        skipped.extend(bad)
+    out, seen = [], set()
+    for f in sorted({str(f) for f in files}):
+        k = path_key(f)
+        if k not in seen:
+            seen.add(k)
+            out.append(f)
+    return out
+
+
+def _check_out_writable(out: Path, command: str, *, directory: bool = False) -> None:
+    """Exit 2 with one line naming ``--out`` and the reason when it cannot be written.
+
+    Run before the model and the bank are built, so a typo costs nothing: the folder is
+    created if missing and a temporary file is created in it and removed again.
+    """
+    import tempfile
+
+    folder = out if directory else out.parent
+    problem = None
+    if not directory and out.is_dir():
+        problem = "it is a directory"
+    elif directory and out.exists() and not out.is_dir():
+        problem = "it exists and is not a directory"
+    else:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".fastood-write-check.", dir=folder)
+            os.close(fd)
+            os.unlink(tmp)
+            if not directory and out.exists() and not os.access(out, os.W_OK):
+                problem = "the existing file is not writable"
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem:
+        print(f"fastood {command}: cannot write --out {str(out)!r}: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _read_meta(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the run info in ``path``, "") or (None, why it could not be read)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"is unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(meta, dict) or "method" not in meta:
+        return None, "is not a fastood run record"
+    return meta, ""
+
+
+def _check_resumable(out: Path, meta_path: Path, partial: list[Path]) -> None:
+    """SystemExit unless the rows already under ``out`` can be resumed: they need a readable
+    ``OUT.meta.json`` (else nothing says which settings made them, or that fastood did: a
+    foreign file with the right header is not merged) and readable files."""
+    from fastood import outputs as O
+
+    existing = [f for f in partial if f.is_file() and f.stat().st_size > 0]
+    if not existing:
+        return
+    meta, why = _read_meta(meta_path)
+    if meta is None:
+        raise SystemExit(f"fastood score: {str(existing[0])!r} holds rows but its run record {str(meta_path)!r} "
+                         f"{why}: nothing says which settings made them. Pass --overwrite to start again, "
+                         "or choose another --out.")
+    for f in existing:
+        try:
+            if f == out:
+                O.check_existing_output(f)
+            else:
+                O._read_text_rows(f, O.output_format(f), None)
+        except ValueError as exc:
+            raise SystemExit(f"fastood score: {exc}")
 
 
 def _compare_run_info(path: Path, info: dict[str, Any]) -> None:
-    """SystemExit when an earlier run wrote ``path`` with different settings."""
+    """SystemExit when an earlier run wrote ``path`` with different settings (or it is unreadable)."""
     if not path.exists():
         return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return
+    old, why = _read_meta(path)
+    if old is None:
+        raise SystemExit(f"fastood score: the run record {str(path)!r} {why}. Pass --overwrite to start again, "
+                         "or choose another --out.")
     new = json.loads(json.dumps(info, default=str))
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if keys:
@@ -434,6 +512,7 @@ def _score(args: argparse.Namespace) -> int:
             O.require_pyarrow()
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"fastood score: --out {exc}")
+    _check_out_writable(out, "score")
     _, world, local_rank = _dist_env()
     device = args.device or _default_device(local_rank)
     if world > 1 and device == "cuda":
@@ -441,15 +520,20 @@ def _score(args: argparse.Namespace) -> int:
     dist = _Dist(device)
     rank = dist.rank
     try:
-        files = _list_files(args.paths)
+        list_skipped: list[tuple[str, str]] = []
+        files = _list_files(args.paths, list_skipped)
         if not files:
+            _report_skipped(list_skipped)
             raise SystemExit(f"fastood score: no image files under {' '.join(args.paths)}")
         meta_path = out.with_name(out.name + ".meta.json")
         rank_files = [O.rank_path(out, r) for r in range(world)] if world > 1 else []
         journal_file = rank_files[rank] if world > 1 else O.journal_path(out)
+        partial = sorted({out, O.journal_path(out), *out.parent.glob(f"{out.stem}.rank*")})
         if args.overwrite and rank == 0:
-            for f in {out, O.journal_path(out), meta_path, *out.parent.glob(f"{out.stem}.rank*")}:
+            for f in {*partial, meta_path}:
                 f.unlink(missing_ok=True)
+        elif not args.overwrite:
+            _check_resumable(out, meta_path, partial)
         dist.barrier()
         # rank 0 first: it builds (and caches) the text bank that the other ranks then load
         det = _build_detector(args, classes=args.classes, device=device) if rank == 0 else None
@@ -465,23 +549,24 @@ def _score(args: argparse.Namespace) -> int:
         info = _run_info(args, det, args.classes)
         info["fit"] = args.fit
         _compare_run_info(meta_path, info)
-        dist.barrier()
-        if rank == 0:
-            O.write_json_atomic(meta_path, info)
         classes = getattr(det, "classes", None) or fit_folders  # fitted detectors predict --fit folder indices
         threshold = getattr(det, "threshold", None)
         columns = O.columns_for(threshold is not None)
-        try:
+        try:  # opened (and checked) before the run record is written: a rejected file gets none
             journal = O.RowJournal(journal_file, columns)
         except ValueError as exc:
             raise SystemExit(f"fastood score: {exc}")
+        dist.barrier()
+        if rank == 0:
+            O.write_json_atomic(meta_path, info)
         if journal.dropped_tail:
             print(f"rank {rank}: dropped a truncated last record of {journal_file}", file=sys.stderr)
-        done = journal.done()
+        # resume by image identity (resolved path), so another spelling of a path is the same row
+        done = {O.path_key(p) for p in journal.done()}
         if out.exists() and out.resolve() != journal_file.resolve():
-            done |= {r["path"] for r in O.read_rows(out)}
+            done |= {O.path_key(r["path"]) for r in O.read_rows(out)}
         shard = files[rank::world]
-        todo = [f for f in shard if f not in done]
+        todo = [f for f in shard if O.path_key(f) not in done]
         n_done = sum(dist.gather(len(shard) - len(todo)))
         if rank == 0:
             where = f" on {world} ranks (rank 0's progress shown)" if world > 1 else ""
@@ -517,12 +602,12 @@ def _score(args: argparse.Namespace) -> int:
             bar.close()
             journal.close()
         seconds = time.perf_counter() - t0
-        all_skipped = [s for part in dist.gather(skipped) for s in part]
+        all_skipped = list_skipped + [s for part in dist.gather(skipped) for s in part]
         counts = dist.gather(n_scored)
         dist.barrier()
         if rank == 0:
             sources = rank_files if world > 1 else [journal_file]
-            rows = O.finalize(out, sources, columns, order=files)
+            rows = O.finalize(out, sources, columns, order=files, key=O.path_key)
             if world == 1 and journal_file != out:
                 journal_file.unlink(missing_ok=True)
             _report_skipped(all_skipped)
@@ -544,8 +629,10 @@ def _norm_name(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
-def _image_folder(root: str, what: str) -> tuple[list[str], list[str], list[int]]:
-    """(class folder names, files, folder index of each file) of an ImageFolder-style directory."""
+def _image_folder(root: str, what: str, skipped: list[tuple[str, str]] | None = None
+                  ) -> tuple[list[str], list[str], list[int]]:
+    """(class folder names, files, folder index of each file) of an ImageFolder-style directory;
+    what the listing left out goes to ``skipped``."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise SystemExit(f"fastood eval: {what} {root!r} is not a directory")
@@ -554,7 +641,7 @@ def _image_folder(root: str, what: str) -> tuple[list[str], list[str], list[int]
         raise SystemExit(f"fastood eval: {what} {root!r} must be an ImageFolder: one subfolder of images per class")
     files, labels = [], []
     for i, name in enumerate(folders):
-        for f in _list_files([str(path / name)]):
+        for f in _list_files([str(path / name)], skipped):
             files.append(f)
             labels.append(i)
     if not files:
@@ -612,7 +699,7 @@ def _fit_detector(det: Any, args: argparse.Namespace, skipped: list[tuple[str, s
     if not args.fit:
         raise SystemExit(f"fastood {args.command}: method {args.method!r} is fitted on ID training images: "
                          "pass --fit DIR (an ImageFolder of training images)")
-    folders, files, labels = _image_folder(args.fit, "--fit")
+    folders, files, labels = _image_folder(args.fit, "--fit", skipped)
     label_of = dict(zip(files, labels))
     feats, labs = [], []
     bar = _bar(len(files), "fit features", args.quiet)
@@ -638,16 +725,19 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.convention not in CONVENTIONS:
         raise SystemExit(f"--convention must be one of {CONVENTIONS}")
-    folders, id_files, id_folder_idx = _image_folder(args.id, "--id")
+    out = Path(args.out)
+    _check_out_writable(out, "eval", directory=True)
+    list_skipped: list[tuple[str, str]] = []
+    folders, id_files, id_folder_idx = _image_folder(args.id, "--id", list_skipped)
     ood_dirs = _parse_ood(args.ood)
-    ood_files = {name: _list_files([d]) for name, d in ood_dirs.items()}
+    ood_files = {name: _list_files([d], list_skipped) for name, d in ood_dirs.items()}
     for name, fs in ood_files.items():
         if not fs:
             raise SystemExit(f"fastood eval: no image files in OOD set {name!r} ({ood_dirs[name]})")
     classes = args.classes if args.classes is not None else [f.replace("_", " ") for f in folders]
     device = args.device or _default_device()
     det = _build_detector(args, classes=classes, device=device)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list_skipped
     det_classes = getattr(det, "classes", None)
     if getattr(det, "needs_fit", False):
         fit_folders = _fit_detector(det, args, skipped)
@@ -700,7 +790,6 @@ def _eval(args: argparse.Namespace) -> int:
     info.update(device=device, calibrated_threshold=threshold)
     id_info = {"dir": args.id, "num_images": len(id_names), "num_classes": len(folders), "folders": folders,
                "label_mapping": mapping, "accuracy": accuracy}
-    out = Path(args.out)
     written = write_report(out, id_scores=id_scores.numpy(), ood_scores={k: v.numpy() for k, v in ood_scores.items()},
                            metrics=metrics, id_info=id_info, run_info=info, skipped=skipped,
                            timing={"images": n_images, "seconds": seconds,

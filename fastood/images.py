@@ -27,8 +27,11 @@ naming the file, or with ``on_error="skip"`` are left out and recorded in ``skip
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import math
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -43,6 +46,7 @@ __all__ = [
     "OPENAI_STD",
     "ImageBatch",
     "list_image_files",
+    "scan_image_files",
     "iter_image_batches",
     "preprocess_config",
     "make_preprocess",
@@ -85,50 +89,234 @@ class ImageBatch:
 
 
 # --------------------------------------------------------------------------- files
-def list_image_files(paths: str | os.PathLike | Iterable[str | os.PathLike], *, recursive: bool = True) -> list[Path]:
-    """Expand ``paths`` into image files.
+def _fspath(p: Any, what: str = "paths") -> str:
+    """``str`` of a path given as ``str``, ``bytes`` or ``os.PathLike`` (bytes → surrogate-escaped str).
 
-    A file is kept whatever its suffix (an explicit file is the caller's choice); a
-    directory contributes its files whose lowercase suffix is in
-    :data:`IMAGE_EXTENSIONS`, sorted by path (recursively unless ``recursive=False``).
-    A path that does not exist raises ``FileNotFoundError`` naming it.
+    Linux file names are bytes; ``os.fsdecode`` maps the bytes that are not UTF-8 to lone
+    surrogates (U+DC80…U+DCFF) and ``os.fsencode`` maps them back, so nothing is lost.
     """
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(p, (str, bytes, os.PathLike)) and not isinstance(p, bool):
+        p = os.fspath(p)
+        return os.fsdecode(p) if isinstance(p, bytes) else p
+    raise TypeError(f"{what} must be str, bytes or os.PathLike, got {type(p).__name__}")
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str:
+    """Why a file of this ``st_mode`` is not an image (reading a FIFO or device could block forever)."""
+    for test, what in _KINDS:
+        if test(mode):
+            return f"not a regular file: {what} (not opened)"
+    return "not a regular file (not opened)"
+
+
+def _stat_error(path: str, exc: OSError) -> str:
+    """The reason a path could not be stat'ed: broken link, symlink loop, permission, …"""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"broken symbolic link (to {os.readlink(path)!r})"
+    return f"cannot stat: {exc.strerror or exc}"
+
+
+def scan_image_files(
+    paths: str | bytes | os.PathLike | Iterable[str | bytes | os.PathLike],
+    *,
+    recursive: bool = True,
+    include_hidden: bool = True,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """List image files without opening any: ``(files, skipped)``, ``skipped`` = ``(path, reason)`` pairs.
+
+    The one listing used by :func:`list_image_files`, :func:`iter_image_batches`, the
+    ``fastood`` commands and the trainer (``fastood.train.data``):
+
+    - a path given explicitly is kept whatever its suffix if it is a regular file (after
+      following symbolic links); a directory is walked; a path that does not exist raises
+      ``FileNotFoundError`` naming it;
+    - in a directory, files whose lowercase suffix is in :data:`IMAGE_EXTENSIONS` are kept
+      (sorted by path) when ``os.stat`` says they are *regular* files. FIFOs, sockets and
+      devices with an image suffix are skipped with the reason, never opened (opening a FIFO
+      blocks until a writer appears); so are broken symbolic links and link loops;
+    - **symbolic links to directories are not followed** (a link to a parent, ``ln -s ..
+      cat/up``, would list every image again, under the wrong folder); each is reported in
+      ``skipped``. Sub-directories that cannot be listed are reported too;
+    - names starting with ``.`` are left out when ``include_hidden=False`` (the trainer);
+    - ``bytes`` paths are accepted; names that are not UTF-8 are kept, surrogate-escaped
+      (``os.fsdecode``), so ``os.fsencode(str(path))`` gives the original bytes back.
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]
-    out: list[Path] = []
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
     for p in paths:
-        if not isinstance(p, (str, os.PathLike)):
-            raise TypeError(f"paths must be str or os.PathLike, got {type(p).__name__}")
-        path = Path(p).expanduser()
-        if path.is_dir():
-            it = path.rglob("*") if recursive else path.iterdir()
-            out.extend(sorted(f for f in it if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()))
-        elif path.exists():
-            out.append(path)
+        top = os.path.expanduser(_fspath(p))
+        try:
+            st = os.stat(top)
+        except OSError as exc:
+            if not os.path.lexists(top):
+                raise FileNotFoundError(f"image path {top!r} does not exist") from None
+            skipped.append((top, _stat_error(top, exc)))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found: list[Path] = []
+            bad: list[tuple[str, str]] = []
+            _walk(top, recursive, include_hidden, found, bad)
+            files.extend(sorted(found))
+            skipped.extend(sorted(bad, key=lambda b: Path(b[0])))
+        elif stat.S_ISREG(st.st_mode):
+            files.append(Path(top))
         else:
-            raise FileNotFoundError(f"image path {str(path)!r} does not exist")
-    return out
+            skipped.append((top, _not_regular(st.st_mode)))
+    return files, skipped
+
+
+def _walk(top: str, recursive: bool, include_hidden: bool, out: list[Path], skipped: list[tuple[str, str]]) -> None:
+    """Depth-first listing of ``top`` (see :func:`scan_image_files`); never follows a directory link."""
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as exc:
+            skipped.append((d, f"cannot list the directory: {exc.strerror or exc}"))
+            continue
+        for e in entries:
+            if not include_hidden and e.name.startswith("."):
+                continue
+            is_image = os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            try:
+                is_link = e.is_symlink()
+                st = os.stat(e.path)  # follows a file link; never opens
+            except OSError as exc:
+                if is_image or e.is_symlink():
+                    skipped.append((e.path, _stat_error(e.path, exc)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if is_link:
+                    if recursive:
+                        skipped.append((e.path, "symbolic link to a directory: not followed (it could loop or "
+                                                "list images twice); pass its target explicitly to include it"))
+                elif recursive:
+                    stack.append(e.path)
+            elif is_image:
+                if stat.S_ISREG(st.st_mode):
+                    out.append(Path(e.path))
+                else:
+                    skipped.append((e.path, _not_regular(st.st_mode)))
+
+
+def list_image_files(
+    paths: str | bytes | os.PathLike | Iterable[str | bytes | os.PathLike],
+    *,
+    recursive: bool = True,
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[Path]:
+    """Expand ``paths`` into image files (see :func:`scan_image_files` for the rules).
+
+    Entries that are not readable images (special files, broken links, link loops,
+    directory links, unlistable directories) are appended to ``skipped`` as
+    ``(path, reason)``; with ``skipped=None`` a ``UserWarning`` names how many and the first.
+    """
+    files, bad = scan_image_files(paths, recursive=recursive)
+    if skipped is not None:
+        skipped.extend(bad)
+    elif bad:
+        warnings.warn(f"{len(bad)} path(s) skipped while listing images, e.g. {bad[0][0]!r}: {bad[0][1]}",
+                      stacklevel=2)
+    return files
 
 
 def _to_rgb(img: Any) -> Any:
-    """PIL image in RGB (palette with transparency goes through RGBA first; alpha is dropped)."""
+    """PIL image in RGB (palette with transparency goes through RGBA first; alpha is dropped).
+
+    High-bit-depth grey images are scaled to 8 bits first (PIL's own ``convert`` clips
+    them, so a 16-bit gradient comes out nearly all white):
+
+    - ``I;16`` / ``I;16L`` / ``I;16B`` / ``I;16N`` (16-bit): ``v8 = round(v16 / 257)``,
+      i.e. ``(v16 + 128) // 257`` — the exact inverse of the usual 8 → 16-bit expansion
+      ``v16 = 257·v8`` (0 → 0, 65535 → 255);
+    - ``I`` (32-bit signed int; PIL's mode for 16-bit PGM and 32-bit TIFF): read as 16-bit
+      (the same ``/ 257``) when every value lies in 0…65535, else refused (ValueError);
+    - ``F`` (32-bit float): ``round(255 · v)`` when every value lies in [0, 1], else refused.
+    """
     if img.mode == "RGB":
         return img
+    if img.mode in _HIGH_DEPTH:
+        img = _to_8bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Any:
-    """Open, fully decode and convert an image file to RGB; :class:`UnreadableImageError` otherwise."""
+_HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_8bit(img: Any) -> Any:
+    """A 16-bit / 32-bit-int / float grey image as mode ``L`` (see :func:`_to_rgb`)."""
+    import numpy as np
     from PIL import Image
 
+    a = np.asarray(img)
+    if img.mode == "F":
+        a = a.astype(np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (np.isfinite(a).all() and lo >= 0.0 and hi <= 1.0):
+            raise ValueError(f"a float (mode F) image must hold values in [0, 1], got [{lo:g}, {hi:g}]"
+                             f"{' and non-finite values' if not np.isfinite(a).all() else ''}: its range is "
+                             "unknown, convert it to 8 or 16 bits first")
+        out = np.floor(a * 255.0 + 0.5)
+    else:
+        a = a.astype(np.int64)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"a 32-bit integer (mode {img.mode}) image must hold values in 0…65535 (16-bit), got "
+                             f"{lo}…{hi}: its range is unknown, convert it to 8 or 16 bits first")
+        out = (a + 128) // 257
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def _open_regular(path: str) -> Any:
+    """Open ``path`` for reading only if it is a regular file, never blocking.
+
+    ``os.stat`` first (a FIFO is refused without being opened); then ``O_NONBLOCK`` and
+    ``fstat`` of the opened descriptor, in case the file was swapped for a FIFO or a
+    device in between (a FIFO opened with ``O_NONBLOCK`` for reading returns at once).
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(_not_regular(st.st_mode))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        with Image.open(path) as im:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(_not_regular(st.st_mode))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def load_image(path: str | bytes | os.PathLike) -> Any:
+    """Open, fully decode and convert an image file to RGB; :class:`UnreadableImageError` otherwise.
+
+    Only regular files are opened (FIFOs, sockets and devices are refused without
+    blocking); high-bit-depth images are scaled to 8 bits (see :func:`_to_rgb`).
+    """
+    from PIL import Image
+
+    path = _fspath(path, "path")
+    try:
+        with _open_regular(path) as f, Image.open(f) as im:
             im.load()
             return _to_rgb(im)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError…)
-        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
+        reason = str(exc) if isinstance(exc, OSError) and str(exc).startswith("not a regular file") \
+            else f"{type(exc).__name__}: {exc}"
+        raise UnreadableImageError(path, reason) from exc
 
 
 # --------------------------------------------------------------------- preprocessing
@@ -407,11 +595,14 @@ class _Stream:
         return _Item("tensor", x, self._names(1)[0], label)
 
     def single(self, x: Any, label: int | None) -> _Item:
-        if isinstance(x, (str, os.PathLike)):
-            files = list_image_files([x])
-            if len(files) != 1 or Path(x).is_dir():
-                raise TypeError(f"a directory ({str(x)!r}) cannot be one item of a labelled pair")
+        if isinstance(x, (str, bytes, os.PathLike)):
+            x = _fspath(x)
+            if os.path.isdir(x):
+                raise TypeError(f"a directory ({x!r}) cannot be one item of a labelled pair")
+            files, bad = scan_image_files([x])
             self.count += 1
+            if bad:  # a special file or a broken link: refused (or skipped) like an unreadable image
+                return _Item("bad", bad[0][1], bad[0][0], label)
             return _Item("path", files[0], str(files[0]), label)
         if _is_ndarray(x):
             from PIL import Image
@@ -425,12 +616,23 @@ class _Stream:
                         "a uint8 / float tensor, or an iterable of those (optionally as (x, label) pairs)")
 
 
+def _path_items(path: str | bytes | os.PathLike, stream: _Stream) -> Iterator[_Item]:
+    """The files of one path (a file or a directory), in listing order; entries the listing
+    refused (special files, broken links, directory links) come first as ``"bad"`` items,
+    which fail like unreadable images (raised, or skipped with their reason)."""
+    files, bad = scan_image_files([path])
+    for name, reason in bad:
+        stream.count += 1
+        yield _Item("bad", reason, name, None)
+    for f in files:
+        stream.count += 1
+        yield _Item("path", f, str(f), None)
+
+
 def _iter_blocks(images: Any, stream: _Stream) -> Iterator[Any]:
     """Yield ``_Item`` singles and ``(pixels, names, labels)`` ready batches, in input order."""
-    if isinstance(images, (str, os.PathLike)):
-        for f in list_image_files([images]):
-            stream.count += 1
-            yield _Item("path", f, str(f), None)
+    if isinstance(images, (str, bytes, os.PathLike)):
+        yield from _path_items(images, stream)
         return
     if isinstance(images, Tensor):
         yield from stream.tensor_batch(images, None)
@@ -461,10 +663,8 @@ def _iter_blocks(images: Any, stream: _Stream) -> Iterator[Any]:
             yield stream.single_tensor(item, None if label is None else _label_list(label, 1)[0])
         elif isinstance(item, Tensor):
             yield from stream.tensor_batch(item, None if label is None else _label_list(label, item.shape[0]))
-        elif isinstance(item, (str, os.PathLike)) and label is None:
-            for f in list_image_files([item]):
-                stream.count += 1
-                yield _Item("path", f, str(f), None)
+        elif isinstance(item, (str, bytes, os.PathLike)) and label is None:
+            yield from _path_items(item, stream)
         elif isinstance(item, (list, tuple)) and label is not None:
             labels = _label_list(label, len(item))
             for x, y in zip(item, labels):
@@ -476,6 +676,8 @@ def _iter_blocks(images: Any, stream: _Stream) -> Iterator[Any]:
 def _preprocess_item(item: _Item, preprocess: Callable[[Any], Tensor] | None) -> Tensor:
     if item.kind == "tensor":
         return item.value
+    if item.kind == "bad":
+        raise UnreadableImageError(item.name, item.value)
     img = load_image(item.value) if item.kind == "path" else _to_rgb(item.value)
     if preprocess is None:
         raise ValueError("file / PIL image inputs need the model's preprocess transform (preprocess=)")
@@ -520,7 +722,7 @@ def iter_image_batches(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    from tqdm.auto import tqdm
+    from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
     total = None
     try:
@@ -533,7 +735,7 @@ def iter_image_batches(
     except TypeError:
         total = None
     stream = _Stream(preprocess, batch_size)
-    bar = tqdm(total=total, desc="images", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc="images", unit="img", disable=not progress, leave=False)
     pending: list[_Item] = []
     pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -552,7 +754,7 @@ def iter_image_batches(
         for item, (px, err) in zip(items, results):
             if px is None:
                 if on_error == "raise":
-                    raise UnreadableImageError(item.value, str(err))
+                    raise UnreadableImageError(item.name if item.kind == "bad" else item.value, str(err))
                 if skipped is not None:
                     skipped.append((item.name, str(err)))
                 continue

@@ -23,6 +23,20 @@ How a run stays resumable (``fastood score`` and the distributed rank files):
 
 CSV floats are written with Python's shortest round-trip ``repr``, so a float32
 score reads back bit-exactly.
+
+**File names that are not UTF-8** (legal on Linux: a name is bytes) are kept, losslessly,
+in every format. In memory a path is a ``str`` with the undecodable bytes as lone
+surrogates (``os.fsdecode``: byte ``0xff`` ↔ ``U+DCFF``), so ``os.fsencode(row["path"])``
+gives the original bytes back. On disk:
+
+* CSV: the original bytes, as they are (UTF-8 with ``surrogateescape``; such a file is
+  then not valid UTF-8, as the output of ``ls`` is not; read it with
+  ``encoding="utf-8", errors="surrogateescape"``);
+* JSON Lines: the JSON escape of the surrogate (``"x\\udcff.png"``), plain ASCII; only
+  the rows that need it are written with ``ensure_ascii``;
+* Parquet (whose strings must be UTF-8): ``path`` holds the name with each bad byte
+  replaced by U+FFFD (for display) and an extra ``path_bytes`` (binary) column, present
+  only when some name needs it, holds the exact bytes; :func:`read_rows` restores them.
 """
 
 from __future__ import annotations
@@ -32,9 +46,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
+
+from fastood._io import atomic_write
 
 __all__ = [
     "FORMATS",
@@ -49,7 +64,12 @@ __all__ = [
     "rank_path",
     "finalize",
     "write_json_atomic",
+    "path_key",
+    "check_existing_output",
 ]
+
+# Text outputs keep non-UTF-8 file names byte for byte (see the module docstring).
+_ERRORS = "surrogateescape"
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 BASE_COLUMNS = ("path", "score", "pred", "pred_label")
@@ -150,7 +170,7 @@ def _read_text_rows(path: Path, fmt: str, columns: Sequence[str] | None) -> tupl
     Only the *last* record may be damaged (it is dropped); a damaged record
     before it means the file is not one of ours, and raises ValueError.
     """
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8", errors=_ERRORS)
     if not text:
         return [], False, tuple(columns or ())
     cut = text.rfind("\n") + 1
@@ -207,17 +227,24 @@ def read_rows(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str,
         require_pyarrow()
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        rows = pq.read_table(path).to_pylist()
+        for r in rows:  # restore non-UTF-8 names from their exact bytes
+            raw = r.pop("path_bytes", None)
+            if raw is not None:
+                r["path"] = os.fsdecode(raw)
+        return rows
     return _read_text_rows(path, fmt, None)[0]
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return fd, Path(tmp)
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # lone surrogates: a file name that is not UTF-8
+        return False
 
 
 def _encode_text(rows: Iterable[dict], columns: Sequence[str], fmt: str, header: bool) -> str:
@@ -229,7 +256,10 @@ def _encode_text(rows: Iterable[dict], columns: Sequence[str], fmt: str, header:
                 obj["score"] = float(obj["score"])
                 if not math.isfinite(obj["score"]):
                     obj["score"] = None
-            buf.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            line = json.dumps(obj, ensure_ascii=False)
+            if not _utf8_ok(line):  # a non-UTF-8 file name: \udcXX escapes, ASCII, lossless
+                line = json.dumps(obj, ensure_ascii=True)
+            buf.write(line + "\n")
         return buf.getvalue()
     w = csv.writer(buf, lineterminator="\n")
     if header:
@@ -240,50 +270,45 @@ def _encode_text(rows: Iterable[dict], columns: Sequence[str], fmt: str, header:
 
 
 def write_rows(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str], fmt: str | None = None) -> Path:
-    """Write ``rows`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
+    """Write ``rows`` to ``path`` atomically (``fastood._io.atomic_write``: temp file in the same
+    directory, fsync, ``os.replace``; the file gets ``0666 & ~umask``)."""
     path = Path(path)
     fmt = fmt or output_format(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        if fmt == "parquet":
-            os.close(fd)
-            fd = -1
-            pa = require_pyarrow()
-            import pyarrow.parquet as pq
+    if fmt == "parquet":
+        pa = require_pyarrow()
+        import pyarrow.parquet as pq
 
-            types = {"path": pa.string(), "score": pa.float32(), "pred": pa.int64(),
-                     "pred_label": pa.string(), "is_ood": pa.bool_()}
-            schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
-            table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
-            pq.write_table(table, tmp)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                fd = -1
-                f.write(_encode_text(rows, columns, fmt, header=True))
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        types = {"path": pa.string(), "score": pa.float32(), "pred": pa.int64(),
+                 "pred_label": pa.string(), "is_ood": pa.bool_()}
+        fields = [(c, types.get(c, pa.string())) for c in columns]
+        records = [{c: r.get(c) for c in columns} for r in rows]
+        if any(isinstance(r.get("path"), str) and not _utf8_ok(r["path"]) for r in records):
+            fields.append(("path_bytes", pa.binary()))
+            for r in records:
+                p = r.get("path")
+                r["path_bytes"] = None if p is None or _utf8_ok(p) else os.fsencode(p)
+                if r["path_bytes"] is not None:
+                    r["path"] = r["path_bytes"].decode("utf-8", errors="replace")
+        table = pa.Table.from_pylist(records, schema=pa.schema(fields))
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    data = _encode_text(rows, columns, fmt, header=True).encode("utf-8", errors=_ERRORS)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """``json.dump`` to ``path`` atomically."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """``json.dump`` to ``path`` atomically (ASCII: any non-UTF-8 file name is ``\\udcXX``-escaped)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
 
 
 class RowJournal:
@@ -312,10 +337,10 @@ class RowJournal:
             self.rows, self.dropped_tail = rows, dropped
             if dropped:
                 write_rows(self.path, rows, self.columns, self.fmt)
-            self._f = open(self.path, "a", encoding="utf-8", newline="")
+            self._f = open(self.path, "a", encoding="utf-8", errors=_ERRORS, newline="")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", encoding="utf-8", newline="")
+            self._f = open(self.path, "w", encoding="utf-8", errors=_ERRORS, newline="")
             if self.fmt == "csv":
                 self._f.write(_encode_text([], self.columns, "csv", header=True))
                 self._sync()
@@ -347,29 +372,61 @@ class RowJournal:
         self.close()
 
 
+def path_key(path: str) -> str:
+    """The identity of an image path when resuming and merging: ``os.path.realpath`` (absolute,
+    symbolic links resolved), so ``imgs/a.png``, ``./imgs/a.png`` and ``/data/imgs/a.png`` are
+    one image and one row. Relative paths resolve against the current directory."""
+    return os.path.realpath(path)
+
+
+def check_existing_output(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str, Any]]:
+    """The rows of an existing output file, or ValueError saying it is not a score file of ``fmt``
+    (e.g. a CSV renamed ``.parquet``) and how to start again."""
+    path = Path(path)
+    fmt = fmt or output_format(path)
+    try:
+        return read_rows(path, fmt)
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow / csv / json raise many types; all mean "not ours"
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{str(path)!r} exists but is not a readable {fmt} score file ({msg}); delete it, "
+                         "pass --overwrite or choose another --out") from None
+
+
 def finalize(
     out: str | os.PathLike,
     sources: Sequence[str | os.PathLike],
     columns: Sequence[str],
     order: Sequence[str] | None = None,
+    key: Callable[[str], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Merge the rows of ``out`` (if it exists) and of every source file into ``out``.
 
-    One row per path (a later source wins), sorted by position in ``order``
-    (paths not in it last, by name); written atomically. Source files that do
-    not exist are ignored. Returns the rows written.
+    One row per image (a later source wins), sorted by position in ``order`` (paths not in
+    it last, by name); written atomically. Images are identified by ``key(path)`` (default:
+    the path string; ``fastood score`` passes :func:`path_key`, so another spelling of the
+    same file is the same row) and a row of an image in ``order`` is written with the
+    spelling ``order`` gives. Source files that do not exist are ignored. Returns the rows
+    written.
     """
     out = Path(out)
+    ident = key or (lambda p: p)
     merged: dict[str, dict[str, Any]] = {}
     srcs = [Path(s) for s in sources]
     if out.exists() and out.resolve() not in {s.resolve() for s in srcs if s.exists()}:
         for r in read_rows(out):
-            merged[r["path"]] = r
+            merged[ident(r["path"])] = r
     for s in srcs:
         if s.exists() and s.stat().st_size > 0:
             for r in _read_text_rows(s, output_format(s), columns)[0]:
-                merged[r["path"]] = r
-    pos = {p: i for i, p in enumerate(order or ())}
-    rows = sorted(merged.values(), key=lambda r: (pos.get(r["path"], len(pos)), r["path"]))
+                merged[ident(r["path"])] = r
+    pos: dict[str, int] = {}
+    spelling: dict[str, str] = {}
+    for i, p in enumerate(order or ()):
+        pos.setdefault(ident(p), i)
+        spelling.setdefault(ident(p), p)
+    rows = [dict(r, path=spelling[k]) if k in spelling else r for k, r in merged.items()]
+    rows.sort(key=lambda r: (pos.get(ident(r["path"]), len(pos)), r["path"]))
     write_rows(out, rows, columns)
     return rows

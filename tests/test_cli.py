@@ -87,6 +87,13 @@ def _score_rows(root: Path, common: list[str], out: Path, *extra: str, paths=Non
     return main(["score", *paths, "--out", str(out), "--classes", str(root / "classes.txt"), *common, *extra])
 
 
+def _copy_meta(src: Path, dst: Path) -> None:
+    """Give ``dst`` the run record of ``src`` (a run with the same settings)."""
+    import shutil
+
+    shutil.copy(src.with_name(src.name + ".meta.json"), dst.with_name(dst.name + ".meta.json"))
+
+
 @pytest.fixture(scope="module")
 def single_run(data):
     root, common = data
@@ -152,7 +159,9 @@ def test_resume_after_an_interrupted_run(data, single_run, tmp_path, capsys, suf
     half = single_run[: len(single_run) // 2]
     cols = O.columns_for(False)
     journal = O.journal_path(out)
-    # an interrupted run: half the rows flushed, then a record cut off mid-write
+    # an interrupted run (same settings, so the same run record): half the rows flushed, then a
+    # record cut off mid-write
+    _copy_meta(root / "single.csv", out)
     O.write_rows(journal, half, cols)
     with open(journal, "a") as f:
         f.write(f"{single_run[len(half)]['path']},0.12" if suffix == ".csv" else '{"path": "x.png", "sco')
@@ -175,6 +184,7 @@ def test_resume_keeps_rows_already_written(data, single_run, tmp_path):
     root, common = data
     out = tmp_path / "k.csv"
     fake = [dict(r, score=123.5) for r in single_run[:3]]
+    _copy_meta(root / "single.csv", out)
     O.write_rows(out, fake, O.columns_for(False))
     assert _score_rows(root, common, out) == 0
     rows = O.read_rows(out)

@@ -16,6 +16,12 @@ seed. The global batch ``b`` of an epoch is ``perm[b·G:(b+1)·G]`` and rank ``r
 accumulation, or on whether the run was interrupted: a checkpoint stores the
 generator's state at the start of the current epoch and the number of batches done.
 
+**Listing** is :func:`fastood.images.scan_image_files`, the one shared with ``fastood
+score``: only regular files are images (FIFOs, sockets and devices are never opened),
+symbolic links to directories inside a class folder are not followed, broken links and
+link loops are left out — all of them reported (``dataset.skipped`` and a warning). A
+class folder with no image is an error when the classes are discovered (training).
+
 **Unreadable images** (corrupt, truncated, not an image) are not fatal: the dataset
 returns a :class:`Failed` record naming the file and the reason, and
 :func:`collate_skip_failed` leaves it out of the batch and lists it in
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -33,35 +40,49 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from fastood.images import IMAGE_EXTENSIONS, UnreadableImageError  # one listing and decoder for scoring and training
+
 __all__ = [
     "IMAGE_EXTENSIONS", "EmptyDatasetError", "Failed", "Batch", "TrainTransform", "ImageFolderDataset",
     "ImageListDataset", "GlobalBatchSampler", "collate_skip_failed", "find_classes", "list_images",
     "random_resized_crop_params",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class EmptyDatasetError(ValueError):
     """A data folder holds no usable images (or no class folders)."""
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def list_images(root: str | os.PathLike, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Every image file under ``root`` (recursive, sorted, hidden names left out).
 
+    The listing is :func:`fastood.images.scan_image_files`, shared with ``fastood score``:
+    only regular files are images (FIFOs, sockets and devices are never opened),
+    symbolic links to directories are not followed (``ln -s .. cat/up`` would list every
+    image again under the wrong class), broken links and link loops are left out. What was
+    left out is appended to ``skipped`` as ``(path, reason)``, or, with ``skipped=None``,
+    announced with a ``UserWarning``.
+    """
+    from fastood.images import scan_image_files
 
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """Every image file under ``root`` (recursive, symlinks followed, sorted)."""
     root = Path(root).expanduser()
-    if not root.exists():
+    if not os.path.lexists(root):
         raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
-    if root.is_file():
-        return [root] if _is_image(root) else []
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(Path(f)))
-    return sorted(out)
+    if not root.is_dir() and os.path.splitext(root.name)[1].lower() not in IMAGE_EXTENSIONS:
+        return []
+    files, bad = scan_image_files([root], include_hidden=False)
+    if skipped is not None:
+        skipped.extend(bad)
+    elif bad:
+        _warn_skipped(bad)
+    return files
+
+
+def _warn_skipped(bad: Sequence[tuple[str, str]]) -> None:
+    shown = "; ".join(f"{p}: {r}" for p, r in bad[:5])
+    warnings.warn(f"{len(bad)} path(s) under the data folder are not readable images and are left out: {shown}"
+                  f"{' …' if len(bad) > 5 else ''}", stacklevel=3)
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:
@@ -72,6 +93,22 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     if not root.is_dir():
         raise NotADirectoryError(f"data folder {str(root)!r} is not a directory")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_class_links(root: Path, classes: Sequence[str]) -> None:
+    """A class folder may be a symbolic link, but not to the data folder, one of its parents, or
+    the same folder as another class: its images would be listed again under the wrong label."""
+    top = os.path.realpath(root)
+    seen: dict[str, str] = {}
+    for c in classes:
+        target = os.path.realpath(root / c)
+        if top == target or top.startswith(target.rstrip(os.sep) + os.sep):
+            raise ValueError(f"class folder {str(root / c)!r} links back to the data folder or one of its parents "
+                             f"({target!r}): its images would be listed under the wrong class; remove the link")
+        if target in seen:
+            raise ValueError(f"class folders {seen[target]!r} and {c!r} are the same folder ({target!r}): "
+                             "each image would get two labels; remove one")
+        seen[target] = c
 
 
 @dataclass
@@ -189,10 +226,11 @@ class TrainTransform:
 
 # --------------------------------------------------------------------------- datasets
 def _load_rgb(path: Path):
-    from PIL import Image
+    """The image as RGB, decoded fully (truncated files fail here, not later); only regular
+    files are opened, and 16-bit images are scaled to 8 bits (``fastood.images.load_image``)."""
+    from fastood.images import load_image
 
-    with Image.open(path) as im:
-        return im.convert("RGB")  # decodes fully: truncated files fail here, not later
+    return load_image(path)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -226,6 +264,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     if loose else "")
             raise EmptyDatasetError(
                 f"data folder {str(self.root)!r} has no class sub-folders{hint}; expected DIR/<class>/<image>")
+        given = classes
         if classes is None:
             classes = found
         else:
@@ -235,14 +274,29 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 raise ValueError(f"data folder {str(self.root)!r} has class folders that are not training classes: "
                                  f"{unknown[:5]}{' …' if len(unknown) > 5 else ''}")
         self.classes: list[str] = list(classes)
+        _check_class_links(self.root, found)
         index = {c: k for k, c in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
+        #: (path, reason) of what the listing left out: special files, broken links, directory links
+        self.skipped: list[tuple[str, str]] = []
+        empty = []
         for c in found:
-            self.samples.extend((p, index[c]) for p in list_images(self.root / c))
+            files = list_images(self.root / c, self.skipped)
+            if not files:
+                empty.append(c)
+            self.samples.extend((p, index[c]) for p in files)
         if not self.samples:
             raise EmptyDatasetError(
                 f"data folder {str(self.root)!r} has {len(found)} class folder(s) but no images "
                 f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        if empty:
+            what = (f"class folder(s) without any image under {str(self.root)!r}: "
+                    f"{empty[:10]}{' …' if len(empty) > 10 else ''}")
+            if given is None:  # training: such a class would be a label no image carries
+                raise EmptyDatasetError(f"{what}; add images or remove the folder(s)")
+            warnings.warn(what + " (their classes get no samples here)", stacklevel=2)
+        if self.skipped:
+            _warn_skipped(self.skipped)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -267,6 +321,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 pixels = self.transform(img)
             else:
                 pixels = self.transform(img, seed)
+        except UnreadableImageError as exc:
+            return Failed(str(path), exc.reason)
         except Exception as exc:  # noqa: BLE001 - any decoder/transform failure is "unreadable"
             return Failed(str(path), f"{type(exc).__name__}: {exc}")
         return pixels, label, index
@@ -277,7 +333,10 @@ class ImageListDataset(ImageFolderDataset):
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None):  # noqa: D107
         self.root = Path(root).expanduser()
-        files = list_images(self.root)
+        self.skipped = []
+        files = list_images(self.root, self.skipped)
+        if self.skipped:
+            _warn_skipped(self.skipped)
         if not files:
             raise EmptyDatasetError(
                 f"folder {str(self.root)!r} has no images (extensions: {' '.join(IMAGE_EXTENSIONS)})")
