@@ -1,0 +1,453 @@
+"""Hopper (sm_90) scoring kernel for the segmented log-sum-exp over a similarity GEMM.
+
+Same contract as :mod:`fastood.ops._triton_segment_lse` (``x`` (B, D), ``bank`` (N, D),
+column segments ``offsets``, per-row scale ``r``; ``L = r[i] · <x_i, bank_j>``)::
+
+    lse[i, s] = log Σ_{j ∈ seg s} exp(L[i, j])   (-inf when empty)
+    max0[i]   = max_{j ∈ seg 0} L[i, j],   argmax0[i] = first maximiser in seg 0
+
+Design, decided by counting cycles (H100 SXM, per SM and per 128×128 tile, D = 512)
+----------------------------------------------------------------------------------
+Tensor cores: 2·128·128·512 FLOP / 4,096 FLOP/clk (dense fp16/bf16 wgmma) = 4,096 clk.
+MUFU (ex2/lg2): 16 results/clk/SM → 16,384 exp2 = 1,024 clk. Issue: 4 schedulers ×
+32 lanes = 128 thread-instructions/clk → every per-element instruction costs 128 clk.
+
+Today's kernel visits each of the ≈ 2.1 segments that intersect a tile with a masked
+pass (select, max, argmax, subtract, exp2, sum: ≈ 14 instructions per element and
+segment ≈ 3,600 clk), serialised after the MMA in the same warps, and its nested
+(column, D) loops refill the load pipeline on every tile.
+
+This kernel:
+
+1. **One flat, pipelined loop** over (column tile, D chunk): the loads of the next
+   tile are in flight while a tile's epilogue runs (no refill per tile; Triton's
+   software pipeliner sees one loop, like its persistent-matmul tutorial).
+2. **One shared reference per row and tile, one FFMA + one MUFU per logit**:
+   ``M_i = r_i·log2(e) · max_j acc_ij`` (one FMNMX per element; r > 0 is the
+   dispatcher's contract, so the max of the scaled logits is the scaled max) and
+   ``p_ij = exp2(fma(acc_ij, c_i, −M_i))`` with ``c_i = r_i·log2(e)``: τ, the row norm
+   and log2(e) are folded into c, p ∈ (0, 1].
+3. **Per-segment sums on the tensor cores**: the sums over the (≤ 16) segments that
+   intersect the tile are ``σ = p @ H`` with the one-hot ``H[j, k] = 1`` iff column j is
+   in the tile's k-th segment (BLOCK_N × 16, exact in bf16). fp32 accuracy is kept by
+   splitting p = p_hi + p_lo into two bf16 (round-to-nearest each; bf16 has fp32's
+   range): |p − p_hi − p_lo| ≤ 2⁻¹⁸·p, so σ's relative error is ≤ 4·10⁻⁶ plus fp32
+   accumulation. Cost: ≈ 3 instructions per element for the split (two packed cvt,
+   one unpack, one subtract) and 2 × 128 clk of extra MMA, independent of how many
+   segments meet the tile — versus 2 instructions per element *per segment* for masked
+   sums (select + add) and none of their per-segment control flow.
+4. **Segment bookkeeping per tile, not per element**: a column → segment table
+   (``colseg``, int32, N entries, built once per call by ``searchsorted``) gives the
+   one-hot; the state carried between tiles is (m, l) of the one open segment. A
+   segment's state uses the shared reference: ``l = Σ exp2(t − m)`` with m an upper
+   bound of its logits, merged as usual (``m' = max(m, M)``,
+   ``l' = l·2^(m−m') + σ·2^(M−m')``).
+5. **The one hazard of a shared reference**: a segment whose logits are all more than
+   ~96 (log2 units) below the tile's max underflows. Detected exactly where it matters
+   (σ_k < 2⁻⁹⁶ for a segment with columns in the tile, in some row of the block) →
+   that tile is recomputed with per-segment maxima as references (a rare, block-uniform
+   branch; 16 masked max passes). With σ ≥ 2⁻⁹⁶ every flushed term (< 2⁻¹²⁶, ≤ 128 of
+   them) costs < 2⁻²³ relative, and ``l ≥ 2⁻⁹⁶`` holds for every carried state, so the
+   merge kernel's clamp (1e-30) never bites. At τ = 0.01 (logits = 100·cos) this needs
+   two segments of one tile whose best cosines differ by > 0.66: never seen on CLIP.
+6. **Argmax and the segment-0 max only in tiles that meet segment 0** (≈ 9 % of tiles
+   for 1,000 ID columns out of 11,400): a block-uniform branch, masked max + first
+   maximiser. Segment 0's state is converted to its true max when written
+   (``l·2^(m − max0)``), so the split-N merge kernel of the fallback module is reused.
+7. **Empty segments** are never visited: ``lse`` and ``max0`` are pre-filled with -inf
+   (B·S·4 bytes, ≈ 10 µs at the target shape), ``colseg`` only names non-empty segments.
+
+Per-tile budget (128×128, D = 512): MMA 4,096 + 256 (one-hot) clk; epilogue ≈ 6 issue
+slots per element (FMNMX, FFMA, MUFU, split) ≈ 770 issue clk, MUFU pipe 1,024 + 128 (lg2)
+clk → ≈ 1,200 clk, serialised with the MMA inside one block.
+
+Warp organisation: 8 warps (two wgmma warp groups of m64 × n128) per block, ≤ 128
+registers (acc 64 + p 32 + pipeline) and ≤ 100 KB of shared memory (3 stages × (16 + 16)
+KB of X and bank chunks + the one-hot), so **two blocks are resident per SM** and the
+scheduler overlaps one block's epilogue (FP32/MUFU pipes) with the other's wgmma
+(tensor pipe): per SM, time ≈ max(Σ MMA, Σ epilogue) ≈ 4,350 clk per tile instead of
+≈ 5,550 serialised. Triton 3.8's ``warp_specialize`` is not applied on sm_90 to this
+loop (checked: no ``setmaxnreg``, no partitions in the PTX), and FA3's in-block ping-pong
+is not expressible in Triton; two resident blocks give the same overlap statistically,
+on Triton 3.6 as well. Operands are loaded by TMA (host ``TensorDescriptor``) when the
+layout allows it (unit inner stride, 16-byte aligned rows and base), else by pointer
+loads (``cp.async``), the same kernel body selected by the ``USE_TMA`` constexpr — the
+pointer path is also what Triton's CPU interpreter runs in the tests.
+
+L2 → SM traffic per tile: X (128×512) + bank (128×512) fp16 = 256 KB per 4,350 clk
+≈ 60 B/clk/SM with both blocks streaming; X is re-read per tile (it does not fit in shared
+memory next to a pipelined bank tile at D = 512) and hits in L2.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastood.ops._triton_segment_lse import _choose_splits, _segment_lse_merge_kernel
+
+__all__ = ["segment_lse_triton_sm90", "sm90_supported", "aot_specs", "WARP_ORGANISATION"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+# Segments per one-hot window (tl.dot needs N >= 16); a tile that meets more non-empty
+# segments (all narrower than 8 columns on average) loops over windows.
+SEG_WINDOW = 16
+# Below this a segment's partial sum is recomputed with its own max (2^-96, see 5.).
+UNDERFLOW_SUM = 2.0**-96
+
+# (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages): one config, sized for two blocks/SM.
+CUDA_CONFIG = (128, 128, 64, 8, 3)
+MAXNREG = 128
+_INTERPRET_BLOCKS = (16, 32, 16)
+
+# What the speed-of-light model needs to know about this kernel's overlap.
+WARP_ORGANISATION = {
+    "kernel": "_sm90_segment_lse_fwd_kernel",
+    "warps_per_block": 8,
+    "blocks_per_sm_intended": 2,
+    "mma_async": True,                # wgmma; the epilogue of one block overlaps the MMA of the other
+    "epilogue_overlaps_mma": "across blocks",  # not within a block (no warp specialisation on sm_90)
+    "tile": {"BLOCK_B": 128, "BLOCK_N": 128, "BLOCK_D": 64},
+    "per_tile_extra_mma_flops": 2 * 2 * 128 * 128 * SEG_WINDOW,  # p_hi @ H, p_lo @ H
+}
+
+
+@triton.jit
+def _bf16_rne(v):
+    """``v`` rounded to the nearest bf16 (ties to even), returned as fp32.
+
+    Integer form (used under the interpreter, whose fp32 → bf16 cast truncates):
+    add 0x7FFF plus the lowest kept bit, clear the 16 dropped bits. Exact for finite v.
+    """
+    b = v.to(tl.uint32, bitcast=True)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _onehot_sums(p, hit, INTERP: tl.constexpr):
+    """σ = p @ H, H = one-hot ``hit`` (exact in bf16), in (almost) fp32 accuracy from two
+    bf16 MMAs: p = p_hi + p_lo + O(2⁻¹⁸ p). The interpreter runs the same split with
+    integer rounding and fp32 products (exact for bf16 values), i.e. the same sums."""
+    if INTERP:
+        hi = _bf16_rne(p)
+        lo = _bf16_rne(p - hi)
+        Hf = hit.to(tl.float32)
+        s = tl.dot(hi, Hf, input_precision="ieee")
+        s = tl.dot(lo, Hf, s, input_precision="ieee")
+    else:
+        H = hit.to(tl.bfloat16)
+        hi = p.to(tl.bfloat16, fp_downcast_rounding="rtne")
+        lo = (p - hi.to(tl.float32)).to(tl.bfloat16, fp_downcast_rounding="rtne")
+        s = tl.dot(hi, H)
+        s = tl.dot(lo, H, s)
+    return s
+
+
+@triton.jit
+def _sm90_segment_lse_fwd_kernel(
+    x_ptr, bank_ptr, colseg_ptr, off_ptr, scale_ptr,
+    lse_ptr, max0_ptr, arg0_ptr,
+    ws_m_ptr, ws_l_ptr, ws_arg_ptr,
+    B, N, D, S, chunk,
+    stride_xb, stride_xd, stride_bn, stride_bd,
+    USE_TMA: tl.constexpr, SPLIT: tl.constexpr, WANT_ARGMAX: tl.constexpr,
+    IEEE_FP32: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    NEG_INF: tl.constexpr = float("-inf")
+    TINY: tl.constexpr = 1.2621774483536189e-29  # 2^-96
+
+    r0 = pid_b * BLOCK_B
+    rows = r0 + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    # c = r · log2(e): logits in base 2 are acc · c (r > 0: dispatcher contract).
+    c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kr = tl.arange(0, W)
+
+    col_lo = pid_p * chunk
+    col_hi = tl.minimum(N, col_lo + chunk)
+    end0 = tl.load(off_ptr + 1).to(tl.int32)      # segment 0 is [0, end0)
+
+    # Carried state of the one open segment (s_c; -1 = none).
+    s_c = pid_p * 0 - 1
+    m_c = tl.full([BLOCK_B], NEG_INF, tl.float32)
+    l_c = tl.zeros([BLOCK_B], tl.float32)
+    # Segment 0: true running max (base 2) and first argmax.
+    mx0 = tl.full([BLOCK_B], NEG_INF, tl.float32)
+    arg = tl.zeros([BLOCK_B], tl.int32)
+
+    n_kt = tl.cdiv(D, BLOCK_D)
+    n_tiles = tl.cdiv(col_hi - col_lo, BLOCK_N)
+    acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
+    for it in tl.range(0, n_tiles * n_kt):
+        tile = it // n_kt
+        kk = it - tile * n_kt
+        n0 = col_lo + tile * BLOCK_N
+        d0 = kk * BLOCK_D
+        # ---- MMA step: acc += x[rows, d0:d0+BD] @ bank[n0:n0+BN, d0:d0+BD]ᵀ (fp32 accumulation).
+        if USE_TMA:
+            xa = x_ptr.load([r0, d0])
+            bt = bank_ptr.load([n0, d0]).T
+        else:
+            cols_l = n0 + offs_n
+            d_ok = (d0 + offs_d) < D
+            xa = tl.load(x_ptr + rows64[:, None] * stride_xb + (d0 + offs_d)[None, :] * stride_xd,
+                         mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            bt = tl.load(bank_ptr + cols_l.to(tl.int64)[None, :] * stride_bn + (d0 + offs_d)[:, None] * stride_bd,
+                         mask=d_ok[:, None] & (cols_l < col_hi)[None, :], other=0.0)
+        if IEEE_FP32:
+            acc = tl.dot(xa, bt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(xa, bt, acc)
+
+        if kk == n_kt - 1:
+            # ---- Epilogue of tile [n0, n_end).
+            n_end = tl.minimum(n0 + BLOCK_N, col_hi)
+            cols = n0 + offs_n
+            col_ok = cols < n_end
+            cseg = tl.load(colseg_ptr + cols, mask=col_ok, other=-1)
+            s_first = tl.load(colseg_ptr + n0)
+            s_last = tl.load(colseg_ptr + n_end - 1)
+            # Shared reference M and p = exp2(acc·c − M): one FMNMX, one FFMA, one MUFU per logit.
+            # (Columns past n_end hold 0 or another split's logits: M stays an upper bound.)
+            M = tl.max(acc, axis=1) * c
+            p = tl.math.exp2(tl.fma(acc, c[:, None], -M[:, None]))
+
+            if n0 < end0:
+                # Segment 0 meets this tile: its exact max and first maximiser (column order).
+                z0 = tl.where((cols < end0)[None, :] & col_ok[None, :], acc, NEG_INF)
+                a0 = tl.max(z0, axis=1)
+                t0 = a0 * c
+                if WANT_ARGMAX:
+                    first = tl.min(tl.where(z0 == a0[:, None], cols[None, :], 2147483647), axis=1)
+                    arg = tl.where(t0 > mx0, first, arg)  # strictly greater: earlier tiles win ties
+                mx0 = tl.maximum(mx0, t0)
+
+            for s_base in range(s_first, s_last + 1, W):
+                kcol = cseg - s_base                               # window index of each column
+                hit = (kcol[:, None] == kr[None, :]) & col_ok[:, None]
+                cnt = tl.sum(hit.to(tl.int32), axis=0)             # columns of each segment here
+                seg = s_base + kr
+                sig = _onehot_sums(p, hit, INTERP)                   # [BLOCK_B, W]
+                mk = tl.zeros([BLOCK_B, W], tl.float32) + M[:, None]
+                bad = (sig < TINY) & (cnt > 0)[None, :] & row_ok[:, None]
+                if tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) > 0:
+                    # Rare: some segment underflows against M. Per-segment maxima as references.
+                    ref = tl.zeros([BLOCK_B, BLOCK_N], tl.float32) + M[:, None]  # other columns: p <= 1
+                    for k in tl.static_range(W):
+                        in_k = (kcol == k) & col_ok
+                        a_k = tl.max(tl.where(in_k[None, :], acc, NEG_INF), axis=1)
+                        m_k = tl.where(a_k == NEG_INF, 0.0, a_k * c)  # absent here (and -inf·0 = NaN)
+                        ref = tl.where(in_k[None, :], m_k[:, None], ref)
+                        mk = tl.where((kr == k)[None, :], m_k[:, None], mk)
+                    p_ex = tl.math.exp2(tl.fma(acc, c[:, None], -ref))
+                    sig = _onehot_sums(p_ex, hit, INTERP)
+                # Merge the carried state into the open segment's column k_c (per row, not
+                # per [row, k]: 2 exp2 per row instead of 2·W).
+                k_c = s_c - s_base
+                carry = (kr == k_c)[None, :]
+                sig_c = tl.sum(tl.where(carry, sig, 0.0), axis=1)
+                mk_c = tl.max(tl.where(carry, mk, NEG_INF), axis=1)
+                m_m = tl.maximum(m_c, mk_c)
+                m_r = tl.where(m_m == NEG_INF, 0.0, m_m)
+                l_m = l_c * tl.math.exp2(m_c - m_r) + sig_c * tl.math.exp2(mk_c - m_r)
+                m_new = tl.where(carry, m_m[:, None], mk)
+                l_new = tl.where(carry, l_m[:, None], sig)
+                if s_base == 0:
+                    # Segment 0 (column 0 here): (m, l) against its true max, which max0 and
+                    # the split merge kernel read as m. l·2^(m − mx0) ≤ #columns: no overflow.
+                    is0 = (kr == 0)[None, :]
+                    m0 = tl.max(tl.where(is0, m_new, NEG_INF), axis=1)
+                    l0 = tl.sum(tl.where(is0, l_new, 0.0), axis=1) * tl.math.exp2(m0 - mx0)
+                    l_new = tl.where(is0, l0[:, None], l_new)
+                    m_new = tl.where(is0, mx0[:, None], m_new)
+                seg_end = tl.load(off_ptr + seg + 1, mask=(cnt > 0) & (seg < S), other=2147483647).to(tl.int32)
+                closes = (cnt > 0) & (seg_end <= n_end)
+                wmask = row_ok[:, None] & closes[None, :]
+                if SPLIT:
+                    ws = (pid_p * S + seg).to(tl.int64)[None, :] * B + rows64[:, None]
+                    tl.store(ws_m_ptr + ws, m_new, mask=wmask)
+                    tl.store(ws_l_ptr + ws, l_new, mask=wmask)
+                else:
+                    lse = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
+                    tl.store(lse_ptr + rows64[:, None] * S + seg[None, :], lse, mask=wmask)
+                # The last segment of the tile stays open when it runs past n_end.
+                is_last = (seg == s_last)[None, :]
+                m_last = tl.max(tl.where(is_last, m_new, NEG_INF), axis=1)
+                l_last = tl.sum(tl.where(is_last, l_new, 0.0), axis=1)
+                if (s_last >= s_base) & (s_last < s_base + W):
+                    m_c = m_last
+                    l_c = l_last
+            s_c = s_last
+            if end0 <= n_end:
+                if n0 < end0:
+                    if SPLIT:
+                        if WANT_ARGMAX:
+                            tl.store(ws_arg_ptr + pid_p.to(tl.int64) * B + rows64, arg, mask=row_ok)
+                    else:
+                        tl.store(max0_ptr + rows, mx0 * 0.6931471805599453, mask=row_ok)
+                        if WANT_ARGMAX:
+                            tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=row_ok)
+            acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
+
+    if SPLIT:
+        # Flush the segment still open at this split's end (it continues in the next split).
+        seg_end = tl.load(off_ptr + s_c + 1, mask=s_c >= 0, other=0).to(tl.int32)
+        if (s_c >= 0) & (seg_end > col_hi):
+            ws = (pid_p * S + s_c).to(tl.int64) * B + rows64
+            tl.store(ws_m_ptr + ws, m_c, mask=row_ok)
+            tl.store(ws_l_ptr + ws, l_c, mask=row_ok)
+            if WANT_ARGMAX:
+                if s_c == 0:
+                    tl.store(ws_arg_ptr + pid_p.to(tl.int64) * B + rows64, arg, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------ launcher
+def _interpreting(x: Tensor) -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or x.device.type == "cpu"
+
+
+def _tensor_descriptor_cls():
+    """Triton's host-side TMA descriptor class, or None on a Triton without it."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # pragma: no cover - Triton < 3.3
+        return None
+    return TensorDescriptor
+
+
+def sm90_supported(x: Tensor) -> bool:
+    """True when ``segment_lse_triton_sm90`` is the better kernel for CUDA inputs ``x``.
+
+    fp16/bf16 on a compute-capability-9.x GPU (Hopper: wgmma, 228 KB shared memory per
+    SM for two resident 100 KB blocks) with a Triton that has host tensor descriptors
+    (3.3+; 3.6 and 3.8 do). Everything else keeps the portable kernel.
+    """
+    if not isinstance(x, Tensor) or x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if _tensor_descriptor_cls() is None:
+        return False
+    return torch.cuda.get_device_capability(x.device)[0] == 9
+
+
+def _tma_ok(t: Tensor) -> bool:
+    """TMA needs a unit inner stride and 16-byte aligned base and row stride."""
+    es = t.element_size()
+    return t.stride(1) == 1 and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and t.shape[1] * es >= 16
+
+
+def column_segments(offsets: Tensor, N: int) -> Tensor:
+    """``colseg[j]`` = the segment holding column j (int32, N entries): the number of
+    segment ends ``offsets[1:]`` that are ≤ j. Empty segments are never named."""
+    cols = torch.arange(N, device=offsets.device, dtype=torch.int64)
+    return torch.searchsorted(offsets[1:].contiguous(), cols, right=True).to(torch.int32)
+
+
+def segment_lse_triton_sm90(
+    x: Tensor,
+    bank: Tensor,
+    offsets: Tensor,
+    row_scale: Tensor,
+    want_argmax: bool,
+    *,
+    num_splits: int | None = None,
+    blocks: tuple[int, int, int] | None = None,
+    use_tma: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Launcher contract of ``fastood.ops._dispatch`` on the Hopper kernel.
+
+    ``x`` (B, D), ``bank`` (N, D) of one dtype (fp16/bf16 on a GPU; fp32 too, and
+    any of them in the interpreter), any strides; ``offsets`` (S+1,) int64 and
+    ``row_scale`` (B,) fp32, **positive** (the dispatcher's ``scale / ||x||``), on the
+    same device. Returns ``lse`` (B, S) fp32, ``max0`` (B,) fp32, ``argmax0`` (B,) int64
+    when ``want_argmax`` else an empty (0,) int64 tensor.
+
+    ``num_splits`` forces the column splits (default: the portable launcher's heuristic
+    on CUDA, 1 in the interpreter); ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)`` overrides
+    the tile (tests); ``use_tma`` forces the operand path (default: TMA on CUDA when the
+    layout allows it; never in the interpreter).
+    """
+    if not isinstance(x, Tensor) or not isinstance(bank, Tensor):
+        raise TypeError("x and bank must be torch.Tensors")
+    if x.dim() != 2 or bank.dim() != 2 or x.shape[1] != bank.shape[1]:
+        raise ValueError(f"x (B, D) and bank (N, D) must be 2-D with one D, got {tuple(x.shape)} and {tuple(bank.shape)}")
+    if x.dtype != bank.dtype or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"x and bank must share one dtype among float16/bfloat16/float32, got {x.dtype} and {bank.dtype}")
+    if not isinstance(offsets, Tensor) or offsets.dim() != 1 or offsets.numel() < 2:
+        raise ValueError("offsets must be a 1-D int64 tensor with S+1 >= 2 entries")
+    if not isinstance(row_scale, Tensor) or row_scale.shape != (x.shape[0],):
+        raise ValueError(f"row_scale must be a ({x.shape[0]},) tensor")
+    interpreting = _interpreting(x)
+    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("the Triton backend needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1")
+    if interpreting and x.dtype == torch.bfloat16:
+        x, bank = x.float(), bank.float()  # the interpreter has no bf16 tl.dot
+    B, D = x.shape
+    N = bank.shape[0]
+    S = offsets.numel() - 1
+    device = x.device
+    offsets = offsets.to(device=device, dtype=torch.int64).contiguous()
+    row_scale = row_scale.to(device=device, dtype=torch.float32).contiguous()
+
+    if blocks is None:
+        blocks = _INTERPRET_BLOCKS if interpreting else CUDA_CONFIG[:3]
+    bb, bn, bd = blocks
+    splits = num_splits if num_splits is not None else _choose_splits(B, N, S, device, interpreting, bn)
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"num_splits must be an int >= 1, got {splits!r}")
+    chunk = triton.cdiv(triton.cdiv(N, splits), bn) * bn   # split bounds on tile bounds
+    splits = triton.cdiv(N, chunk)
+    split = splits > 1
+
+    # Empty segments are never visited by the kernel: pre-filled here.
+    lse = torch.full((B, S), float("-inf"), dtype=torch.float32, device=device)
+    max0 = torch.full((B,), float("-inf"), dtype=torch.float32, device=device)
+    arg0 = torch.zeros(B if want_argmax else 0, dtype=torch.int64, device=device)
+    colseg = column_segments(offsets, N)
+    if split:
+        ws_m = torch.empty(splits, S, B, dtype=torch.float32, device=device)
+        ws_l = torch.empty(splits, S, B, dtype=torch.float32, device=device)
+        ws_arg = torch.empty(splits, B, dtype=torch.int32, device=device) if want_argmax else ws_m
+    else:
+        ws_m = ws_l = ws_arg = lse  # unused (SPLIT is a constexpr)
+    arg0_k = arg0 if want_argmax else max0
+
+    if use_tma is None:
+        use_tma = (not interpreting) and _tma_ok(x) and _tma_ok(bank) and _tensor_descriptor_cls() is not None
+    if use_tma:
+        TD = _tensor_descriptor_cls()
+        x_arg = TD(x, shape=[B, D], strides=[x.stride(0), 1], block_shape=[bb, bd])
+        b_arg = TD(bank, shape=[N, D], strides=[bank.stride(0), 1], block_shape=[bn, bd])
+    else:
+        x_arg, b_arg = x, bank
+
+    num_warps, num_stages = (CUDA_CONFIG[3], CUDA_CONFIG[4]) if not interpreting else (4, 1)
+    extra = {} if interpreting else {"maxnreg": MAXNREG}
+    _sm90_segment_lse_fwd_kernel[(triton.cdiv(B, bb), splits)](
+        x_arg, b_arg, colseg, offsets, row_scale,
+        lse, max0, arg0_k, ws_m, ws_l, ws_arg,
+        B, N, D, S, chunk,
+        x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
+        USE_TMA=bool(use_tma), SPLIT=split, WANT_ARGMAX=bool(want_argmax),
+        IEEE_FP32=x.dtype == torch.float32, INTERP=interpreting,
+        BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW,
+        num_warps=num_warps, num_stages=num_stages, **extra,
+    )
+    if split:
+        mb = 32 if interpreting else 128
+        _segment_lse_merge_kernel[(S, triton.cdiv(B, mb))](
+            ws_m, ws_l, ws_arg, offsets, lse, max0, arg0_k, B, S, chunk,
+            WANT_ARGMAX=bool(want_argmax), BLOCK=mb,
+        )
+    return lse, max0, arg0
