@@ -67,6 +67,21 @@ def gaussian_classes(n_per: int = 40, c: int = 4, d: int = 12, seed: int = 0, la
     return x, y
 
 
+def assert_rel_close(got: torch.Tensor, truth: torch.Tensor, rel: float = 1e-4) -> None:
+    """``|got − truth| ≤ rel · truth`` elementwise (scores are positive).
+
+    NegLabel scores of a random tower are ~1e-12, so an absolute tolerance would pass a
+    detector returning zeros. The scores are sigmoids of fp32 LSE differences at
+    τ = 0.01: an error δ in a logit moves ``log S`` by at most δ, and δ ≤ 100 · D · 2⁻²⁴
+    ≈ 2e-4 for D = 32 (typical √D rounding: 3e-5) — so a relative bound of 1e-4 holds
+    with margin for what is measured here (< 1e-5) and fails any wrong formula.
+    """
+    got, truth = got.double(), truth.double()
+    assert got.shape == truth.shape
+    err = ((got - truth).abs() / truth).max().item()
+    assert err <= rel, f"max relative error {err:.3g} > {rel}"
+
+
 def images_u8(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 40, 44), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
@@ -87,7 +102,18 @@ def test_neglabel_built_bank_scores_equal_float64_reference(clip, small_corpus, 
         feats = clip.model.encode_image(b.pixels)
     pred = det.predict(x)
     truth = R.neglabel_score(feats.double(), det.bank.embeddings.double(), 5, groups=4, temperature=0.01)
-    assert (pred.scores.double() - truth).abs().max() < 1e-5
+    assert_rel_close(pred.scores, truth)
+    # features built so that the scores spread over (0, 1): each ID label embedding moved
+    # step by step towards the mean of the negatives' group means (ID → OOD)
+    emb = det.bank.embeddings
+    negs = emb[5:]
+    m = negs.shape[0] // 4
+    away = F.normalize(negs[: 4 * m].view(4, m, -1).mean(1).sum(0), dim=0)
+    a = torch.linspace(0, 1, 13)[:, None]
+    spread = torch.cat([(1 - a) * emb[k] + a * away for k in range(3)])
+    want = R.neglabel_score(spread.double(), emb.double(), 5, groups=4, temperature=0.01)
+    assert want.min() < 0.01 and want.max() > 0.99 and ((want > 0.1) & (want < 0.9)).sum() >= 3  # ID and OOD
+    assert_rel_close(det.score_features(spread), want)
     assert torch.equal(pred.labels, (F.normalize(feats, dim=1) @ id_emb.T).argmax(1))
     assert pred.is_ood is None and pred.names == [f"<input {i}>" for i in range(6)]
     s, p = det.head(feats)
@@ -107,7 +133,7 @@ def test_neglabel_given_bank_features_only(groups, tmp_path):
     assert g == (bank.groups if groups is None else groups)
     x = torch.randn(17, D, generator=torch.Generator().manual_seed(1)) * 3
     truth = R.neglabel_score(x.double(), bank.embeddings.double(), bank.num_id, groups=g, temperature=0.02)
-    assert (det.score_features(x).double() - truth).abs().max() < 1e-5
+    assert_rel_close(det.score_features(x), truth)
     # loaded from a bank file; created by name
     path = bank.save(tmp_path / "b.safetensors")
     det2 = create("neglabel", bank=str(path), groups=groups, temperature=0.02)
