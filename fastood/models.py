@@ -354,7 +354,7 @@ def encode_texts(
     Runs on ``device`` (the model's device by default), under fp16 autocast on
     CUDA unless ``amp=False``.
     """
-    from tqdm.auto import tqdm
+    from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
     if len(texts) == 0:
         raise ValueError("texts is empty: nothing to encode")
@@ -371,7 +371,7 @@ def encode_texts(
             emb = model.encode_text(ids) if pos is None else tower.forward(tower.embed(ids), pos.to(device))
         return torch.nn.functional.normalize(emb.float(), dim=1).cpu()
 
-    with tqdm(total=n, desc=desc, unit="prompt", disable=not progress, leave=False) as bar:
+    with progress_bar(total=n, desc=desc, unit="prompt", disable=not progress, leave=False) as bar:
         if tower is None or not tower.can_cut:
             out = []
             for i in range(0, n, batch_size):

@@ -98,7 +98,7 @@ def train_linear_head(
     Returns ``(W (C, D), b (C,), per-epoch mean training loss)``, float32 on ``x``'s
     device. Optimiser and schedule: see the module docstring.
     """
-    from tqdm.auto import tqdm
+    from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
     _check_pos_int("epochs", epochs)
     _check_pos_int("train_batch_size", batch_size)
@@ -120,7 +120,7 @@ def train_linear_head(
     gen = torch.Generator().manual_seed(int(seed))
     history: list[float] = []
     step = 0
-    with torch.enable_grad(), tqdm(total=total, desc="training linear head", unit="step", disable=not progress,
+    with torch.enable_grad(), progress_bar(total=total, desc="training linear head", unit="step", disable=not progress,
                                    leave=False) as bar:
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen).to(x.device)

@@ -104,13 +104,13 @@ def encode_images(model, dataset: ImageFolderDataset, *, batch_size: int = 64, n
                   device: torch.device | None = None, amp_dtype: torch.dtype | None = None,
                   progress: bool = False, desc: str = "encoding images") -> tuple[Tensor, Tensor, list[tuple[str, str]]]:
     """Image features (n, D) float32 on the CPU, their labels, and the unreadable files skipped."""
-    from tqdm.auto import tqdm
+    from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
     device = device or next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_skip_failed)
     feats, labels, failed = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         batch: Batch
         failed.extend(batch.failed)
         if len(batch) == 0:

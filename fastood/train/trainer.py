@@ -656,9 +656,9 @@ class Trainer:
                  f"{cfg.batch_size} = {self.world} rank(s) × {self.sampler.local_batch // cfg.accum_steps} × "
                  f"{cfg.accum_steps} accumulation; {self.steps_per_epoch} steps/epoch, {self.total_steps} steps; "
                  f"loss {cfg.loss} (λ = {cfg.lam}); {self.device}, {cfg.precision}")
-        from tqdm.auto import tqdm
+        from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
+        bar = progress_bar(total=self.total_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
                    desc="CMA fine-tuning", dynamic_ncols=True)
         model_path = None
         try:
