@@ -192,13 +192,25 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw py::value_error(msg);
 }
 
-py::tuple cuda_plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits,
+py::tuple cuda_plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int blocks_per_sm, int64_t num_splits,
                            int64_t max_workspace_bytes) {
   require(B >= 1 && N >= 1 && S >= 1, "plan_splits: B, N and S must be >= 1");
+  require(blocks_per_sm >= 1, "blocks_per_sm must be >= 1 (from cuda_fwd_blocks_per_sm)");
   require(num_splits >= 0, "num_splits must be >= 0 (0 = automatic)");
   require(max_workspace_bytes >= 0, "max_workspace_bytes must be >= 0");
-  const fc::SplitPlan p = fc::plan_splits(B, N, S, sm_count, num_splits, max_workspace_bytes);
+  const fc::SplitPlan p = fc::plan_splits(B, N, S, sm_count, blocks_per_sm, num_splits, max_workspace_bytes);
   return py::make_tuple(p.splits, p.chunk, p.workspace_bytes);
+}
+
+int cuda_fwd_blocks_per_sm(const std::string& dtype, bool vector_loads) {
+  std::string err;
+  const int n = fc::fwd_blocks_per_sm(parse_dtype(dtype), vector_loads, &err);
+  if (n < 1) throw std::runtime_error(err);
+  return n;
+}
+
+bool cuda_fwd_vector_loads(uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t D) {
+  return fc::fwd_vector_loads(as_ptr<const void>(x), ldx, as_ptr<const void>(bank), ldb, D);
 }
 
 void segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
@@ -294,8 +306,16 @@ void head_score_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr
 void register_cuda(py::module_& m) {
   m.def("cuda_runtime_version", &fc::runtime_version, "CUDART_VERSION the CUDA kernels were built with.");
   m.def("cuda_plan_splits", &cuda_plan_splits, py::arg("B"), py::arg("N"), py::arg("S"), py::arg("sm_count"),
-        py::arg("num_splits") = 0, py::arg("max_workspace_bytes") = fc::kDefaultSplitWorkspaceBytes,
-        "Split of the N bank columns for the CUDA segmented-LSE kernel: (splits, chunk, workspace_bytes).");
+        py::arg("blocks_per_sm"), py::arg("num_splits") = 0,
+        py::arg("max_workspace_bytes") = fc::kDefaultSplitWorkspaceBytes,
+        "Split of the N bank columns for the CUDA segmented-LSE kernel: (splits, chunk, workspace_bytes); "
+        "blocks_per_sm from cuda_fwd_blocks_per_sm.");
+  m.def("cuda_fwd_blocks_per_sm", &cuda_fwd_blocks_per_sm, py::arg("dtype"), py::arg("vector_loads"),
+        "Resident blocks per SM of the forward kernel for (dtype, vector_loads) on the current device "
+        "(cudaOccupancyMaxActiveBlocksPerMultiprocessor); RuntimeError without a device.");
+  m.def("cuda_fwd_vector_loads", &cuda_fwd_vector_loads, py::arg("x"), py::arg("ldx"), py::arg("bank"),
+        py::arg("ldb"), py::arg("D"),
+        "True when segment_lse_cuda launches the 16-byte vector-load forward kernel for these operands.");
   m.def("segment_lse_cuda", &segment_lse_cuda, py::arg("dtype"), py::arg("x"), py::arg("ldx"), py::arg("bank"),
         py::arg("ldb"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("offsets"), py::arg("S"),
         py::arg("row_scale"), py::arg("lse"), py::arg("max0"), py::arg("argmax0"), py::arg("splits"),

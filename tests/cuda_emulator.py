@@ -31,6 +31,9 @@ EMU_DIR = CUDA_DIR / "testing"
 # kernel (optionally with template arguments) <<<config>>> (arguments);
 _LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_][\w:]*(?:<[^<>;]*>)?)<<<(?P<cfg>.*?)>>>\((?P<args>.*?)\);", re.S)
 
+# -ffp-contract=off: g++ must not fuse a product and a sum into one FMA where nvcc would
+# not (the kernels use __fmul_rn where the rounding matters), so the emulated arithmetic
+# rounds where the kernel's source says it does.
 FLAGS = {
     "plain": ["-O2"],
     "tsan": ["-O1", "-fsanitize=thread"],
@@ -105,7 +108,8 @@ def _compile(cmd_tail: list[str], variant: str, what: str) -> None:
     inc = cuda_include()
     if inc is None:
         raise RuntimeError("the CUDA headers (cuda_fp16.h) were not found")
-    cmd = ["g++", "-std=c++20", "-g", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
+    cmd = ["g++", "-std=c++20", "-g", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off", "-Wall",
+           "-Wno-unknown-pragmas",
            *FLAGS[variant], "-I", str(EMU_DIR), "-I", str(CUDA_DIR), "-I", str(ROOT / "csrc"), "-I", str(inc), *cmd_tail]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -188,8 +192,15 @@ class EmulatorError(RuntimeError):
 def segment_lse(
     exe: Path, work: Path, x: torch.Tensor, bank: torch.Tensor, offsets, row_scale: torch.Tensor, *,
     want_argmax: bool = True, num_splits: int | None = None, sm_count: int = 132, seed: int | None = None,
+    registers: int | None = None, static_smem: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """``(lse, max0, argmax0, (splits, chunk))`` of the emulated kernel (CPU tensors in)."""
+    """``(lse, max0, argmax0, (splits, chunk))`` of the emulated kernel (CPU tensors in).
+
+    ``registers`` / ``static_smem``: what ptxas reports for the forward kernel, handed to
+    the emulated occupancy API (``FASTOOD_EMU_REGS`` / ``FASTOOD_EMU_SMEM``), which the
+    split planner asks for the resident blocks per SM; without them it answers 1.
+    ``last_plan(work)`` then gives ``(splits, chunk, blocks_per_sm)``.
+    """
     work.mkdir(parents=True, exist_ok=True)
     (xb, x_lead, ldx), (bb, b_lead, ldb) = _operand_bytes(x), _operand_bytes(bank)
     (work / "x.bin").write_bytes(xb)
@@ -202,12 +213,23 @@ def segment_lse(
     args = dict(dtype=_DTYPE_NAMES[x.dtype], B=B, N=bank.shape[0], D=D, S=S, ldx=ldx, ldb=ldb, x_offset=x_lead,
                 bank_offset=b_lead, argmax=int(want_argmax), splits=num_splits or 0, sm_count=sm_count)
     (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
-    _run([exe, "segment_lse"], work, {"FASTOOD_EMU_SEED": str(seed)} if seed is not None else None)
+    env = {"FASTOOD_EMU_SEED": str(seed)} if seed is not None else {}
+    if registers is not None:
+        env["FASTOOD_EMU_REGS"] = str(int(registers))
+    if static_smem is not None:
+        env["FASTOOD_EMU_SMEM"] = str(int(static_smem))
+    _run([exe, "segment_lse"], work, env)
     lse = torch.from_numpy(np.fromfile(work / "lse.bin", dtype=np.float32).reshape(B, S).copy())
     max0 = torch.from_numpy(np.fromfile(work / "max0.bin", dtype=np.float32).copy())
     arg = torch.from_numpy(np.fromfile(work / "argmax0.bin", dtype=np.int64).copy())
-    splits, chunk = map(int, (work / "plan.txt").read_text().split())
+    splits, chunk, _ = last_plan(work)
     return lse, max0, arg, (splits, chunk)
+
+
+def last_plan(work: Path) -> tuple[int, int, int]:
+    """``(splits, chunk, blocks_per_sm)`` of the last ``segment_lse`` run in ``work``."""
+    splits, chunk, per_sm = map(int, (work / "plan.txt").read_text().split())
+    return splits, chunk, per_sm
 
 
 def head_score(

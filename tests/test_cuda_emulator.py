@@ -188,6 +188,48 @@ def test_emulated_results_do_not_depend_on_block_order(emulator_exe, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(runs[0][:3], other[:3]))
 
 
+# ------------------------------------------------- the planner and the occupancy API
+@pytest.fixture(scope="module")
+def fwd_fp16_sm90(tmp_path_factory):
+    """ptxas' report for the fp16 vector-load forward kernel on sm_90 (skip without nvcc)."""
+    import shutil
+
+    from bench import static_cuda
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on the PATH: no register count to emulate")
+    out = tmp_path_factory.mktemp("ptxas")
+    _, log = static_cuda.compile_cubin(cuda_emulator.CUDA_DIR / "segment_lse.cu", 90, out)
+    (k,) = [k for k in static_cuda.parse_ptxas(log, "segment_lse.cu") if k.name == "segment_lse_fwd_half<fp16, true>"]
+    return k
+
+
+def test_planner_takes_resident_blocks_from_the_occupancy_api(emulator_exe, fwd_fp16_sm90, tmp_path):
+    """The emulated occupancy API (NVIDIA's cuda_occupancy.h on an H100) gets the register
+    count ptxas reports; the automatic split fills one wave of SMs × that many blocks."""
+    k = fwd_fp16_sm90
+    # Independent truth, the hardware rule by hand: registers per warp in units of 256, four
+    # sub-partitions of 16,384 registers, 4 warps per block.
+    per_warp = -(-k.registers * 32 // 256) * 256
+    warps = (16384 // per_warp) * 4
+    per_sm = warps // 4
+    assert per_sm == 3  # 164-168 registers: 3 blocks of 128 threads, not 4
+    gen = torch.Generator().manual_seed(97)
+    B, N, D, sms = 100, 64 * 48, 16, 4  # one row block; a wave of 4 SMs × 3 = 12 blocks
+    x, bank = unit_rows(B, D, gen).half(), unit_rows(N, D, gen).half()
+    offsets = neglabel_offsets(1000, 4, 518)
+    rs = torch.full((B,), 100.0)
+    lse, max0, arg, (splits, chunk) = cuda_emulator.segment_lse(
+        emulator_exe, tmp_path / "occ", x, bank, offsets, rs, sm_count=sms, registers=k.registers,
+        static_smem=k.smem)
+    assert cuda_emulator.last_plan(tmp_path / "occ")[2] == per_sm
+    # ceil(3072 / 12) = 256 columns = 4 tiles per split → 12 splits (4 blocks/SM would give 16 of 192).
+    assert (splits, chunk) == (sms * per_sm, 256)
+    ref_lse, ref_max, ref_arg, L = segment_truth(x, bank, offsets, rs)
+    assert max_abs_err(lse, ref_lse) <= 1e-4 and max_abs_err(max0, ref_max) <= 1e-4
+    check_argmax(arg, ref_arg, L, offsets, tol=1e-4)
+
+
 # -------------------------------------------------------------- the TensorRT plugin
 @pytest.fixture(scope="module")
 def plugin_build(tmp_path_factory):

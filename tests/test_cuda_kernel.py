@@ -162,7 +162,7 @@ def test_build_info_reports_cuda_runtime():
 )
 def test_split_plan_invariants(B, N, S, sms, forced):
     """Whole 64-column tiles per split, every column covered once, workspace under its cap."""
-    splits, chunk, ws = _ext.cuda_plan_splits(B, N, S, sms, forced)
+    splits, chunk, ws = _ext.cuda_plan_splits(B, N, S, sms, 3, forced)
     assert splits >= 1 and chunk % 64 == 0 and chunk >= 64
     assert (splits - 1) * chunk < N <= splits * chunk
     assert ws <= 64 * 2**20
@@ -172,16 +172,53 @@ def test_split_plan_invariants(B, N, S, sms, forced):
         assert ws >= splits * S * B * 8 + splits * B * 4  # m, l per (split, segment, row) + argmax per (split, row)
     if forced:
         assert splits <= forced
-    if B >= 4 * sms * 128 and not forced:
+    if B >= 3 * sms * 128 and not forced:
         assert splits == 1  # enough row blocks: no split
 
 
 @needs_ext
+@pytest.mark.parametrize(
+    "B,per_sm,expected",
+    [
+        # 32 row blocks, one wave = 132 SMs × 3 resident blocks = 396 → ceil(396/32) = 13 splits;
+        # chunk = ceil(ceil(11400/13)/64)·64 = 896 columns, ceil(11400/896) = 13 splits.
+        (4096, 3, (13, 896)),
+        # 4 resident blocks would give ceil(528/32) = 17 → chunk 704 → 17 splits.
+        (4096, 4, (17, 704)),
+        # 396 row blocks fill the wave of 3-block SMs by themselves: no split (4/SM: 2 splits).
+        (396 * 128, 3, (1, 11456)),
+        (396 * 128, 4, (2, 5760)),
+        # 395 row blocks: one block short of the wave → 2 splits.
+        (395 * 128, 3, (2, 5760)),
+    ],
+)
+def test_split_plan_fills_one_wave_of_resident_blocks(B, per_sm, expected):
+    """The automatic split targets SMs × (resident blocks per SM from the occupancy API),
+    hand-computed here for an H100 (132 SMs), N = 11,400 columns and S = 2 segments (a
+    workspace far under its 64 MB cap, which would otherwise lower the split count)."""
+    splits, chunk, _ = _ext.cuda_plan_splits(B, 11400, 2, 132, per_sm)
+    assert (splits, chunk) == expected
+
+
+@needs_ext
 def test_split_plan_respects_a_small_workspace_cap():
-    splits, chunk, ws = _ext.cuda_plan_splits(64, 100000, 200, 132, 0, 1 << 20)
+    splits, chunk, ws = _ext.cuda_plan_splits(64, 100000, 200, 132, 3, 0, 1 << 20)
     assert ws <= 1 << 20
-    splits1, _, ws1 = _ext.cuda_plan_splits(64, 100000, 200, 132, 0, 0)
+    splits1, _, ws1 = _ext.cuda_plan_splits(64, 100000, 200, 132, 3, 0, 0)
     assert splits1 == 1 and ws1 == 0
+
+
+@needs_ext
+def test_split_plan_and_occupancy_bindings_check_their_arguments():
+    with pytest.raises(ValueError, match="blocks_per_sm"):
+        _ext.cuda_plan_splits(64, 1000, 2, 132, 0)
+    with pytest.raises(ValueError, match="dtype"):
+        _ext.cuda_fwd_blocks_per_sm("float64", True)
+    # The vector-load variant needs 16-byte aligned bases and row strides / D in multiples of 8.
+    assert _ext.cuda_fwd_vector_loads(256, 64, 512, 64, 64)
+    assert not _ext.cuda_fwd_vector_loads(258, 64, 512, 64, 64)
+    assert not _ext.cuda_fwd_vector_loads(256, 68, 512, 64, 64)
+    assert not _ext.cuda_fwd_vector_loads(256, 64, 512, 64, 60)
 
 
 @needs_ext

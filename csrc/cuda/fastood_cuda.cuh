@@ -46,12 +46,25 @@ struct SplitPlan {
 
 // Pick the split of N columns for a batch of B rows and S segments.
 //   num_splits > 0 forces that many splits (rounded to whole tiles, so possibly fewer);
-//   num_splits == 0 splits only when the ceil(B / kTileB) row blocks cannot fill the GPU
-//   (fewer than ~4 blocks per SM), never below one tile per split.
+//   num_splits == 0 splits only when the ceil(B / kTileB) row blocks cannot fill the GPU,
+//   i.e. are fewer than sm_count · blocks_per_sm (one full wave of resident blocks), and
+//   then into ceil(sm_count · blocks_per_sm / row_blocks) splits, never below one tile
+//   per split. blocks_per_sm is what the occupancy API reports for the forward kernel
+//   that will run (fwd_blocks_per_sm); values < 1 count as 1.
 // The workspace never exceeds max_workspace_bytes (the split count is lowered to fit;
 // a single pass needs none).
-SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits,
+SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int blocks_per_sm, int64_t num_splits,
                       int64_t max_workspace_bytes = kDefaultSplitWorkspaceBytes);
+
+// True when segment_lse launches the 16-byte vector-load variant of the forward kernel
+// for these operands (both base pointers 16-byte aligned, both row strides and D
+// multiples of 8 elements); its register count, hence occupancy, differs.
+bool fwd_vector_loads(const void* x, int64_t ldx, const void* bank, int64_t ldb, int64_t D);
+
+// Resident blocks per SM of the forward kernel segment_lse launches for (dtype, vec) on
+// the current device: cudaOccupancyMaxActiveBlocksPerMultiprocessor (registers, shared
+// memory and the block limits of the real compile). <= 0 on error, with *err set.
+int fwd_blocks_per_sm(DType dtype, bool vec, std::string* err = nullptr);
 
 // Exact workspace bytes of the split path for `splits` splits (0 when splits <= 1).
 int64_t split_workspace_bytes(int64_t splits, int64_t S, int64_t B);

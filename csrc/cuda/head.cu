@@ -162,7 +162,10 @@ std::string head_score(const HeadArgs& a) {
   const int64_t n_used = used_rows(a.cfg, a.N);
   // Plan inside the B-dependent budget (not the whole buffer): the same inputs always give
   // the same split, hence bitwise the same scores, whatever workspace the caller reserved.
-  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, 0, need - lay.fixed);
+  std::string occ_err;
+  const int per_sm = fwd_blocks_per_sm(a.dtype, fwd_vector_loads(a.x, a.ldx, a.bank, a.ldb, a.D), &occ_err);
+  if (per_sm < 1) return "fastood head: " + occ_err;
+  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, per_sm, 0, need - lay.fixed);
 
   char* base = static_cast<char*>(a.workspace);
   auto* off = reinterpret_cast<int64_t*>(base + lay.off);

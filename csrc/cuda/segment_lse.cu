@@ -347,11 +347,15 @@ __device__ __forceinline__ void reduce_tile(const FwdParams& p, const float* sm_
   while (go) {
     const int lo = max(cur.lo, n0);
     const int hi = min(cur.hi, n_end);
-    // Pass 1: max of the piece and its first position.
+    // Pass 1: max of the piece and its first position. The product is __fmul_rn, not
+    // `*`: nvcc may contract a plain product with a following add into one FFMA (it does
+    // in pass 2, `v·s − m`), which rounds once instead of twice; the intrinsic is never
+    // contracted, so both passes see the same rounded t (tests/test_static_cuda.py
+    // checks the SASS: FMUL → FADD → MUFU.EX2, no FFMA feeding the exp2).
     float mt = -INFINITY;
     int at = 0;
     for (int c = lo; c < hi; ++c) {
-      const float t = sm_c[(c - n0) * LDC + r] * t_scale;
+      const float t = __fmul_rn(sm_c[(c - n0) * LDC + r], t_scale);
       if (t > mt) {
         mt = t;
         at = c;
@@ -360,9 +364,10 @@ __device__ __forceinline__ void reduce_tile(const FwdParams& p, const float* sm_
     if (cur.s == 0 && mt > st.m) st.arg = at;
     const float m_new = fmaxf(st.m, mt);
     const float m_ref = (m_new == -INFINITY) ? 0.0f : m_new;
-    // Pass 2: rescaled sum (same products as pass 1, bit for bit).
+    // Pass 2: rescaled sum over the same t as pass 1, bit for bit (both __fmul_rn), so
+    // the maximal element contributes exactly exp2(0) = 1 and l >= 1 when m is finite.
     float sum = 0.0f;
-    for (int c = lo; c < hi; ++c) sum += exp2f(sm_c[(c - n0) * LDC + r] * t_scale - m_ref);
+    for (int c = lo; c < hi; ++c) sum += exp2f(__fmul_rn(sm_c[(c - n0) * LDC + r], t_scale) - m_ref);
     st.l = st.l * exp2f(st.m - m_ref) + sum;
     st.m = m_new;
 
@@ -498,13 +503,50 @@ bool aligned16(const void* ptr, int64_t ld, int64_t D) {
   return (reinterpret_cast<uintptr_t>(ptr) % 16 == 0) && (ld % 8 == 0) && (D % 8 == 0);
 }
 
+// The forward kernel segment_lse launches for (dtype, vec), as an untyped pointer for the
+// occupancy API; nullptr for an unknown dtype.
+const void* fwd_kernel(DType dtype, bool vec) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return vec ? reinterpret_cast<const void*>(&segment_lse_fwd_half<__half, true>)
+                 : reinterpret_cast<const void*>(&segment_lse_fwd_half<__half, false>);
+    case DType::kBFloat16:
+      return vec ? reinterpret_cast<const void*>(&segment_lse_fwd_half<__nv_bfloat16, true>)
+                 : reinterpret_cast<const void*>(&segment_lse_fwd_half<__nv_bfloat16, false>);
+    case DType::kFloat32:
+      return reinterpret_cast<const void*>(&segment_lse_fwd_f32);
+  }
+  return nullptr;
+}
+
 }  // namespace
+
+bool fwd_vector_loads(const void* x, int64_t ldx, const void* bank, int64_t ldb, int64_t D) {
+  return aligned16(x, ldx, D) && aligned16(bank, ldb, D);
+}
+
+int fwd_blocks_per_sm(DType dtype, bool vec, std::string* err) {
+  const void* k = fwd_kernel(dtype, vec);
+  if (k == nullptr) {
+    if (err) *err = "fwd_blocks_per_sm: unknown dtype";
+    return -1;
+  }
+  int n = 0;
+  const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, 0);
+  if (e != cudaSuccess) {
+    if (err) *err = cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+    return -1;
+  }
+  if (n < 1 && err) *err = "cudaOccupancyMaxActiveBlocksPerMultiprocessor: the forward kernel does not fit an SM";
+  return n;
+}
 
 int64_t split_workspace_bytes(int64_t splits, int64_t S, int64_t B) {
   return splits > 1 ? ws_layout(splits, S, B).total : 0;
 }
 
-SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits, int64_t max_workspace_bytes) {
+SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int blocks_per_sm, int64_t num_splits,
+                      int64_t max_workspace_bytes) {
   SplitPlan plan;
   const int64_t tiles = std::max<int64_t>(1, cdiv(N, kTileN));
   int64_t splits = 1;
@@ -512,7 +554,10 @@ SplitPlan plan_splits(int64_t B, int64_t N, int64_t S, int sm_count, int64_t num
     splits = num_splits;
   } else {
     const int64_t row_blocks = cdiv(std::max<int64_t>(B, 1), kTileB);
-    const int64_t target = 4 * std::max(sm_count, 1);  // ~4 resident 128-thread blocks per SM
+    // One full wave: every resident-block slot of every SM busy. The slots per SM come
+    // from the occupancy API (3 for the 164-168-register forward kernels on sm_80/sm_90,
+    // not the 4 that 128-thread blocks would allow if registers did not bind).
+    const int64_t target = int64_t{std::max(blocks_per_sm, 1)} * std::max(sm_count, 1);
     if (row_blocks < target) splits = cdiv(target, row_blocks);
   }
   splits = std::min<int64_t>({splits, tiles, 65535});
@@ -583,7 +628,7 @@ std::string segment_lse(const SegmentLseArgs& a) {
   (void)cudaGetLastError();  // clear a stale error of this runtime so the check below is ours
   const dim3 grid(static_cast<unsigned>(cdiv(a.B, kTileB)), static_cast<unsigned>(plan.splits));
   const dim3 block(kThreads);
-  const bool vec = aligned16(a.x, a.ldx, a.D) && aligned16(a.bank, a.ldb, a.D);
+  const bool vec = fwd_vector_loads(a.x, a.ldx, a.bank, a.ldb, a.D);
   switch (a.dtype) {
     case DType::kFloat16:
       if (vec) segment_lse_fwd_half<__half, true><<<grid, block, 0, stream>>>(p);

@@ -70,12 +70,29 @@ def _rows(t: Tensor) -> tuple[Tensor, int]:
     return t, int(ld)
 
 
-def plan_splits(B: int, N: int, S: int, device: torch.device, num_splits: int | None = None) -> tuple[int, int, int]:
-    """``(splits, chunk, workspace_bytes)`` the kernel will use for this problem on ``device``."""
+@functools.lru_cache(maxsize=None)
+def _blocks_per_sm(device_index: int, dtype_name: str, vector_loads: bool) -> int:
+    """Resident forward-kernel blocks per SM: the CUDA occupancy API for the exact kernel
+    variant (its registers bind: 164-168 per thread give 3 blocks of 128 threads)."""
+    with torch.cuda.device(device_index):
+        return int(_ext().cuda_fwd_blocks_per_sm(dtype_name, vector_loads))
+
+
+def plan_splits(
+    B: int, N: int, S: int, device: torch.device, num_splits: int | None = None, *,
+    dtype: torch.dtype = torch.float16, vector_loads: bool = True,
+) -> tuple[int, int, int]:
+    """``(splits, chunk, workspace_bytes)`` the kernel will use for this problem on ``device``.
+
+    Without ``num_splits`` the columns are split until ``ceil(B/128) · splits`` blocks fill
+    one wave, ``SMs × blocks_per_sm``, with ``blocks_per_sm`` from the occupancy API for
+    the forward kernel of ``dtype`` (``vector_loads``: the 16-byte-load variant).
+    """
     ext = _ext()
     index = device.index if device.index is not None else torch.cuda.current_device()
     n = 0 if num_splits is None else int(num_splits)
-    return tuple(ext.cuda_plan_splits(B, N, S, _sm_count(index), n, WORKSPACE_BYTES))  # type: ignore[return-value]
+    per_sm = _blocks_per_sm(index, _DTYPE_NAMES[dtype], bool(vector_loads))
+    return tuple(ext.cuda_plan_splits(B, N, S, _sm_count(index), per_sm, n, WORKSPACE_BYTES))  # type: ignore[return-value]
 
 
 def segment_lse_cuda(
@@ -151,7 +168,8 @@ def segment_lse_cuda(
     if rs.numel() != B:
         raise ValueError(f"row_scale must have {B} entries, got {rs.numel()}")
 
-    splits, chunk, ws_bytes = plan_splits(B, N, S, device, num_splits)
+    vec = ext.cuda_fwd_vector_loads(x.data_ptr(), ldx, bank.data_ptr(), ldb, D)
+    splits, chunk, ws_bytes = plan_splits(B, N, S, device, num_splits, dtype=x.dtype, vector_loads=vec)
     # torch's caching allocator returns 512-byte aligned blocks: the 256-byte requirement holds.
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes > 0 else None
     with torch.cuda.device(device):

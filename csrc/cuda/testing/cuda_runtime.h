@@ -38,3 +38,8 @@ inline long min(long a, long b) { return a < b ? a : b; }
 inline long max(long a, long b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
+
+// Correctly rounded fp32 product (never contracted into an FMA by nvcc). The host
+// compiler's `*` is the same IEEE product; tests/cuda_emulator.py builds with
+// -ffp-contract=off so that g++ does not contract it either.
+inline float __fmul_rn(float a, float b) { return a * b; }

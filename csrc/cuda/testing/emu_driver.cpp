@@ -3,7 +3,7 @@
 //
 //   emu_driver segment_lse DIR     reads DIR/args.txt (key value lines), x.bin, bank.bin,
 //                                  offsets.bin (int64), row_scale.bin (f32); writes lse.bin,
-//                                  max0.bin, argmax0.bin and plan.txt ("splits chunk")
+//                                  max0.bin, argmax0.bin and plan.txt ("splits chunk blocks_per_sm")
 //   emu_driver head DIR            reads args.txt, x.bin, bank.bin; writes score.bin, pred.bin
 //
 // Every buffer is allocated at its exact size (so AddressSanitizer catches any access past
@@ -57,7 +57,12 @@ int run_segment_lse(const std::string& dir) {
   a.max0 = reinterpret_cast<float*>(max0.ptr);
   a.argmax0 = want_arg ? reinterpret_cast<int64_t*>(arg.ptr) : nullptr;
   int sms = static_cast<int>(geti(kv, "sm_count"));
-  a.plan = fc::plan_splits(a.B, a.N, a.S, sms, geti(kv, "splits"), fc::kDefaultSplitWorkspaceBytes);
+  // Resident blocks per SM as the Python launcher gets them: the occupancy API (the
+  // emulator's stand-in: NVIDIA's calculator on the register count in FASTOOD_EMU_REGS).
+  std::string occ_err;
+  const int per_sm = fc::fwd_blocks_per_sm(a.dtype, fc::fwd_vector_loads(a.x, a.ldx, a.bank, a.ldb, a.D), &occ_err);
+  if (per_sm < 1) die(occ_err, 3);
+  a.plan = fc::plan_splits(a.B, a.N, a.S, sms, per_sm, geti(kv, "splits"), fc::kDefaultSplitWorkspaceBytes);
   Buffer ws(static_cast<std::size_t>(a.plan.workspace_bytes));
   a.workspace = ws.ptr;
   a.workspace_bytes = a.plan.workspace_bytes;
@@ -66,7 +71,7 @@ int run_segment_lse(const std::string& dir) {
   write_file(dir + "/lse.bin", lse.ptr, lse.bytes);
   write_file(dir + "/max0.bin", max0.ptr, max0.bytes);
   write_file(dir + "/argmax0.bin", arg.ptr, arg.bytes);
-  std::ofstream(dir + "/plan.txt") << a.plan.splits << " " << a.plan.chunk << "\n";
+  std::ofstream(dir + "/plan.txt") << a.plan.splits << " " << a.plan.chunk << " " << per_sm << "\n";
   return 0;
 }
 

@@ -16,6 +16,9 @@
 
 #include "fastood_emu.h"
 
+// NVIDIA's occupancy calculator (header-only, the rules the runtime applies).
+#include <cuda_occupancy.h>
+
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
@@ -173,5 +176,48 @@ cudaError_t CUDARTAPI cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr att
 cudaError_t CUDARTAPI cudaGetDevice(int* device) {
   if (device == nullptr) return cudaErrorInvalidValue;
   *device = 0;
+  return cudaSuccess;
+}
+
+// The occupancy API: NVIDIA's calculator (cuda_occupancy.h) on the emulated device (an
+// H100 SXM: sm_90, FASTOOD_EMU_SM_COUNT SMs, 64 K registers, 2,048 threads and 228 KB of
+// shared memory per SM, 1 KB reserved per block) for a kernel with the register count
+// and static shared memory that ptxas reported for it, given by the test through
+// FASTOOD_EMU_REGS and FASTOOD_EMU_SMEM (the emulator cannot know a kernel's registers:
+// it is compiled by g++). Without FASTOOD_EMU_REGS the answer is 1 block, the least a
+// launchable kernel gets.
+cudaError_t CUDARTAPI cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* numBlocks, const void* func, int blockSize,
+                                                                   size_t dynamicSMemSize) {
+  if (numBlocks == nullptr || func == nullptr || blockSize <= 0) return cudaErrorInvalidValue;
+  const char* regs = std::getenv("FASTOOD_EMU_REGS");
+  if (regs == nullptr) {
+    *numBlocks = 1;
+    return cudaSuccess;
+  }
+  const char* smem = std::getenv("FASTOOD_EMU_SMEM");
+  const char* sms = std::getenv("FASTOOD_EMU_SM_COUNT");
+  cudaOccDeviceProp prop;
+  prop.computeMajor = 9;
+  prop.computeMinor = 0;
+  prop.maxThreadsPerBlock = 1024;
+  prop.maxThreadsPerMultiprocessor = 2048;
+  prop.regsPerBlock = 65536;
+  prop.regsPerMultiprocessor = 65536;
+  prop.warpSize = 32;
+  prop.sharedMemPerBlock = 48 * 1024;
+  prop.sharedMemPerMultiprocessor = 228 * 1024;
+  prop.numSms = sms ? std::atoi(sms) : 132;
+  prop.sharedMemPerBlockOptin = 227 * 1024;
+  prop.reservedSharedMemPerBlock = 1024;
+  cudaOccFuncAttributes attr;
+  attr.maxThreadsPerBlock = 1024;
+  attr.numRegs = std::atoi(regs);
+  attr.sharedSizeBytes = smem ? static_cast<size_t>(std::atoll(smem)) : 0;
+  cudaOccDeviceState state;
+  cudaOccResult result;
+  if (cudaOccMaxActiveBlocksPerMultiprocessor(&result, &prop, &attr, &state, blockSize, dynamicSMemSize) !=
+      CUDA_OCC_SUCCESS)
+    return cudaErrorInvalidValue;
+  *numBlocks = result.activeBlocksPerMultiprocessor;
   return cudaSuccess;
 }
