@@ -22,7 +22,7 @@ def _suites() -> list[str]:
         if path.stem.startswith("_") or path.stem in ("common", "conftest") or path.stem.startswith("test_"):
             continue
         if "\ndef main(args" in path.read_text():
-            names.append(path.stem)
+            names.append(path.stem.replace("_", "-"))  # static_cuda.py → "static-cuda"
     return names
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     steady_state_allocator()  # timing; peak_extra_memory switches to 1 MiB mmaps while it measures
-    importlib.import_module(f"bench.{args.suite}").main(args)
+    importlib.import_module(f"bench.{args.suite.replace('-', '_')}").main(args)
 
 
 if __name__ == "__main__":

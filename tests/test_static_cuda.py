@@ -1,0 +1,190 @@
+"""Compile-time checks of the CUDA C++ kernels (csrc/cuda/*.cu) — no GPU needed.
+
+nvcc compiles every source for sm_80 and sm_90 with ``-Xptxas -v`` (``bench/static_cuda.py``,
+the same code that writes ``bench/results/static-cuda.md``); the tests read ptxas' report
+and the SASS (``cuobjdump -sass``, the toolkit's or Triton's copy):
+
+- every kernel the launchers use compiles for both targets;
+- spills are exactly those documented in ``DOCUMENTED_SPILL_BYTES`` (0 elsewhere);
+- static shared memory is within the 48 KB per-block limit and at least one block fits;
+- the tensor-core path is the one the README describes (``HMMA.16816`` for fp16/bf16 on
+  both targets, none for fp32, which uses IEEE FMAs);
+- the online softmax's product ``t = v · s`` is not contracted into the exp2's argument:
+  every ``MUFU.EX2`` input comes from an FADD/FMUL chain, never from an FFMA (nvcc turns
+  ``v * s - m`` into one FFMA, rounding once where pass 1 rounds twice); a negative
+  control compiles the source with ``*`` in place of ``__fmul_rn`` and must be caught.
+
+Skipped cleanly when nvcc (or, for the SASS checks, cuobjdump) is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import static_cuda as sc
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+needs_cuobjdump = pytest.mark.skipif(sc.find_tool("cuobjdump") is None, reason="no cuobjdump (CUDA toolkit or Triton)")
+
+EXPECTED_KERNELS = {"segment_lse_fwd_half", "segment_lse_fwd_f32", "segment_lse_merge", "offsets_kernel",
+                    "row_scale_kernel", "score_kernel"}
+FWD = ("segment_lse_fwd_half", "segment_lse_fwd_f32")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return sc.analyse(work=tmp_path_factory.mktemp("cubins"))
+
+
+@pytest.mark.parametrize("arch", sc.ARCHS)
+def test_every_kernel_compiles(report, arch):
+    kernels, _ = report
+    assert EXPECTED_KERNELS <= {k.base for k in kernels if k.arch == arch}
+    # fp16 and bf16, vector and scalar loads: four instances of the 16-bit forward kernel.
+    assert sum(k.base == "segment_lse_fwd_half" and k.arch == arch for k in kernels) == 4
+
+
+@pytest.mark.parametrize("arch", sc.ARCHS)
+def test_spills_are_the_documented_ones(report, arch):
+    kernels, _ = report
+    for k in (k for k in kernels if k.arch == arch):
+        assert k.spill_stores == sc.DOCUMENTED_SPILL_BYTES.get((k.base, arch), 0), (k.name, arch, k.spill_stores)
+
+
+@pytest.mark.parametrize("arch", sc.ARCHS)
+def test_shared_memory_and_occupancy_fit(report, arch):
+    kernels, _ = report
+    for k in (k for k in kernels if k.arch == arch):
+        assert k.smem <= sc.SM_LIMITS[arch]["static_smem"], k.name
+        assert k.threads is not None, f"{k.name}: add its launch block size to BLOCK_THREADS"
+        assert k.blocks_per_sm >= 1, k.name
+
+
+def test_occupancy_rules_on_hand_computed_cases():
+    # 168 registers: 168·32 = 5,376 per warp; 16,384 per sub-partition hold 3 warps → 12 warps
+    # → 3 blocks of 4 warps (registers bind before the 16 blocks of 128 threads).
+    assert sc.blocks_per_sm(90, 168, 33792, 128) == (3, "registers")
+    # 128 registers: 4,096 per warp → 4 per sub-partition → 16 warps → 4 blocks.
+    assert sc.blocks_per_sm(90, 128, 0, 128)[0] == 4
+    # 33,792 B smem + 1 KB reserved on A100's 164 KB: 4 blocks; 32 registers leave smem binding.
+    assert sc.blocks_per_sm(80, 32, 33792, 128) == (4, "shared memory")
+    # Tiny kernel: the 2,048-thread limit (8 blocks of 256).
+    assert sc.blocks_per_sm(90, 16, 0, 256) == (8, "threads")
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", sc.ARCHS)
+def test_tensor_core_path(report, arch):
+    kernels, _ = report
+    for k in (k for k in kernels if k.arch == arch):
+        if k.base == "segment_lse_fwd_half":
+            # WMMA 16×16×16 compiles to mma.sync m16n8k16 on both targets (no wgmma: see README).
+            assert k.tensor_core == "HMMA.16816" and k.sass_counts["HMMA"] > 0, (k.name, k.tensor_core)
+        else:
+            assert k.tensor_core == "none", (k.name, k.tensor_core)  # fp32 stays IEEE FMA (no TF32)
+
+
+# ------------------------------------------------------------- the pass-2 product
+_REG = re.compile(r"R\d+|RZ")
+
+
+def _operands(instr: str) -> list[str]:
+    body = instr.split(None, 2 if instr.startswith("@") else 1)[-1]
+    return [o.strip() for o in body.split(",")]
+
+
+def _reg(operand: str) -> str | None:
+    m = _REG.search(operand)
+    return m.group(0) if m else None
+
+
+def exp2_feeders(instrs: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """For every MUFU.EX2: (opcode of the instruction that computed its input, opcodes of
+    what computed that one's register sources), walking back through the predicated
+    ``FMUL x, x, 0.5`` of exp2f's denormal range fix-up (straight-line code: enough for
+    the unrolled loops here; a definer across a branch may be missed, never invented)."""
+
+    def definer(i: int, reg: str) -> int | None:
+        for j in range(i - 1, -1, -1):
+            ins = instrs[j]
+            ops = _operands(ins)
+            if not ops or _reg(ops[0]) != reg or ops[0].startswith("P"):
+                continue
+            if ins.startswith("@") and reg in [_reg(o) for o in ops[1:]]:
+                continue  # conditional rewrite of the same register: its value comes from further up
+            return j
+        return None
+
+    out = []
+    for i, ins in enumerate(instrs):
+        if sc.opcode(ins).startswith("MUFU.EX2"):
+            src = _reg(_operands(ins)[-1])
+            j = definer(i, src) if src else None
+            if j is None:
+                out.append(("?", ()))
+                continue
+            srcs = [_reg(o) for o in _operands(instrs[j])[1:]]
+            defs = [definer(j, r) for r in srcs if r not in (None, "RZ")]
+            out.append((sc.opcode(instrs[j]).split(".")[0],
+                        tuple(sorted(sc.opcode(instrs[k]).split(".")[0] for k in defs if k is not None))))
+    return out
+
+
+def _fwd_sass(sass: dict, arch: int) -> dict[str, list[str]]:
+    funcs = sass[("segment_lse.cu", arch)]
+    return {name: ins for name, ins in funcs.items() if "segment_lse_fwd" in name}
+
+
+def test_sass_walker_on_hand_written_code():
+    instrs = [
+        "LDS R12, [R13]",
+        "FADD R19, R20, -R21",
+        "FMUL R12, R12, R139",
+        "FADD R12, -R19, R12",
+        "FSETP.GEU.AND P0, PT, R12, -126, PT",
+        "@!P0 FMUL R12, R12, 0.5",
+        "MUFU.EX2 R9, R12",
+        "FFMA R13, R14, R139, -R19",
+        "MUFU.EX2 R10, R13",
+    ]
+    assert exp2_feeders(instrs) == [("FADD", ("FADD", "FMUL")), ("FFMA", ("FADD",))]
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", sc.ARCHS)
+def test_exp2_arguments_are_never_contracted(report, arch):
+    _, sass = report
+    fwd = _fwd_sass(sass, arch)
+    assert len(fwd) == 5
+    for name, instrs in fwd.items():
+        feeders = exp2_feeders(instrs)
+        assert feeders, name
+        assert all(op != "FFMA" for op, _ in feeders), (name, feeders)
+        # Pass 2: exp2(__fmul_rn(v, s) − m) is an FMUL then an FADD.
+        assert any(op == "FADD" and "FMUL" in srcs for op, srcs in feeders), (name, feeders)
+
+
+@needs_cuobjdump
+def test_contracted_product_is_caught(tmp_path):
+    """Negative control: with a plain ``*`` (the code before the fix) nvcc emits FFMA → MUFU.EX2."""
+    text = (sc.CUDA_DIR / "segment_lse.cu").read_text()
+    assert text.count("__fmul_rn(sm_c[(c - n0) * LDC + r], t_scale)") == 2
+    src = tmp_path / "segment_lse.cu"
+    src.write_text(text.replace("__fmul_rn(sm_c[(c - n0) * LDC + r], t_scale)", "sm_c[(c - n0) * LDC + r] * t_scale"))
+    (tmp_path / "fastood_cuda.cuh").write_text((sc.CUDA_DIR / "fastood_cuda.cuh").read_text())
+    cubin, _ = sc.compile_cubin(src, 90, tmp_path)
+    funcs = {n: i for n, i in sc.disassemble(cubin).items() if "segment_lse_fwd" in n}
+    assert any(op == "FFMA" for ins in funcs.values() for op, _ in exp2_feeders(ins))
+
+
+def test_bench_writes_the_table(report, tmp_path):
+    kernels, _ = report
+    md = sc.to_markdown({"commit": "abc", "date": "d", "nvcc": "13.0", "cuobjdump": "x"}, kernels)
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(kernels)
+    assert any("segment_lse_fwd_half<fp16, true>" in r and "sm_90" in r for r in rows)
