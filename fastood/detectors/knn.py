@@ -8,9 +8,22 @@ standard deviation, then L2-normalised:
 
 ``μ`` and ``σ`` are the per-dimension mean and population standard deviation
 (``ddof = 0``, as ``sklearn.preprocessing.StandardScaler``; a zero σ is replaced by 1)
-over the training features. ``k > 1`` scores with the k-th largest cosine instead
-(Sun et al.'s deep-kNN rule with cosine similarity). ``standardize=False`` skips the
-standardisation; ``feature_space="projection"`` uses ``encode_image`` instead.
+over the training features. ``standardize=False`` skips the standardisation;
+``feature_space="projection"`` uses ``encode_image`` instead.
+
+**k > 1: two published conventions** (``rule``), with ``c_(1) ≥ … ≥ c_(k)`` the k
+largest cosines of ``ẑ(x)`` to the training bank:
+
+    rule="kth"      S(x) = c_(k)                                  (OpenOOD's KNN; fastood's default)
+    rule="mean_exp" S(x) = (1/k) Σ_{i≤k} exp(c_(i) / T),  T = 0.02  (the CLIP-kNN / PLP code)
+
+OpenOOD scores ``−(2 − 2 c_(k))`` (the negated squared distance of unit vectors), a
+strictly increasing map of ``c_(k)``, so its ranking — every metric — is that of
+``"kth"``. ``"mean_exp"`` is computed in float64 as ``exp(LSE_i(c_(i)/T) − log k)`` and
+returned in float64 (``exp(1/0.02) = e^50`` is fine in float32, but a smaller
+``temperature`` would overflow it). With ``k = 1`` both rules rank identically (the
+score is ``c_(1)`` or ``exp(c_(1)/T)``). The CLIP-kNN code standardises with the
+unbiased std; a uniform scale of ``z`` cancels in ``ẑ``, so this does not matter.
 
 **Bounded memory, exact result.** The (B × N) similarity matrix is never formed:
 queries are split into row blocks and the training bank into column blocks so that
@@ -24,6 +37,7 @@ are upcast block by block on the CPU).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -32,7 +46,9 @@ from torch import Tensor, nn
 from fastood.detectors.base import Detector
 from fastood.models import ClipBundle
 
-__all__ = ["KNN", "standardize_stats", "max_cosine"]
+__all__ = ["KNN", "KNN_RULES", "standardize_stats", "max_cosine"]
+
+KNN_RULES = ("kth", "mean_exp")
 
 ROWS_PER_PASS = 65536  # rows per chunk when computing statistics / building the bank
 
@@ -120,7 +136,10 @@ class KNN(Detector):
         feature_space: ``"pre_projection"`` (SPEC default) or ``"projection"``;
             only affects features computed from images.
         standardize: standardise per dimension with the training mean / std (SPEC default).
-        k: score = cosine to the k-th nearest training feature (1 = 1-NN).
+        k: neighbours (1 = 1-NN).
+        rule: ``"kth"`` (cosine to the k-th nearest, OpenOOD) or ``"mean_exp"`` (mean of the
+            top-k ``exp(cos/temperature)``, the CLIP-kNN / PLP code); see the module docstring.
+        temperature: T of ``"mean_exp"`` (0.02, the CLIP-kNN code's value).
         block_bytes: cap on the live similarity block while scoring (default 64 MiB).
         bank_dtype: storage dtype of the training bank (float32 default).
         copy: ``False`` lets ``fit_features`` overwrite a float32 input tensor with its
@@ -142,6 +161,8 @@ class KNN(Detector):
         feature_space: str = "pre_projection",
         standardize: bool = True,
         k: int = 1,
+        rule: str = "kth",
+        temperature: float = 0.02,
         block_bytes: int = 64 << 20,
         bank_dtype: torch.dtype = torch.float32,
         copy: bool = True,
@@ -159,8 +180,15 @@ class KNN(Detector):
             raise ValueError(f"block_bytes must be an int >= 4, got {block_bytes!r}")
         if bank_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"bank_dtype must be float32, float16 or bfloat16, got {bank_dtype}")
+        if rule not in KNN_RULES:
+            raise ValueError(f"rule must be one of {KNN_RULES}, got {rule!r}")
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not (0 < temperature < float("inf"))):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         self.standardize = bool(standardize)
         self.k = k
+        self.rule = rule
+        self.temperature = float(temperature)
         self.block_bytes = block_bytes
         self.bank_dtype = bank_dtype
         self.copy = bool(copy)
@@ -204,8 +232,13 @@ class KNN(Detector):
         q = self._transform(features, "features")
         vals, idx = max_cosine(q, self.train_features, k=self.k, block_bytes=self.block_bytes)
         labels = None if self.train_labels is None else self.train_labels[idx[:, 0]]
+        if self.rule == "mean_exp":
+            # mean_i exp(c_i/T) = exp(LSE_i(c_i/T) − log k), float64 so a small T cannot overflow
+            lse = torch.logsumexp(vals.double() / self.temperature, dim=1)
+            return torch.exp(lse - math.log(self.k)), labels
         return vals[:, -1].contiguous(), labels
 
     def _repr_extra(self) -> str:
         n = None if self.train_features is None else tuple(self.train_features.shape)
-        return f", k={self.k}, feature_space={self.feature_space!r}, standardize={self.standardize}, bank={n}"
+        extra = f", temperature={self.temperature:g}" if self.rule == "mean_exp" else ""
+        return f", k={self.k}, rule={self.rule!r}{extra}, feature_space={self.feature_space!r}, standardize={self.standardize}, bank={n}"

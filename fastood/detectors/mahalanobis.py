@@ -2,16 +2,33 @@
 
 Fit on labelled ID training features ``x_i`` with classes ``c = 1..C``:
 
-    μ_c = mean of class c,   Σ_c = (1/(n_c − 1)) Σ_{i∈c} (x_i − μ_c)(x_i − μ_c)ᵀ   (unbiased)
-    Σ   = (1/C) Σ_c Σ_c                           (shared covariance: mean of the class covariances)
-    μ_0, Σ_0 = mean and unbiased covariance of all training features (RMD's background)
+    μ_c = mean of class c (n_c samples, N in all),   μ_0 = mean of all training features
+
+The shared covariance Σ and RMD's background covariance Σ_0 follow one of two
+published conventions (``covariance``):
+
+    "class_mean" (default; the PLP / CLIP-kNN code, Adaloglou et al.):
+        Σ_c = (1/(n_c − 1)) Σ_{i∈c} (x_i − μ_c)(x_i − μ_c)ᵀ      (unbiased, per class)
+        Σ   = (1/C) Σ_c Σ_c,      Σ_0 = (1/(N − 1)) Σ_i (x_i − μ_0)(x_i − μ_0)ᵀ
+    "pooled" (OpenOOD's ``mds`` / ``rmds``: ``sklearn.covariance.EmpiricalCovariance``):
+        Σ   = (1/N) Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ              (one pooled, biased covariance
+                                                               of the class-centred features)
+        Σ_0 = (1/N) Σ_i (x_i − μ_0)(x_i − μ_0)ᵀ                    (biased)
+
+With equal class sizes n_c = N/C, ``Σ_pooled = Σ_class_mean · (N − C)/N``, so the
+Mahalanobis score differs by the factor ``N/(N − C)`` (same ranking); RMD's
+difference ``MD_c − MD_0`` mixes two normalisers and its ranking changes.
+fastood computes both in float64; OpenOOD fits and scores in float32, so
+``"pooled"`` equals OpenOOD's scores up to its float32 rounding. (OpenOOD predicts
+the label from the network's logits; fastood predicts ``argmin_c MD_c``.)
 
     MD_c(x) = (x − μ_c)ᵀ Σ⁻¹ (x − μ_c),   MD_0(x) = (x − μ_0)ᵀ Σ_0⁻¹ (x − μ_0)
     Mahalanobis:  S(x) = −min_c MD_c(x)
     RMD:          S(x) = −min_c (MD_c(x) − MD_0(x)) = MD_0(x) − min_c MD_c(x)
 
-The predicted label is ``argmin_c MD_c``. Every class needs ≥ 2 samples (the
-unbiased covariance is undefined otherwise: ``ValueError``).
+The predicted label is ``argmin_c MD_c``. With ``"class_mean"`` every class needs ≥ 2
+samples (the unbiased covariance is undefined otherwise: ``ValueError``); ``"pooled"``
+needs ``N > C``.
 
 **Inverse.** ``Σ + ρ·(tr Σ / D)·I`` with ``ridge = ρ`` (default 0) is factored by
 Cholesky, ``Σ = L Lᵀ``, and distances are ``||L⁻¹(x − μ)||²``. A covariance that is
@@ -44,7 +61,9 @@ from torch import Tensor, nn
 from fastood.detectors.base import Detector
 from fastood.models import ClipBundle
 
-__all__ = ["Mahalanobis", "RMD", "whitening"]
+__all__ = ["Mahalanobis", "RMD", "whitening", "COVARIANCES"]
+
+COVARIANCES = ("class_mean", "pooled")
 
 ROWS_PER_PASS = 65536
 
@@ -84,6 +103,10 @@ class Mahalanobis(Detector):
             see :class:`fastood.detectors.Detector`.
         feature_space: ``"pre_projection"`` (SPEC default) or ``"projection"``.
         normalize: L2-normalise features before fitting and scoring.
+        covariance: ``"class_mean"`` (mean of per-class unbiased covariances, unbiased global;
+            the PLP code) or ``"pooled"`` (one pooled biased covariance of the class-centred
+            features, biased global; OpenOOD). Stored as ``covariance_type`` (``covariance`` is
+            the fitted Σ).
         ridge: relative ridge ``ρ`` added as ``ρ·(tr Σ/D)·I`` before inversion (0 = none).
         pinv_fallback: pseudo-inverse (with a warning) when a covariance is singular.
         block_bytes: cap on the live (rows × classes) float64 distance block (64 MiB).
@@ -103,6 +126,7 @@ class Mahalanobis(Detector):
         preprocess: Callable[[Any], Tensor] | None = None,
         feature_space: str = "pre_projection",
         normalize: bool = False,
+        covariance: str = "class_mean",
         ridge: float = 0.0,
         pinv_fallback: bool = True,
         block_bytes: int = 64 << 20,
@@ -118,7 +142,10 @@ class Mahalanobis(Detector):
             raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
         if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 8:
             raise ValueError(f"block_bytes must be an int >= 8, got {block_bytes!r}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         self.normalize = bool(normalize)
+        self.covariance_type = covariance
         self.ridge = float(ridge)
         self.pinv_fallback = bool(pinv_fallback)
         self.block_bytes = block_bytes
@@ -151,7 +178,11 @@ class Mahalanobis(Detector):
     def _fit_features(self, features: Tensor, labels: Tensor | None) -> None:
         assert labels is not None
         classes, inverse, counts = torch.unique(labels, sorted=True, return_inverse=True, return_counts=True)
-        if bool((counts < 2).any()):
+        pooled = self.covariance_type == "pooled"
+        if pooled and features.shape[0] <= classes.numel():
+            raise ValueError(f"covariance='pooled' needs more training samples than classes, got "
+                             f"{features.shape[0]} samples for {classes.numel()} classes")
+        if not pooled and bool((counts < 2).any()):
             bad = classes[counts < 2].tolist()
             raise ValueError(f"every class needs at least 2 training samples for its unbiased covariance; "
                              f"class(es) {bad[:10]} have 1")
@@ -164,7 +195,8 @@ class Mahalanobis(Detector):
         counts64 = counts.to(f64)
         means = sums / counts64[:, None]
         mean0 = sums.sum(0) / n
-        weight = 1.0 / (counts64 - 1.0)  # per-class unbiased normaliser
+        # class_mean: each class's scatter / (n_c − 1), averaged over C; pooled: all scatter / N
+        weight = torch.ones_like(counts64) if pooled else 1.0 / (counts64 - 1.0)
         acc = torch.zeros(d, d, dtype=f64, device=dev)
         acc0 = torch.zeros(d, d, dtype=f64, device=dev)
         for i in range(0, n, ROWS_PER_PASS):
@@ -175,8 +207,8 @@ class Mahalanobis(Detector):
             d0 = x - mean0
             acc0.addmm_(d0.T, d0)
         self.classes_, self.class_counts = classes, counts
-        self.means, self.covariance = means, acc / C
-        self.global_mean, self.global_covariance = mean0, acc0 / (n - 1)
+        self.means, self.covariance = means, acc / (n if pooled else C)
+        self.global_mean, self.global_covariance = mean0, acc0 / (n if pooled else n - 1)
         self.W = whitening(self.covariance, ridge=self.ridge, pinv_fallback=self.pinv_fallback,
                            what="shared class covariance")
         self._m = means @ self.W.T
@@ -215,7 +247,8 @@ class Mahalanobis(Detector):
 
     def _repr_extra(self) -> str:
         c = None if self.classes_ is None else self.classes_.numel()
-        return f", classes={c}, feature_space={self.feature_space!r}, normalize={self.normalize}, ridge={self.ridge:g}"
+        return (f", classes={c}, covariance={self.covariance_type!r}, feature_space={self.feature_space!r}, "
+                f"normalize={self.normalize}, ridge={self.ridge:g}")
 
 
 class RMD(Mahalanobis):

@@ -161,6 +161,8 @@ class MSP(Detector):
         epochs, lr, warmup, train_batch_size, weight_decay, seed: the trainer.
         num_classes: C (default: ``max(label) + 1``).
         ridge: passed to the RMD fit (see :class:`fastood.detectors.RMD`).
+        covariance: the RMD's covariance convention, ``"class_mean"`` (the PLP code, default)
+            or ``"pooled"`` (OpenOOD); see :mod:`fastood.detectors.mahalanobis`.
         progress: progress bar while training.
 
     Fitted state: ``mean``, ``std`` (D,) float64, ``weight`` (C, D), ``bias`` (C,)
@@ -189,6 +191,7 @@ class MSP(Detector):
         seed: int = 0,
         num_classes: int | None = None,
         ridge: float = 0.0,
+        covariance: str = "class_mean",
         progress: bool = False,
         device: str | torch.device | None = None,
         batch_size: int = 64,
@@ -215,6 +218,11 @@ class MSP(Detector):
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
         self.num_classes = num_classes
         self.ridge = _check_nonneg("ridge", ridge)
+        from fastood.detectors.mahalanobis import COVARIANCES
+
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        self.covariance = covariance
         self.progress = bool(progress)
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
@@ -261,7 +269,7 @@ class MSP(Detector):
         if self.score_method != "msp":
             from fastood.detectors.mahalanobis import RMD
 
-            rmd = RMD(device=self.device, ridge=self.ridge)
+            rmd = RMD(device=self.device, ridge=self.ridge, covariance=self.covariance)
             inputs = x if self.score_method == "rmd" else F.linear(x, self.weight, self.bias)
             rmd.fit_features(inputs, labels)
             self.rmd = rmd
