@@ -138,17 +138,22 @@ def test_simd_paths_agree_with_truth(isa, N):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,D,N", [(33, 32, 301), (257, 512, 1999), (150, 768, 777)])
 def test_low_precision_error_budget(dtype, B, D, N):
-    """Kernel error ≤ 2 × the error of plain torch in that dtype (same rounded inputs) + 1e-4."""
+    """fp16 / bf16 inputs: error vs the float64 truth OF THE ROUNDED INPUTS ≤ 1e-4.
+
+    Rounded to fp16 / bf16, the inputs are exact in fp32; the kernel multiplies them in
+    fp32 and accumulates in fp32, so the only error left is fp32 accumulation — the same
+    1e-4 as the fp32 tests (plain fp32 torch on these inputs: ≤ 5.4e-5 at D = 768). A
+    budget taken from torch computing in the low dtype (0.01–0.38 nats here) would let a
+    GEMM accumulated in bf16 (0.05–0.26 nats) through.
+    """
     gen = torch.Generator().manual_seed(B + N + D)
     x, bank, rs = make_case(B, D, N, gen, dtype=dtype)
     off = random_offsets(N, gen, n_cuts=25)
-    lse, max0, _ = segment_lse_cpu(x, bank, off, rs, True)
-    ref_lse, ref_max, _ = truth(x, bank, off, rs)
-    base_L = rs.to(dtype)[:, None] * (x @ bank.T)  # plain torch, all in `dtype`
-    base_lse = lse_of(base_L, off)
-    base_max = seg0_max(base_L, off)
-    assert max_err(lse, ref_lse) <= 2 * max_err(base_lse, ref_lse) + 1e-4
-    assert max_err(max0, ref_max) <= 2 * max_err(base_max, ref_max) + 1e-4
+    lse, max0, arg0 = segment_lse_cpu(x, bank, off, rs, True)
+    ref_lse, ref_max, L = truth(x, bank, off, rs)
+    assert max_err(lse, ref_lse) <= 1e-4
+    assert max_err(max0, ref_max) <= 1e-4
+    check_argmax(arg0, L, off, tol=2e-4)
 
 
 def test_non_contiguous_inputs():
