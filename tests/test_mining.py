@@ -133,6 +133,57 @@ def test_neglabel_order_nouns_then_adjectives_and_exclude():
     assert mine_neglabel(t32(id_emb), t32(cand), np.where(pos == "a", "s", "n"), ratio=0.5).tolist() == got
 
 
+def official_fp32_neglabel(id_emb, cand, pos, percentile, ratio, batch=1000):
+    """The NegLabel reference's ranking on the CPU, written from its description: the candidate
+    list [nouns | adjectives], fp32 `rows @ id.T` over `batch`-row chunks, fp32 torch.quantile,
+    then an ascending sort per POS (stable: a tie keeps list order) and the lowest int(count·ratio)."""
+    nouns = [i for i in range(len(pos)) if pos[i] == "n"]
+    adjs = [i for i in range(len(pos)) if pos[i] == "a"]
+    listed = torch.cat([cand[nouns], cand[adjs]]).float()
+    t = id_emb.float()
+    q = torch.cat([torch.quantile(listed[s:s + batch] @ t.T, q=percentile, dim=-1)
+                   for s in range(0, listed.shape[0], batch)])
+    q_noun, q_adj = q[: len(nouns)], q[len(nouns):]
+    keep_noun = torch.argsort(q_noun, stable=True)[: int(len(nouns) * ratio)]
+    keep_adj = torch.argsort(q_adj, stable=True)[: int(len(adjs) * ratio)]
+    return [nouns[i] for i in keep_noun.tolist()] + [adjs[i] for i in keep_adj.tolist()]
+
+
+def near_tie_candidates(rng, n_pairs=1200, d=32):
+    """Pairs of candidates one float32 ulp apart in every coordinate: their q differ by ~1e-8,
+    below float32's GEMM / quantile rounding, so float32 and float64 rank such pairs differently."""
+    base = gaussian(n_pairs, rng, d).astype(np.float32)
+    twin = np.nextafter(base, np.where(rng.random(base.shape) < 0.5, np.inf, -np.inf).astype(np.float32))
+    cand = np.empty((2 * n_pairs, d), dtype=np.float32)
+    cand[0::2], cand[1::2] = base, twin
+    return cand
+
+
+def test_neglabel_float32_precision_ranks_as_the_reference_and_float64_as_float64():
+    rng = np.random.default_rng(12)
+    ids = t32(gaussian(21, rng))
+    cand = torch.from_numpy(near_tie_candidates(rng))
+    pos = np.where(rng.random(cand.shape[0]) < 0.3, "a", "n")  # nouns and adjectives interleaved
+    r64 = mine_neglabel(ids, cand, pos, percentile=0.95, ratio=0.5).tolist()
+    r32 = mine_neglabel(ids, cand, pos, percentile=0.95, ratio=0.5, precision="float32").tolist()
+    # the default: float64 dot products rounded once to float32 (the working precision), float64 quantile
+    sims = (cand.double().numpy() @ ids.double().numpy().T).astype(np.float32).astype(np.float64)
+    q = np.quantile(sims, 0.95, axis=1)
+    truth64 = []
+    for tag in ("n", "a"):
+        members = np.nonzero(pos == tag)[0]
+        truth64 += members[np.argsort(q[members], kind="stable")][: int(len(members) * 0.5)].tolist()
+    assert r64 == truth64
+    assert r32 == official_fp32_neglabel(ids, cand, list(pos), 0.95, 0.5)
+    assert r32 != r64, "the near-tie pairs should order differently in float32 and float64"
+    q32 = quantile_similarity(ids, cand, percentile=0.95, precision="float32")
+    assert q32.dtype == torch.float32
+    q64 = quantile_similarity(ids, cand, percentile=0.95)
+    assert (q32.double() - q64).abs().max() < 1e-6  # same values up to float32 rounding
+    with pytest.raises(ValueError, match="precision"):
+        mine_neglabel(ids, cand, pos, precision="float16")
+
+
 @pytest.mark.parametrize("n_noun,n_adj,ratio", [
     (0, 5, 0.15), (1, 1, 0.15), (7, 13, 0.15), (100, 3, 0.15), (20, 20, 1.0), (33, 67, 0.3),
     (57187, 12807, 0.15), (57193, 12813, 0.15), (58514, 12280, 0.15),

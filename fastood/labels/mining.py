@@ -23,6 +23,16 @@ Rounding rules (see the function docs):
   12,807-12,813 adjectives under floor (57,184-57,189 / 12,804-12,810 under
   round), i.e. a corpus of about 70,000 words; fastood's ``"neglabel"`` corpus
   (58,514 + 12,280, see :mod:`fastood.labels.corpus`) gives 8,777 + 1,842.
+* :func:`mine_neglabel` ranks in float64 by default (``precision="float64"``: cosines
+  accumulated in float64 and rounded once to the working precision, the quantile
+  interpolated in float64: independent of chunking and of the BLAS). ``precision="float32"``
+  ranks exactly as the NegLabel reference does on the CPU: candidates in its order
+  (nouns, then adjectives), fp32 GEMMs of ``OFFICIAL_CHUNK`` (its ``emb_batchsize``,
+  1000) rows against the ID embeddings, ``torch.quantile`` on the fp32 cosines (which
+  rounds ``percentile`` to fp32), then an ascending sort per POS. On the ImageNet-1k
+  bank the two keep the same set of negatives; 467 of 10,619 positions swap at
+  near-ties, and since the group permutation acts on positions, NegLabel scores move
+  by up to 6e-3 between the two (issue 12's measurement against the reference).
 * :func:`mine_interneg` gives adjectives ``int(m * (A / (A + N)))`` slots (floor,
   A / N = surviving adjective / noun counts) and nouns ``m`` minus that -- the
   InterNeg reference's rule.
@@ -36,6 +46,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "MINING_PRECISIONS",
+    "OFFICIAL_CHUNK",
     "mine_neglabel",
     "image_prototypes",
     "interneg_criterion",
@@ -47,6 +59,8 @@ __all__ = [
 _NORM_TOL = 1e-3
 _QUANTILE_MAX_NUMEL = 1 << 24  # older torch.quantile refuse inputs above 16M elements
 _DEFAULT_CHUNK = 4096
+MINING_PRECISIONS = ("float64", "float32")
+OFFICIAL_CHUNK = 1000  # the NegLabel reference's emb_batchsize: rows per fp32 GEMM + quantile call
 
 
 # ----------------------------------------------------------------------------
@@ -125,8 +139,31 @@ def _chunk_rows(k: int, chunk_size: int) -> int:
 # ----------------------------------------------------------------------------
 # NegLabel
 
+def _check_precision(precision) -> str:
+    if precision not in MINING_PRECISIONS:
+        raise ValueError(f"precision must be one of {MINING_PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _quantile_similarity_fp32(id_emb, cand_emb, percentile, chunk_size, order=None):
+    """The reference's q: fp32 ``cand[rows] @ id.T`` per chunk, ``torch.quantile`` in fp32.
+
+    ``order`` (candidate indices) is the row order the chunks are cut from (the
+    reference's nouns-then-adjectives list); the result is in candidate order.
+    """
+    t = id_emb.to(torch.float32)
+    c = cand_emb.to(torch.float32)
+    n = c.shape[0]
+    order = torch.arange(n, device=c.device) if order is None else order
+    out = torch.empty(n, dtype=torch.float32, device=c.device)
+    for s in range(0, n, chunk_size):
+        rows = order[s:s + chunk_size]
+        out[rows] = torch.quantile(c[rows] @ t.T, percentile, dim=-1)
+    return out
+
+
 def quantile_similarity(id_emb: torch.Tensor, cand_emb: torch.Tensor, *, percentile: float = 0.95,
-                        chunk_size: int | None = None) -> torch.Tensor:
+                        chunk_size: int | None = None, precision: str = "float64") -> torch.Tensor:
     """``q_i = quantile_percentile({cos(cand_i, id_k)}_k)`` (torch.quantile, linear), float64.
 
     The interpolation runs in float64 on the working-precision cosines, so
@@ -134,11 +171,19 @@ def quantile_similarity(id_emb: torch.Tensor, cand_emb: torch.Tensor, *, percent
     is exactly 19 and ``q`` is exactly the 20th smallest cosine. (Running
     torch.quantile on float32 data, as the reference does, rounds 0.95 to
     float32 first and lands 1 ulp below such values, which can split exact ties.)
+    ``precision="float32"`` computes it the reference's way instead (fp32 GEMM of
+    ``chunk_size`` rows, default ``OFFICIAL_CHUNK``, then fp32 ``torch.quantile``)
+    and returns float32.
     """
     _check_emb(id_emb, "id_emb")
     _check_emb(cand_emb, "cand_emb")
     _check_pair(id_emb, "id_emb", cand_emb, "cand_emb")
     percentile = _check_percent(percentile, "percentile", lo_open=False)
+    if _check_precision(precision) == "float32":
+        if id_emb.shape[0] == 0:
+            raise ValueError("id_emb must have at least one row")
+        chunk = OFFICIAL_CHUNK if chunk_size is None else _check_chunk(chunk_size)
+        return _quantile_similarity_fp32(id_emb, cand_emb, percentile, chunk)
     return _quantile_similarity(id_emb, cand_emb, percentile, _check_chunk(chunk_size))
 
 
@@ -164,7 +209,8 @@ def _quantile_similarity(id_emb, cand_emb, percentile, chunk_size):
 
 @torch.no_grad()
 def mine_neglabel(id_emb: torch.Tensor, cand_emb: torch.Tensor, cand_pos, *, percentile: float = 0.95,
-                  ratio: float = 0.15, exclude=None, chunk_size: int | None = None) -> torch.Tensor:
+                  ratio: float = 0.15, exclude=None, chunk_size: int | None = None,
+                  precision: str = "float64") -> torch.Tensor:
     """NegMining (NegLabel): pick the candidates farthest from the ID labels.
 
     ``q_i`` is the ``percentile``-quantile (linear interpolation, as
@@ -185,7 +231,13 @@ def mine_neglabel(id_emb: torch.Tensor, cand_emb: torch.Tensor, cand_pos, *, per
             applies its ``max cos > 0.95`` rule. To drop them from the counts
             instead, filter with :func:`csp_exclude` first.
         chunk_size: candidates per GEMM/quantile chunk (default 4096, lowered so
-            a chunk never exceeds 2**24 similarities).
+            a chunk never exceeds 2**24 similarities; ``OFFICIAL_CHUNK`` = 1000 with
+            ``precision="float32"``).
+        precision: ``"float64"`` (default: float64 cosines and interpolation, so the
+            ranking does not depend on chunking or the BLAS) or ``"float32"`` (the
+            NegLabel reference's ranking on the CPU: chunks of ``chunk_size`` rows of the
+            nouns-then-adjectives list, fp32 GEMM, fp32 ``torch.quantile``); see the
+            module docstring.
 
     Returns:
         LongTensor of candidate indices on ``cand_emb.device``: the kept nouns in
@@ -196,11 +248,19 @@ def mine_neglabel(id_emb: torch.Tensor, cand_emb: torch.Tensor, cand_pos, *, per
     _check_pair(id_emb, "id_emb", cand_emb, "cand_emb")
     percentile = _check_percent(percentile, "percentile", lo_open=False)
     ratio = _check_percent(ratio, "ratio", lo_open=True)
-    chunk_size = _check_chunk(chunk_size)
+    precision = _check_precision(precision)
     n = cand_emb.shape[0]
     is_adj = torch.from_numpy(_adjective_mask(cand_pos, n)).to(cand_emb.device)
 
-    q = _quantile_similarity(id_emb, cand_emb, percentile, chunk_size)
+    if precision == "float32":
+        if id_emb.shape[0] == 0:
+            raise ValueError("id_emb must have at least one row")
+        chunk = OFFICIAL_CHUNK if chunk_size is None else _check_chunk(chunk_size)
+        # the reference cuts its chunks from the list [nouns | adjectives]
+        order = torch.cat([torch.nonzero(~is_adj).flatten(), torch.nonzero(is_adj).flatten()])
+        q = _quantile_similarity_fp32(id_emb, cand_emb, percentile, chunk, order)
+    else:
+        q = _quantile_similarity(id_emb, cand_emb, percentile, _check_chunk(chunk_size))
     if exclude is not None:
         ex = torch.as_tensor(exclude, device=cand_emb.device)
         if ex.dtype != torch.bool or ex.shape != (n,):
