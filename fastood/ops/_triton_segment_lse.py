@@ -351,6 +351,10 @@ def segment_lse_triton(
 
 
 # --------------------------------------------------------------------------- AOT specs
+# Warp organisation for the speed-of-light model (bench/sol.py): all warps run the tile's MMA
+# and then its segmented softmax in lock step (one chain), and the K pipeline refills per tile.
+SOL_KERNELS = {"segment_lse_fwd": {"chains": 1, "refill": True, "a_resident": False}}
+
 def _mma_path(arch: int, dtype: torch.dtype) -> str:
     """The tensor-core path an fp16/bf16 main loop must take; fp32 is IEEE FMA (no TF32)."""
     if dtype == torch.float32:
