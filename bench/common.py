@@ -37,14 +37,32 @@ def dense_fp16_peak(device_name: str) -> float | None:
     return None
 
 
-def git_commit() -> str:
+def git_state() -> tuple[str, bool | None]:
+    """``(short HEAD commit, whether tracked files differ from it)``; ("unknown", None) outside git."""
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        if out.returncode != 0 or dirty.returncode != 0:
+            return "unknown", None
+        return out.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown", None
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with ``-dirty`` when tracked files were modified."""
+    sha, dirty = git_state()
+    return sha + ("-dirty" if dirty else "")
+
+
+def load_1min() -> float | None:
+    """The 1-minute load average (None where the OS has none): timings taken on a loaded
+    machine are noisy, so every result records it before and after the measurements."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_name() -> str:
@@ -69,10 +87,15 @@ def device_slug(device: str) -> str:
 
 
 def provenance(device: str) -> dict:
+    sha, dirty = git_state()
     info = {
         "device": device_name(device),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit(),
+        "commit": sha + ("-dirty" if dirty else ""),
+        "commit_sha": sha,
+        "dirty": dirty,
+        "load_1min_before": load_1min(),
+        "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -83,6 +106,36 @@ def provenance(device: str) -> dict:
     except ImportError:
         info["triton"] = None
     return info
+
+
+def official_style_encoder(model: torch.nn.Module, device: str, *, fp16: bool | None = None
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``pixels -> fp32 image features`` as the official NegLabel code runs CLIP.
+
+    It loads the model with ``clip.load``, which keeps the weights in fp16 on CUDA (fp32
+    on CPU), feeds the image tower fp16 pixels, then casts the features to fp32 before
+    scoring. On CUDA this returns an fp16 copy of ``model`` (the caller's model is left
+    as it is); on CPU the fp32 model itself. (OpenAI CLIP also runs its LayerNorms in
+    fp32 inside the fp16 model; open_clip's ``half()`` keeps them in fp16 — the compute
+    is the same to within those few elementwise kernels.) ``fp16`` overrides the choice
+    (tests run the fp16 path on CPU).
+    """
+    if fp16 if fp16 is not None else device == "cuda":
+        import copy
+
+        half = copy.deepcopy(model).half().eval()
+
+        @torch.no_grad()
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            return half.encode_image(pixels.to(device=device, dtype=torch.float16)).float()
+
+        return encode
+
+    @torch.no_grad()
+    def encode32(pixels: torch.Tensor) -> torch.Tensor:
+        return model.encode_image(pixels.to(device)).float()
+
+    return encode32
 
 
 def sync(device: str) -> None:
@@ -183,9 +236,18 @@ def peak_extra_memory(fn: Callable[[], object], device: str) -> int | None:
 
 
 def write_results(name: str, device: str, meta: dict, rows: list[dict], markdown: str) -> tuple[Path, Path]:
+    """Write ``<name>-<device>.json`` / ``.md``. The JSON's meta always carries the commit,
+    whether the tree was dirty, and the 1-minute load average before (from ``provenance``,
+    taken when the suite started) and after (now, once the measurements are done)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stem = RESULTS_DIR / f"{name}-{device_slug(device)}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    meta = dict(meta)
+    if "commit_sha" not in meta or "dirty" not in meta:
+        meta["commit_sha"], meta["dirty"] = git_state()
+        meta.setdefault("commit", meta["commit_sha"] + ("-dirty" if meta["dirty"] else ""))
+    meta.setdefault("load_1min_before", None)
+    meta["load_1min_after"] = load_1min()
     payload = {"meta": meta, "rows": rows}
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))

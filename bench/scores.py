@@ -1,12 +1,25 @@
-"""Scoring benchmark: fused NegLabel score vs the torch formulations.
+"""Scoring benchmark: fused NegLabel score vs the torch formulations a user would write.
 
 Candidates, all computing the NegLabel score of B image features against a bank
 of K = 1,000 ID labels + 10,400 negatives (N = 11,400) in G groups:
 
-- ``official``        per-group concatenate + softmax on full logits (reference.py)
+- ``official``        what the official NegLabel code computes: fp32 scoring. Its CLIP
+                      (``clip.load``) runs in fp16 on CUDA and the features are cast to fp32
+                      before the score, so for fp16/bf16 inputs this row includes the cast of
+                      the features (the bank is held in fp32, cast once, as the official code
+                      keeps its text features). Per-group concatenate + softmax on full logits
+                      (``fastood.reference.neglabel_score_official_style``). The speed-up
+                      column is relative to this row.
+- ``official-style, fp16 inputs``  the same formula run directly on fp16/bf16 tensors
+                      (faster than the official code, which scores in fp32; fp16/bf16 rows only)
 - ``torch-best``      full logits, one reshaped logsumexp per run of equal groups
-- ``torch.compile``   ``torch.compile`` of torch-best (GPU only by default)
-- ``mm-only``         the bare ``x @ bankᵀ`` of the same sizes (a floor, not a score)
+- ``torch.compile``   ``torch.compile`` of torch-best on the row's dtype (fp16 and fp32 rows
+                      on GPU; on CPU only with ``--compile``): one GEMM writing the logits plus
+                      fused reductions, the user's real alternative on a GPU
+- ``gemm-prealloc``   ``torch.mm(x, bankᵀ, out=buf)`` into a preallocated buffer: the bare
+                      GEMM (cuBLAS on GPU, the CPU BLAS on CPU), the floor, not a score
+- ``mm-only``         ``x @ bankᵀ`` allocating its output each call (on CPU the 4096 × 11,400
+                      fp32 output is 178 MB of fresh pages per call: slower than the floor)
 - ``fastood-<b>``     ``fastood.neglabel_score(..., backend=b)`` for each available backend
 """
 
@@ -19,7 +32,7 @@ import torch
 
 import fastood
 from fastood import reference as R
-from bench.common import dense_fp16_peak, median_time, peak_extra_memory, provenance, write_results
+from bench.common import dense_fp16_peak, load_1min, median_time, peak_extra_memory, provenance, write_results
 
 K, NUM_NEG = 1000, 10400
 
@@ -33,14 +46,55 @@ def torch_best(x: torch.Tensor, bank: torch.Tensor, num_id: int, groups: int) ->
     return torch.sigmoid(lse_id - lse_g).mean(dim=1)
 
 
-def candidates(device: str, with_compile: bool) -> dict[str, Callable]:
-    cands: dict[str, Callable] = {
-        "official": lambda x, b, g: R.neglabel_score_official_style(x, b, K, groups=g),
-        "torch-best": lambda x, b, g: torch_best(x, b, K, g),
-    }
+class _Fp32Bank:
+    """The bank in fp32, converted once per bank tensor (outside the timed call): the
+    official code holds its text features in fp32 before scoring."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._val: torch.Tensor | None = None
+
+    def __call__(self, bank: torch.Tensor) -> torch.Tensor:
+        if bank.dtype == torch.float32:
+            return bank
+        key = (bank.data_ptr(), bank.shape, bank.dtype, bank.device)
+        if key != self._key:
+            self._key, self._val = key, bank.float()
+        return self._val
+
+
+class GemmInto:
+    """``torch.mm(x, bankᵀ, out=buf)`` with ``buf`` allocated once per (shape, dtype, device):
+    the GEMM alone, as fast as the library makes it (the floor of any scoring method)."""
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[0], bank.shape[0])
+        if self.buf is None or self.buf.shape != shape or self.buf.dtype != x.dtype or self.buf.device != x.device:
+            self.buf = torch.empty(shape, dtype=x.dtype, device=x.device)
+        return torch.mm(x, bank.T, out=self.buf)
+
+
+def official_fp32(x: torch.Tensor, bank32: torch.Tensor, groups: int) -> torch.Tensor:
+    """The official code's scoring: features cast to fp32, the fp32 formula of reference.py."""
+    return R.neglabel_score_official_style(x.float(), bank32, K, groups=groups)
+
+
+def candidates(device: str, with_compile: bool, dtype: torch.dtype = torch.float32) -> dict[str, Callable]:
+    """Name → ``fn(x, bank, groups)`` for inputs of ``dtype`` on ``device``."""
+    bank32 = _Fp32Bank()
+    cands: dict[str, Callable] = {"official": lambda x, b, g: official_fp32(x, bank32(b), g)}
+    if dtype != torch.float32:
+        cands["official-style, fp16 inputs" if dtype == torch.float16 else "official-style, bf16 inputs"] = (
+            lambda x, b, g: R.neglabel_score_official_style(x, b, K, groups=g))
+    cands["torch-best"] = lambda x, b, g: torch_best(x, b, K, g)
     if with_compile:
         compiled = torch.compile(torch_best, dynamic=False)
         cands["torch.compile"] = lambda x, b, g: compiled(x, b, K, g)
+    gemm = GemmInto()
+    cands["gemm-prealloc"] = lambda x, b, g: gemm(x, b)
     cands["mm-only"] = lambda x, b, g: x @ b.T
     for name, status in fastood.backends().items():
         if not status or name == "torch":
@@ -58,18 +112,18 @@ def run(device: str, batches: list[int], groups_list: list[int], dims: list[int]
     meta["shapes"] = f"K={K}, negatives={NUM_NEG} (N={K + NUM_NEG})"
     peak = dense_fp16_peak(meta["device"]) if device == "cuda" else None
     rows: list[dict] = []
-    cands = candidates(device, with_compile)
     gen = torch.Generator().manual_seed(0)
     for d in dims:
         bank32 = torch.nn.functional.normalize(torch.randn(K + NUM_NEG, d, generator=gen), dim=1)
         for dtype in dtypes:
+            cands = candidates(device, with_compile, dtype)
             bank = bank32.to(device=device, dtype=dtype)
             for b in batches:
                 x = torch.randn(b, d, generator=gen).to(device=device, dtype=dtype)
                 for g in groups_list:
                     ref = R.neglabel_score(x[:256].double(), bank.double(), K, groups=g).float()
                     for name, fn in cands.items():
-                        if name == "official" and b > skip_official_above:
+                        if name.startswith("official") and b > skip_official_above:
                             continue
                         gc.collect()
                         try:
@@ -87,7 +141,7 @@ def run(device: str, batches: list[int], groups_list: list[int], dims: list[int]
                         }
                         if peak is not None:
                             row["pct_fp16_peak"] = 100.0 * row["TFLOPs"] / peak
-                        if name != "mm-only":
+                        if name not in ("mm-only", "gemm-prealloc"):
                             row["max_abs_err_vs_fp64"] = (out[:256].float().cpu() - ref.cpu()).abs().max().item()
                         rows.append(row)
                         print(_fmt_row(row), flush=True)
@@ -110,6 +164,11 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
         f"- device: {meta['device']}",
         f"- date: {meta['date']}; commit: {meta['commit']}; torch {meta['torch']}; triton {meta['triton']}",
         f"- shapes: {meta['shapes']}; median of repeated runs; peak extra memory beyond the live inputs",
+        f"- machine load (1-min average): {meta.get('load_1min_before')} before, {meta.get('load_1min_after')} after"
+        f" ({meta.get('cpus')} CPUs); tree dirty: {meta.get('dirty')}",
+        "- `official` scores in fp32 as the official NegLabel code does (fp16 features cast to fp32); the"
+        " speed-up column is against it. `official-style, fp16 inputs` runs the same formula on fp16 tensors."
+        " `gemm-prealloc` is the bare GEMM into a preallocated output (the floor); `mm-only` allocates its output.",
         "",
         "| method | B | D | G | dtype | median ms | peak extra MB | TFLOP/s | % fp16 peak | speed-up vs official | max abs err vs fp64 |",
         "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -145,5 +204,7 @@ def main(args) -> None:
         batches = args.batches
     meta, rows, md = run(device, batches, groups, dims, dtypes, with_compile=args.compile or device == "cuda",
                          skip_official_above=args.skip_official_above, budget_s=args.budget)
+    meta["load_1min_after"] = load_1min()
+    md = to_markdown(meta, rows)
     json_path, md_path = write_results("scores", device, meta, rows, md)
     print(f"\nwrote {json_path} and {md_path}")
