@@ -11,7 +11,9 @@ the compute, not the scores, is what is measured).
 - ``fastood``   ``NegLabel.score(pixels)``: ``encode_image`` under fp16 autocast on
                 CUDA (fp32 on CPU) + the fused NegLabel op (``fastood.ops``, never
                 writes the B×N logits).
-- ``official``  eager fp32 ``encode_image`` + ``fastood.reference.neglabel_score_official_style``
+- ``official``  ``encode_image`` as the official code's ``clip.load`` runs it (an fp16 copy of
+                the model on CUDA, fp32 on CPU; ``bench.common.official_style_encoder``), the
+                features cast to fp32, then ``fastood.reference.neglabel_score_official_style``
                 (full logits, then per group a concatenation ``[ID | group]`` and a softmax),
                 as the NegLabel research code computes it.
 
@@ -31,7 +33,7 @@ import warnings
 
 import torch
 
-from bench.common import provenance, steady_state_allocator, sync, write_results
+from bench.common import official_style_encoder, provenance, steady_state_allocator, sync, write_results
 from fastood import reference as R
 
 K, NUM_NEG, GROUPS = 1000, 10400, 100
@@ -93,13 +95,16 @@ def run(device: str, batches: list[int], budget_s: float, allocator: str = "") -
     n_params = sum(p.numel() for p in clip.model.parameters())
     meta.update(model=f"{name} (random weights, {n_params / 1e6:.1f} M parameters, {size}x{size} input)",
                 bank=f"K={K} ID + {NUM_NEG} negatives, G={GROUPS}, D={bank.dim}",
-                amp="fp16 autocast for fastood on CUDA; official eager fp32")
+                amp="fp16 autocast for fastood on CUDA; official: fp16 model on CUDA as clip.load runs it "
+                    "(fp32 on CPU), features cast to fp32 for the score")
     emb = bank.embeddings.to(device)
     model = clip.model
 
+    encode_official = official_style_encoder(model, device)
+
     def official(pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            f = model.encode_image(pixels.to(device)).float()
+            f = encode_official(pixels)
             return R.neglabel_score_official_style(f, emb, K, groups=GROUPS)
 
     def official_head(f: torch.Tensor) -> torch.Tensor:
