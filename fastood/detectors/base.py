@@ -553,12 +553,12 @@ class ZeroShotDetector(Detector):
 
     def _set_bank(self, bank: Any, temperature: float, groups: int) -> None:
         from fastood.bank import TextBank
-        from fastood.ops._dispatch import check_positive_finite
+        from fastood.ops._dispatch import check_temperature
 
         if not isinstance(bank, TextBank):
             raise TypeError(f"bank must be a fastood.bank.TextBank, got {type(bank).__name__}")
         self.bank = bank
-        self.temperature = check_positive_finite("temperature", temperature)
+        self.temperature = check_temperature("temperature", temperature)
         self.groups = groups
         self.bank_embeddings = bank.embeddings.to(self.device)
         if self.clip is not None:

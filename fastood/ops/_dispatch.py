@@ -14,6 +14,17 @@ logits are ``L[i, j] = row_scale[i] · x_i · bank_j`` (natural-log units), and
 
 Normalisation and temperature are folded into ``row_scale`` here, once:
 ``row_scale[i] = scale / ||x_i||`` (or ``scale`` without normalisation).
+
+Normalisation works over the whole float range (:func:`prepare_rows`): a row whose
+largest magnitude ``m_i = max_j |x_ij|`` lies outside ``[2^-32, 2^32]`` (where
+``||x_i||²`` would overflow or underflow in fp32, e.g. ``x·1e30`` or ``x·1e-30``) or
+is so small that ``scale / ||x_i||`` would overflow, is first multiplied by the power
+of two ``2^(1-e_i)`` (``m_i = f·2^{e_i}``, ``f ∈ [0.5, 1)``) that brings ``m_i`` into
+``[1, 2)``. Multiplying by a power of two is exact, and ``x̂ = x/||x||`` does not
+change under a positive factor, so such a row gives the same cosines as any
+in-range multiple of it; rows already in range are passed on untouched (bitwise
+the same result as before). Only a row that is exactly zero has "zero norm", and
+only inf / NaN entries are "non-finite".
 """
 
 from __future__ import annotations
@@ -59,12 +70,47 @@ def check_pair(x: Tensor, bank: Tensor, x_name: str = "x", bank_name: str = "ban
         raise ValueError(f"{x_name} is on {x.device} but {bank_name} is on {bank.device}: put both on one device")
 
 
+FP32_MAX = float(torch.finfo(torch.float32).max)
+#: the smallest temperature τ accepted: ``1/τ ≤ FLT_MAX / 2`` (τ ≥ ≈5.88e-39), so that the
+#: scale, and the base-2 logits ``cos · log2(e) / τ`` the kernels form from it, are finite in fp32
+MIN_TEMPERATURE = 2.0 / FP32_MAX
+
+
 def check_positive_finite(name: str, value: float) -> float:
+    """A positive number that is finite in float32 (the kernels compute in fp32), as a Python float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
+    if value > FP32_MAX:
+        raise ValueError(f"{name} must be at most {FP32_MAX:.7g} (the float32 maximum: the kernels compute in fp32), "
+                         f"got {value:g}")
+    return value
+
+
+def check_scale(name: str, value: float) -> float:
+    """A logit scale (``1/τ``): positive and at most ``FLT_MAX/2``, so that the fp32 logits, also in
+    the kernels' base 2 (``× log2(e)``), stay finite for unit cosines."""
+    value = check_positive_finite(name, value)
+    if value > FP32_MAX / 2:
+        raise ValueError(f"{name} must be at most FLT_MAX/2 = {FP32_MAX / 2:.3g} (the fp32 kernels form "
+                         f"{name} · log2(e) · cos), got {value:g}")
+    return value
+
+
+def check_temperature(name: str, value: float) -> float:
+    """A temperature τ: positive, finite, and with ``1/τ`` finite in float32 — with the
+    factor-2 headroom the kernels need (``1/τ ≤ FLT_MAX/2``, i.e. τ ≥ ≈5.88e-39).
+
+    The logits are ``cos · (1/τ)`` in fp32 (the Triton / CUDA kernels use base 2,
+    ``cos · log2(e)/τ``); a smaller τ turns the scale into ``inf`` and every score into NaN.
+    """
+    value = check_positive_finite(name, value)
+    if value < MIN_TEMPERATURE:
+        raise ValueError(f"{name} must be >= {MIN_TEMPERATURE:.3g}, got {value:g}: the logits cos/{name} are fp32 and "
+                         f"1/{name} = {1.0 / value:.3g} exceeds FLT_MAX/2 = {FP32_MAX / 2:.3g} (the headroom the "
+                         "kernels' base-2 logits need); scores would be NaN")
     return value
 
 
@@ -104,24 +150,42 @@ def as_offsets(offsets: Sequence[int] | Tensor, num_rows: int) -> Tensor:
     return off
 
 
-def row_scale_for(x: Tensor, scale: float, normalize: bool, name: str = "x") -> Tensor:
-    """``scale / ||x_i||`` (fp32) and a check that every row is finite (and non-zero).
+_SAFE_LO, _SAFE_HI = 2.0**-32, 2.0**32  # max|x_i| range where ||x_i||² stays a normal fp32 number
 
-    Zero-norm rows are an error when normalising (their cosine is undefined);
-    non-finite rows are always an error.
+
+def prepare_rows(x: Tensor, scale: float, normalize: bool, name: str = "x") -> tuple[Tensor, Tensor]:
+    """``(x', row_scale)`` with ``row_scale · x'_i = scale · x_i / ||x_i||`` (or ``scale · x_i``), safely in fp32.
+
+    Checks every row: an inf / NaN entry is an error ("non-finite"); with
+    ``normalize`` an all-zero row is an error ("zero norm": its cosine is undefined).
+    With ``normalize``, rows whose max-abs ``m_i`` is outside ``[2^-32, 2^32]``, or
+    below ``scale / FLT_MAX`` (so ``scale / ||x_i||`` would overflow), are multiplied
+    exactly by ``2^(1-e_i)`` (``m_i = f · 2^{e_i}``, ``f ∈ [0.5, 1)``) so that their
+    max-abs is in ``[1, 2)``: then ``||x'_i||²`` neither overflows nor underflows and
+    ``row_scale_i = scale / ||x'_i|| ≤ scale``. Other rows are returned as they are
+    (``x`` itself when no row needs it), so in-range inputs keep their exact results.
     """
-    norms = torch.linalg.vector_norm(x.float(), dim=1)
-    bad_finite = ~torch.isfinite(norms)
+    mx = torch.amax(x.abs(), dim=1).float()
+    bad_finite = ~torch.isfinite(mx)  # amax propagates NaN
     if bool(bad_finite.any()):
         i = int(torch.nonzero(bad_finite)[0, 0])
         raise ValueError(f"{name} has non-finite values (first in row {i})")
     if not normalize:
-        return torch.full_like(norms, scale)
-    zero = norms == 0
+        return x, torch.full((x.shape[0],), scale, dtype=torch.float32, device=x.device)
+    zero = mx == 0
     if bool(zero.any()):
         i = int(torch.nonzero(zero)[0, 0])
         raise ValueError(f"{name} row {i} has zero norm: it cannot be L2-normalised (pass normalize=False or drop it)")
-    return scale / norms
+    lo = max(_SAFE_LO, scale / FP32_MAX)
+    need = (mx < lo) | (mx > _SAFE_HI)
+    if bool(need.any()):
+        _, exp = torch.frexp(mx[need])
+        # x · 2^(1-e) in float64 (exact: a power of two; the factor itself may exceed the fp32 range)
+        factor = torch.pow(2.0, (1 - exp).double())
+        x = x.clone()
+        x[need] = (x[need].double() * factor[:, None]).to(x.dtype)
+    norms = torch.linalg.vector_norm(x.float(), dim=1)
+    return x, scale / norms
 
 
 # -------------------------------------------------------------------------- dispatch
@@ -184,10 +248,10 @@ def run_segment_lse(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validate, fold the row scale, promote dtypes and call the chosen backend."""
     check_pair(x, bank, x_name, bank_name)
-    scale = check_positive_finite("scale", scale)
+    scale = check_scale("scale", scale)
     off = as_offsets(offsets, bank.shape[0])
     name = resolve_backend(backend, x.device)
-    row_scale = row_scale_for(x, scale, normalize, x_name)
+    x, row_scale = prepare_rows(x, scale, normalize, x_name)
     dtype = torch.promote_types(x.dtype, bank.dtype)
     # A custom op's body still runs under the caller's autocast: without this, the torch
     # backend's GEMM would silently drop to bf16/fp16 (×100 at τ = 0.01). The inputs'

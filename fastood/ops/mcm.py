@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastood.ops._dispatch import check_pair, check_positive_finite, run_segment_lse
+from fastood.ops._dispatch import check_pair, check_temperature, run_segment_lse
 
 __all__ = ["mcm_score"]
 
@@ -20,7 +20,7 @@ __all__ = ["mcm_score"]
 def _mcm_op(
     x: Tensor, id_bank: Tensor, temperature: float, normalize: bool, want_pred: bool, backend: str
 ) -> tuple[Tensor, Tensor]:
-    temperature = check_positive_finite("temperature", temperature)
+    temperature = check_temperature("temperature", temperature)
     off = torch.tensor([0, id_bank.shape[0]], dtype=torch.int64)
     lse, max0, pred = run_segment_lse(
         x, id_bank, off, 1.0 / temperature, normalize, want_pred, backend, bank_name="id_bank"
@@ -48,11 +48,14 @@ def mcm_score(
     Args:
         x: (B, D) image features (float16 / bfloat16 / float32).
         id_bank: (K, D) unit-norm ID label embeddings on ``x``'s device.
-        temperature: T (SPEC: 1, on raw cosine).
-        normalize: L2-normalise ``x`` rows (zero-norm rows are an error).
+        temperature: T (SPEC: 1, on raw cosine); positive, with ``1/T`` finite in float32 with a
+            factor 2 of headroom (T ≥ ≈5.88e-39), else ``ValueError``.
+        normalize: L2-normalise ``x`` rows over the whole float range (an all-zero row
+            is an error, as is any inf / NaN).
         return_pred: also return ``argmax_k cos_k`` (int64).
         backend: see :func:`fastood.ops.segment_lse`.
     """
     check_pair(x, id_bank, "x", "id_bank")
+    check_temperature("temperature", temperature)
     score, pred = _mcm_op(x, id_bank, float(temperature), bool(normalize), bool(return_pred), backend)
     return (score, pred) if return_pred else score

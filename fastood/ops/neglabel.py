@@ -18,7 +18,7 @@ import functools
 import torch
 from torch import Tensor
 
-from fastood.ops._dispatch import check_int, check_pair, check_positive_finite, run_segment_lse
+from fastood.ops._dispatch import check_int, check_pair, check_temperature, run_segment_lse
 
 __all__ = ["neglabel_score", "neglabel_offsets"]
 
@@ -42,7 +42,7 @@ def _neglabel_op(
     x: Tensor, bank: Tensor, num_id: int, groups: int, temperature: float, normalize: bool, want_pred: bool, backend: str
 ) -> tuple[Tensor, Tensor]:
     check_pair(x, bank)
-    temperature = check_positive_finite("temperature", temperature)
+    temperature = check_temperature("temperature", temperature)
     off = _offsets_on(num_id, bank.shape[0], groups, "cpu")
     kept = bank[: int(off[-1])]  # drop the last M mod G negatives
     lse, _, pred = run_segment_lse(x, kept, off, 1.0 / temperature, normalize, want_pred, backend)
@@ -75,8 +75,10 @@ def neglabel_score(
             grouping is contiguous (permuting negatives is the bank builder's job).
         num_id: K, the number of ID rows at the top of ``bank`` (1 ≤ K < N).
         groups: G ≥ 1 and ≤ the number of negatives; the remainder is dropped.
-        temperature: τ, logits are ``cos / τ``.
-        normalize: L2-normalise ``x`` rows (zero-norm rows are an error).
+        temperature: τ, logits are ``cos / τ`` in fp32: positive, with ``1/τ`` finite in
+            float32 with a factor 2 of headroom (τ ≥ ≈5.88e-39), else ``ValueError``.
+        normalize: L2-normalise ``x`` rows over the whole float range (``x·1e30`` and
+            ``x·1e-30`` score as ``x``); an all-zero row is an error, as is any inf / NaN.
         return_pred: also return the ID prediction ``argmax_{k<K} cos`` (int64).
         backend: see :func:`fastood.ops.segment_lse`.
 
@@ -86,5 +88,6 @@ def neglabel_score(
     if not isinstance(bank, Tensor) or bank.dim() != 2:
         check_pair(x, bank)
     neglabel_offsets(num_id, bank.shape[0], groups)  # argument errors before the op
+    check_temperature("temperature", temperature)
     score, pred = _neglabel_op(x, bank, num_id, groups, float(temperature), bool(normalize), bool(return_pred), backend)
     return (score, pred) if return_pred else score

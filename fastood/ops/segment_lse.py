@@ -63,9 +63,12 @@ def segment_lse(
             guarantees it).
         offsets: S+1 non-decreasing ints from 0 to N (a sequence or an integer
             tensor); segment s is bank rows ``[offsets[s], offsets[s+1])``.
-        scale: multiplies the cosine (``1 / temperature``); positive, finite.
-        normalize: L2-normalise the rows of ``x`` first. A zero-norm row is then
-            an error (its cosine is undefined).
+        scale: multiplies the cosine (``1 / temperature``); positive, at most
+            ``FLT_MAX/2`` (≈1.7e38: the fp32 kernels form ``scale · log2(e) · cos``).
+        normalize: L2-normalise the rows of ``x`` first, over the whole float range
+            (rows are rescaled by an exact power of two where ``||x||²`` would over- or
+            underflow in fp32: ``x·1e30`` and ``x·1e-30`` give the result of ``x``). An
+            all-zero row is then an error (its cosine is undefined).
         backend: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``
             (see :func:`fastood.backends`).
 
