@@ -100,20 +100,23 @@ SEG_WINDOW = 16
 # Below this a segment's partial sum is recomputed with its own max (2^-96, see 5.).
 UNDERFLOW_SUM = 2.0**-96
 
-# (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages): one config, sized for two blocks/SM.
-CUDA_CONFIG = (128, 128, 64, 8, 3)
-MAXNREG = 128
+# (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages). Measured by ptxas (Triton 3.8, sm_90a,
+# TMA path, argmax): 128×128 uses 255 registers and spills ~100 B; 128×64 uses 237 and spills
+# nothing (82 KB shared memory) → one block per SM. See the module docstring.
+CUDA_CONFIG = (128, 64, 64, 8, 3)
 _INTERPRET_BLOCKS = (16, 32, 16)
 
 # What the speed-of-light model needs to know about this kernel's overlap.
 WARP_ORGANISATION = {
     "kernel": "_sm90_segment_lse_fwd_kernel",
-    "warps_per_block": 8,
-    "blocks_per_sm_intended": 2,
-    "mma_async": True,                # wgmma; the epilogue of one block overlaps the MMA of the other
-    "epilogue_overlaps_mma": "across blocks",  # not within a block (no warp specialisation on sm_90)
-    "tile": {"BLOCK_B": 128, "BLOCK_N": 128, "BLOCK_D": 64},
-    "per_tile_extra_mma_flops": 2 * 2 * 128 * 128 * SEG_WINDOW,  # p_hi @ H, p_lo @ H
+    "warps_per_block": CUDA_CONFIG[3],
+    "blocks_per_sm": 1,               # 237 registers (ptxas): the 2-blocks/SM design is not reached
+    "mma_async": True,                # wgmma, loads by TMA, 3-stage pipeline over the flat loop
+    # The epilogue runs in the MMA warps after the tile's last wgmma: serialised with the MMA
+    # of its own tile; only the TMA loads of the next tile overlap it.
+    "epilogue_overlaps_mma": False,
+    "tile": {"BLOCK_B": CUDA_CONFIG[0], "BLOCK_N": CUDA_CONFIG[1], "BLOCK_D": CUDA_CONFIG[2]},
+    "per_tile_extra_mma_flops": 2 * 2 * CUDA_CONFIG[0] * CUDA_CONFIG[1] * SEG_WINDOW,  # p_hi @ H, p_lo @ H
 }
 
 
@@ -130,23 +133,82 @@ def _bf16_rne(v):
 
 
 @triton.jit
-def _onehot_sums(p, hit, INTERP: tl.constexpr):
-    """σ = p @ H, H = one-hot ``hit`` (exact in bf16), in (almost) fp32 accuracy from two
-    bf16 MMAs: p = p_hi + p_lo + O(2⁻¹⁸ p). The interpreter runs the same split with
-    integer rounding and fp32 products (exact for bf16 values), i.e. the same sums."""
+def _split_bf16(p, INTERP: tl.constexpr):
+    """p = p_hi + p_lo + O(2⁻¹⁸·p) with p_hi, p_lo bf16 (round to nearest each).
+
+    On the GPU two packed cvt; the interpreter (whose cast truncates) rounds with
+    integers and keeps the bf16 values in fp32 (exactly representable, same sums).
+    """
     if INTERP:
         hi = _bf16_rne(p)
         lo = _bf16_rne(p - hi)
-        Hf = hit.to(tl.float32)
-        s = tl.dot(hi, Hf, input_precision="ieee")
-        s = tl.dot(lo, Hf, s, input_precision="ieee")
     else:
-        H = hit.to(tl.bfloat16)
         hi = p.to(tl.bfloat16, fp_downcast_rounding="rtne")
         lo = (p - hi.to(tl.float32)).to(tl.bfloat16, fp_downcast_rounding="rtne")
+    return hi, lo
+
+
+@triton.jit
+def _onehot_sums(hi, lo, hit, INTERP: tl.constexpr):
+    """σ[i, k] = Σ_j (hi + lo)[i, j] · H[j, k], H = one-hot ``hit`` (exact in bf16), on the
+    tensor cores with fp32 accumulation (fp32 products in the interpreter: same values)."""
+    if INTERP:
+        H = hit.to(tl.float32)
+        s = tl.dot(hi, H, input_precision="ieee")
+        s = tl.dot(lo, H, s, input_precision="ieee")
+    else:
+        H = hit.to(tl.bfloat16)
         s = tl.dot(hi, H)
         s = tl.dot(lo, H, s)
     return s
+
+
+@triton.jit
+def _close_window(
+    sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
+    rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+    SPLIT: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr,
+):
+    """Merge one window's per-segment partials (σ against references mk) into the
+    segment states, write the segments that end in this tile, return the carried
+    (m, l) of the open segment (unchanged when it is not in this window)."""
+    NEG_INF: tl.constexpr = float("-inf")
+    kr = tl.arange(0, W)
+    seg = s_base + kr
+    # The carried segment's column k_c (at most one): merged per row, 2 exp2 per row.
+    carry = (kr == s_c - s_base)[None, :]
+    sig_c = tl.sum(tl.where(carry, sig, 0.0), axis=1)
+    mk_c = tl.max(tl.where(carry, mk, NEG_INF), axis=1)
+    m_m = tl.maximum(m_c, mk_c)
+    m_r = tl.where(m_m == NEG_INF, 0.0, m_m)
+    l_m = l_c * tl.math.exp2(m_c - m_r) + sig_c * tl.math.exp2(mk_c - m_r)
+    m_new = tl.where(carry, m_m[:, None], mk)
+    l_new = tl.where(carry, l_m[:, None], sig)
+    if s_base == 0:
+        # Segment 0 (column 0 here): (m, l) against its true max, which max0 and the
+        # split merge kernel read as m. l·2^(m − mx0) ≤ #columns: no overflow.
+        is0 = (kr == 0)[None, :]
+        m0 = tl.max(tl.where(is0, m_new, NEG_INF), axis=1)
+        l0 = tl.sum(tl.where(is0, l_new, 0.0), axis=1) * tl.math.exp2(m0 - mx0)
+        l_new = tl.where(is0, l0[:, None], l_new)
+        m_new = tl.where(is0, mx0[:, None] + tl.zeros([BLOCK_B, W], tl.float32), m_new)
+    seg_end = tl.load(off_ptr + seg + 1, mask=(cnt > 0) & (seg < S), other=2147483647).to(tl.int32)
+    closes = (cnt > 0) & (seg_end <= n_end)
+    wmask = row_ok[:, None] & closes[None, :]
+    if SPLIT:
+        ws = (pid_p * S + seg).to(tl.int64)[None, :] * B + rows64[:, None]
+        tl.store(ws_m_ptr + ws, m_new, mask=wmask)
+        tl.store(ws_l_ptr + ws, l_new, mask=wmask)
+    else:
+        # l >= 2^-96 for every segment with columns (see 5.): the clamp never bites.
+        lse = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
+        tl.store(lse_ptr + rows64[:, None] * S + seg[None, :], lse, mask=wmask)
+    # The tile's last segment stays open when it runs past n_end.
+    if (s_last >= s_base) & (s_last < s_base + W):
+        is_last = (seg == s_last)[None, :]
+        m_c = tl.max(tl.where(is_last, m_new, NEG_INF), axis=1)
+        l_c = tl.sum(tl.where(is_last, l_new, 0.0), axis=1)
+    return m_c, l_c
 
 
 @triton.jit
@@ -219,76 +281,55 @@ def _sm90_segment_lse_fwd_kernel(
             cseg = tl.load(colseg_ptr + cols, mask=col_ok, other=-1)
             s_first = tl.load(colseg_ptr + n0)
             s_last = tl.load(colseg_ptr + n_end - 1)
-            # Shared reference M and p = exp2(acc·c − M): one FMNMX, one FFMA, one MUFU per logit.
-            # (Columns past n_end hold 0 or another split's logits: M stays an upper bound.)
-            M = tl.max(acc, axis=1) * c
-            p = tl.math.exp2(tl.fma(acc, c[:, None], -M[:, None]))
-
             if n0 < end0:
                 # Segment 0 meets this tile: its exact max and first maximiser (column order).
-                z0 = tl.where((cols < end0)[None, :] & col_ok[None, :], acc, NEG_INF)
-                a0 = tl.max(z0, axis=1)
+                # (The masked tile is recomputed from acc, never kept: 64 registers less.)
+                in0 = ((cols < end0) & col_ok)[None, :]
+                a0 = tl.max(tl.where(in0, acc, NEG_INF), axis=1)
                 t0 = a0 * c
                 if WANT_ARGMAX:
-                    first = tl.min(tl.where(z0 == a0[:, None], cols[None, :], 2147483647), axis=1)
+                    first = tl.min(tl.where(in0 & (acc == a0[:, None]), cols[None, :], 2147483647), axis=1)
                     arg = tl.where(t0 > mx0, first, arg)  # strictly greater: earlier tiles win ties
                 mx0 = tl.maximum(mx0, t0)
 
-            for s_base in range(s_first, s_last + 1, W):
-                kcol = cseg - s_base                               # window index of each column
-                hit = (kcol[:, None] == kr[None, :]) & col_ok[:, None]
-                cnt = tl.sum(hit.to(tl.int32), axis=0)             # columns of each segment here
-                seg = s_base + kr
-                sig = _onehot_sums(p, hit, INTERP)                   # [BLOCK_B, W]
-                mk = tl.zeros([BLOCK_B, W], tl.float32) + M[:, None]
-                bad = (sig < TINY) & (cnt > 0)[None, :] & row_ok[:, None]
-                if tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) > 0:
-                    # Rare: some segment underflows against M. Per-segment maxima as references.
-                    ref = tl.zeros([BLOCK_B, BLOCK_N], tl.float32) + M[:, None]  # other columns: p <= 1
-                    for k in tl.static_range(W):
-                        in_k = (kcol == k) & col_ok
-                        a_k = tl.max(tl.where(in_k[None, :], acc, NEG_INF), axis=1)
-                        m_k = tl.where(a_k == NEG_INF, 0.0, a_k * c)  # absent here (and -inf·0 = NaN)
-                        ref = tl.where(in_k[None, :], m_k[:, None], ref)
+            # Shared reference M = c·max(acc). If a row's logits spread over > 96 (log2) in
+            # this tile, a segment could underflow against M (σ < 2^-96): that rare tile takes
+            # per-segment references. Columns past n_end hold 0 or another split's logits:
+            # M stays an upper bound and the test only gets more conservative.
+            amax = tl.max(acc, axis=1)
+            spread = (amax - tl.min(acc, axis=1)) * c
+            M = amax * c
+            # A tile meeting more than W segments (all narrower than BLOCK_N / W on average)
+            # takes the same exact path, window by window.
+            if (tl.max(tl.where(row_ok & (spread > 96.0), 1, 0), axis=0) > 0) | (s_last - s_first >= W):
+                for s_base in tl.range(s_first, s_last + 1, W, num_stages=1, flatten=False):
+                    kcol = cseg - s_base
+                    hit = (kcol[:, None] == kr[None, :]) & col_ok[:, None]
+                    cnt = tl.sum(hit.to(tl.int32), axis=0)
+                    sig = tl.zeros([BLOCK_B, W], tl.float32)
+                    mk = tl.zeros([BLOCK_B, W], tl.float32)
+                    for k in tl.range(0, tl.minimum(W, s_last - s_base + 1), num_stages=1, flatten=False):
+                        # Exact fp32 masked sum with the segment's own max as reference.
+                        in_k = ((kcol == k) & col_ok)[None, :]
+                        a_k = tl.max(tl.where(in_k, acc, NEG_INF), axis=1)
+                        m_k = tl.where(a_k == NEG_INF, 0.0, a_k * c)  # (-inf·0 = NaN on padded rows)
+                        s_k = tl.sum(tl.where(in_k, tl.math.exp2(tl.fma(acc, c[:, None], -m_k[:, None])), 0.0), axis=1)
+                        sig = tl.where((kr == k)[None, :], s_k[:, None], sig)
                         mk = tl.where((kr == k)[None, :], m_k[:, None], mk)
-                    p_ex = tl.math.exp2(tl.fma(acc, c[:, None], -ref))
-                    sig = _onehot_sums(p_ex, hit, INTERP)
-                # Merge the carried state into the open segment's column k_c (per row, not
-                # per [row, k]: 2 exp2 per row instead of 2·W).
-                k_c = s_c - s_base
-                carry = (kr == k_c)[None, :]
-                sig_c = tl.sum(tl.where(carry, sig, 0.0), axis=1)
-                mk_c = tl.max(tl.where(carry, mk, NEG_INF), axis=1)
-                m_m = tl.maximum(m_c, mk_c)
-                m_r = tl.where(m_m == NEG_INF, 0.0, m_m)
-                l_m = l_c * tl.math.exp2(m_c - m_r) + sig_c * tl.math.exp2(mk_c - m_r)
-                m_new = tl.where(carry, m_m[:, None], mk)
-                l_new = tl.where(carry, l_m[:, None], sig)
-                if s_base == 0:
-                    # Segment 0 (column 0 here): (m, l) against its true max, which max0 and
-                    # the split merge kernel read as m. l·2^(m − mx0) ≤ #columns: no overflow.
-                    is0 = (kr == 0)[None, :]
-                    m0 = tl.max(tl.where(is0, m_new, NEG_INF), axis=1)
-                    l0 = tl.sum(tl.where(is0, l_new, 0.0), axis=1) * tl.math.exp2(m0 - mx0)
-                    l_new = tl.where(is0, l0[:, None], l_new)
-                    m_new = tl.where(is0, mx0[:, None], m_new)
-                seg_end = tl.load(off_ptr + seg + 1, mask=(cnt > 0) & (seg < S), other=2147483647).to(tl.int32)
-                closes = (cnt > 0) & (seg_end <= n_end)
-                wmask = row_ok[:, None] & closes[None, :]
-                if SPLIT:
-                    ws = (pid_p * S + seg).to(tl.int64)[None, :] * B + rows64[:, None]
-                    tl.store(ws_m_ptr + ws, m_new, mask=wmask)
-                    tl.store(ws_l_ptr + ws, l_new, mask=wmask)
-                else:
-                    lse = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
-                    tl.store(lse_ptr + rows64[:, None] * S + seg[None, :], lse, mask=wmask)
-                # The last segment of the tile stays open when it runs past n_end.
-                is_last = (seg == s_last)[None, :]
-                m_last = tl.max(tl.where(is_last, m_new, NEG_INF), axis=1)
-                l_last = tl.sum(tl.where(is_last, l_new, 0.0), axis=1)
-                if (s_last >= s_base) & (s_last < s_base + W):
-                    m_c = m_last
-                    l_c = l_last
+                    m_c, l_c = _close_window(sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
+                                             rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+                                             SPLIT, BLOCK_B, W)
+            else:
+                # p = exp2(acc·c − M) ∈ (0, 1]: one FFMA and one MUFU per logit; then bf16 hi + lo.
+                p_hi, p_lo = _split_bf16(tl.math.exp2(tl.fma(acc, c[:, None], -M[:, None])), INTERP)
+                mk = tl.zeros([BLOCK_B, W], tl.float32) + M[:, None]
+                kcol = cseg - s_first                                   # window index of each column
+                hit = (kcol[:, None] == kr[None, :]) & col_ok[:, None]
+                cnt = tl.sum(hit.to(tl.int32), axis=0)                  # columns of each segment here
+                sig = _onehot_sums(p_hi, p_lo, hit, INTERP)             # [BLOCK_B, W] segment sums
+                m_c, l_c = _close_window(sig, mk, cnt, s_first, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
+                                         rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+                                         SPLIT, BLOCK_B, W)
             s_c = s_last
             if end0 <= n_end:
                 if n0 < end0:
@@ -433,7 +474,6 @@ def segment_lse_triton_sm90(
         x_arg, b_arg = x, bank
 
     num_warps, num_stages = (CUDA_CONFIG[3], CUDA_CONFIG[4]) if not interpreting else (4, 1)
-    extra = {} if interpreting else {"maxnreg": MAXNREG}
     _sm90_segment_lse_fwd_kernel[(triton.cdiv(B, bb), splits)](
         x_arg, b_arg, colseg, offsets, row_scale,
         lse, max0, arg0_k, ws_m, ws_l, ws_arg,
@@ -442,7 +482,7 @@ def segment_lse_triton_sm90(
         USE_TMA=bool(use_tma), SPLIT=split, WANT_ARGMAX=bool(want_argmax),
         IEEE_FP32=x.dtype == torch.float32, INTERP=interpreting,
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW,
-        num_warps=num_warps, num_stages=num_stages, **extra,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if split:
         mb = 32 if interpreting else 128
@@ -451,3 +491,48 @@ def segment_lse_triton_sm90(
             WANT_ARGMAX=bool(want_argmax), BLOCK=mb,
         )
     return lse, max0, arg0
+
+
+# --------------------------------------------------------------------------- AOT specs
+def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
+    """The configurations ``segment_lse_triton_sm90`` launches (contract: ``_aot_spec``).
+
+    Only sm_90 and fp16/bf16 are routed here (other arches/dtypes: empty list). Both
+    operand paths (TMA descriptors, pointer loads for layouts TMA cannot take) × split ×
+    argmax; ``full`` adds nothing (there is one tile config). Launch specialisation as
+    the JIT applies it to the common case: aligned pointers, D / row strides / chunk
+    divisible by 16, unit inner strides.
+    """
+    from fastood.ops._aot_spec import AotSpec, TRITON_TYPES, ptr
+
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
+    if arch // 10 != 9 or dtype == torch.float32:
+        return []
+    bb, bn, bd, warps, stages = CUDA_CONFIG
+    el = ptr(dtype)
+    specs = []
+    for tma in (True, False):
+        for split in (False, True):
+            for argmax in (False, True):
+                sig = {
+                    "x_ptr": f"tensordesc<{TRITON_TYPES[dtype]}[{bb},{bd}]>" if tma else el,
+                    "bank_ptr": f"tensordesc<{TRITON_TYPES[dtype]}[{bn},{bd}]>" if tma else el,
+                    "colseg_ptr": "*i32", "off_ptr": "*i64", "scale_ptr": "*fp32",
+                    "lse_ptr": "*fp32", "max0_ptr": "*fp32", "arg0_ptr": "*i64" if argmax else "*fp32",
+                    "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32", "ws_arg_ptr": "*i32" if (split and argmax) else "*fp32",
+                    "B": "i32", "N": "i32", "D": "i32", "S": "i32", "chunk": "i32",
+                    "stride_xb": "i32", "stride_bn": "i32",
+                }
+                aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
+                aligned += ("D", "chunk", "stride_xb", "stride_bn")
+                tag = f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}" \
+                      f"{' split' if split else ''}{' argmax' if argmax else ''}"
+                specs.append(AotSpec(
+                    name=f"segment_lse_sm90_fwd[{tag}]", fn=_sm90_segment_lse_fwd_kernel, signature=sig,
+                    constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "SPLIT": split,
+                                "WANT_ARGMAX": argmax, "IEEE_FP32": False, "INTERP": False,
+                                "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
+                    num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
+                ))
+    return specs
