@@ -250,3 +250,156 @@ def test_gpu_autotuned_default_path(dtype, B):
     check_argmax(arg0, base_arg, logits, offsets, tol=3e-4)
     again = run(x.cuda(), bank.cuda(), offsets, row_scale.cuda())
     assert all(torch.equal(u, v) for u, v in zip((lse, max0, arg0), again))
+
+
+# ------------------------------------------------- launch routes (issue 10 §4 risks)
+class _StubTuner:
+    """Stands in for a triton Autotuner: records the flags it is asked to tune with,
+    runs ``kernel`` with one fixed config and exposes it as ``best_config``."""
+
+    def __init__(self, kernel, config):
+        self.kernel, self.best_config, self.calls = kernel, config, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.calls.append(dict(kw))
+            g = grid(self.best_config.kwargs) if callable(grid) else grid
+            self.kernel[g](*args, **kw, **self.best_config.all_kwargs())
+        return launch
+
+
+class _Recorder:
+    """Wraps a jitted kernel: records every launch's arguments and flags, then runs it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.launches.append((args, dict(kw)))
+            self.kernel[grid](*args, **kw)
+        return launch
+
+
+def _tuned_path(monkeypatch, module, tuner_name, kernel_name, config):
+    """Make ``module`` take its CUDA (autotuned) launch path on interpreter tensors."""
+    module._TUNED.clear() if hasattr(module, "_TUNED") else None
+    monkeypatch.setattr(module, "_interpreting", lambda x: False)
+    rec = _Recorder(getattr(module, kernel_name))
+    tuner = _StubTuner(getattr(module, kernel_name), config)
+    monkeypatch.setattr(module, tuner_name, tuner)
+    monkeypatch.setattr(module, kernel_name, rec)
+    return tuner, rec
+
+
+def test_argmax_variant_reuses_the_plain_variants_tuned_config(monkeypatch):
+    """§4: with and without argmax the launcher runs the same tile config (tuned on the plain
+    variant, whichever call comes first), so lse / max0 agree bit for bit by construction."""
+    import fastood.ops._triton_segment_lse as K
+
+    monkeypatch.setattr(K, "_TUNED", {}, raising=False)
+    cfg = triton.Config({"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2)
+    tuner, rec = _tuned_path(monkeypatch, K, "_segment_lse_fwd_tuned", "_segment_lse_fwd_kernel", cfg)
+    gen = torch.Generator().manual_seed(41)
+    B, N, D = 6, 100, 32
+    offsets = [0, 45, 100]
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    rs = torch.full((B,), 100.0)
+    lse_a, max_a, arg_a = run(x, bank, offsets, rs, want_argmax=True, num_splits=1)   # argmax first
+    lse_b, max_b, _ = run(x, bank, offsets, rs, want_argmax=False, num_splits=1)
+    assert [c["WANT_ARGMAX"] for c in tuner.calls] == [False]  # tuned once, on the plain variant
+    assert [kw["WANT_ARGMAX"] for _, kw in rec.launches] == [True, False]
+    assert all(kw["BLOCK_N"] == 32 and kw["num_warps"] == 4 for _, kw in rec.launches)
+    assert torch.equal(lse_a, lse_b) and torch.equal(max_a, max_b)
+    ref_lse, _, ref_arg, logits = segment_truth(x, bank, offsets, rs)
+    assert max_abs_err(lse_a, ref_lse) <= 1e-4
+    check_argmax(arg_a, ref_arg, logits, offsets, tol=1e-4)
+
+
+def test_size_bucket():
+    from fastood.ops._triton_segment_lse import size_bucket
+
+    assert [size_bucket(n) for n in (0, 1, 2, 3, 4, 5, 1000, 1024, 1025, 65536)] == \
+        [0, 1, 2, 4, 4, 8, 1024, 1024, 2048, 65536]
+    with pytest.raises(TypeError, match="n must be an int"):
+        size_bucket(3.0)
+
+
+def test_cma_autotune_is_keyed_on_size_buckets(monkeypatch):
+    """§4: batch sizes in one power-of-two bucket share one tuning run (no re-tune per size)."""
+    import fastood.ops._triton_cma as C
+    import fastood.ops._triton_segment_lse as K
+
+    monkeypatch.setattr(K, "_TUNED", {}, raising=False)  # the cache _launch_tuned (imported by C) uses
+    cfg = triton.Config({"BLOCK_N": 16, "BLOCK_D": 16}, num_warps=4, num_stages=2)
+    monkeypatch.setattr(C, "_FWD_BLOCK_M", 16)
+    tuner, rec = _tuned_path(monkeypatch, C, "_cma_fwd_tuned", "_cma_fwd_kernel", cfg)
+    gen = torch.Generator().manual_seed(43)
+    D, N = 16, 24
+    t = unit_rows(N, D, gen).float()
+    for M in (20, 30, 17, 40):  # 32, 32, 32, 64
+        x = unit_rows(M, D, gen).float()
+        labels = torch.randint(0, N, (M,), generator=gen)
+        ones = torch.ones(M), torch.ones(N)
+        row_lse, row_ce, *_ = C.cma_fwd_triton(x, t, *ones, torch.tensor(10.0), labels, num_splits=1)
+        ref = torch.logsumexp(10.0 * x.double() @ t.double().T, dim=1)
+        assert max_abs_err(row_lse, ref) <= 1e-4
+    assert len(tuner.calls) == 2 and len(rec.launches) == 2  # one tuning per bucket, reused after
+
+
+def _launch_specialisation(args, kernel) -> dict:
+    """What the JIT specialises each runtime argument as (type, 'D' = divisible by 16 / 16-byte
+    aligned, or 'constexpr' for ints equal to 1), by Triton's own specialisation function."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    names = kernel.arg_names
+    out = {}
+    for name, a in zip(names, args):
+        kind, spec = native_specialize_impl(BaseBackend, a, False, True, True)
+        out[name] = "constexpr" if kind == "constexpr" else spec
+    return out
+
+
+@pytest.mark.parametrize("layout", ["D40", "x_inner_stride2", "x_offset_by_one", "bank_row_stride_520"])
+def test_misaligned_operands_are_routed_to_the_aligned_variant(monkeypatch, layout):
+    """§4: D or strides that are not multiples of 16 elements (or a misaligned base) would
+    compile a variant without vector loads / cp.async pipeline (and with spills); the
+    launcher copies them to an aligned zero-padded layout: the kernel then gets exactly the
+    specialisation the AOT compile checks cover (tests/test_static_compile.py)."""
+    import fastood.ops._triton_segment_lse as K
+
+    rec = _Recorder(K._segment_lse_fwd_kernel)
+    monkeypatch.setattr(K, "_segment_lse_fwd_kernel", rec)
+    gen = torch.Generator().manual_seed(47)
+    B, N = 7, 90
+    D = 40 if layout == "D40" else 48
+    offsets = [0, 30, 31, 90]
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    xk, bk = x, bank
+    if layout == "x_inner_stride2":
+        big = torch.zeros(B, 2 * D)
+        big[:, ::2] = x
+        xk = big[:, ::2]
+    elif layout == "x_offset_by_one":
+        big = torch.zeros(B * D + 1)
+        xk = big[1:].view(B, D)
+        xk.copy_(x)
+    elif layout == "bank_row_stride_520":
+        big = torch.zeros(N, 520)
+        big[:, :D] = bank
+        bk = big[:, :D]
+    rs = torch.full((B,), 100.0)
+    lse, max0, arg0 = run(xk, bk, offsets, rs, num_splits=1)
+    ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, rs)
+    assert max_abs_err(lse, ref_lse) <= 1e-4 and max_abs_err(max0, ref_max) <= 1e-4
+    check_argmax(arg0, ref_arg, logits, offsets, tol=1e-4)
+
+    (args, _), = rec.launches
+    spec = _launch_specialisation(args, rec.kernel)
+    aot = next(s for s in K.aot_specs(90, torch.float16, full=False) if s.name.startswith("segment_lse_fwd["))
+    # Every argument the AOT spec compiles as aligned / divisible is so at this launch, and
+    # the inner strides are the constant 1 the spec compiles with.
+    for name in aot.aligned:
+        assert spec[name] == "D", (name, spec[name])
+    assert spec["stride_xd"] == spec["stride_bd"] == "constexpr"

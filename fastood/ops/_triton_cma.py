@@ -57,6 +57,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastood.ops._triton_segment_lse import _launch_tuned, size_bucket
+
 __all__ = ["cma_fwd_triton", "cma_bwd_triton"]
 
 LOG2E = 1.4426950408889634
@@ -65,14 +67,17 @@ LN2 = 0.6931471805599453
 # Forward: BLOCK_M is fixed (the column-partial workspace has one row per row block,
 # sized before the launch); the autotuner picks the column tile, D chunk and warps.
 _FWD_BLOCK_M = 128
+# Only configurations that compile without register spills for fp16 and bf16 on sm_90 and
+# sm_80 (tests/test_static_compile.py, bench/results/static-sm*.md). Dropped after those
+# checks (Triton 3.8): fwd 128x128x64 w8, 128x128x32 w8, 64x64 w4, 64x32 w4 (pair mode
+# spills 56-136 B/thread: the column reduction keeps a second tile live), 16-warp tiles
+# (128 registers/thread cap); bwd 64x64x32 do512 w8 (44-116 B) and 128x128x32 do64 w8
+# (20 B in the labels pass).
 _CUDA_FWD_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=st)
     for (bn, bd, w, st) in [
-        (128, 64, 8, 3),
-        (128, 32, 8, 4),
-        (64, 64, 4, 3),
         (64, 64, 8, 3),
-        (64, 32, 4, 4),
+        (64, 32, 8, 4),
     ]
 ]
 # Backward: rows, column tile, D chunk of the logit GEMM, output-width slice.
@@ -83,8 +88,8 @@ _CUDA_BWD_CONFIGS = [
         (64, 64, 64, 256, 8, 3),
         (128, 64, 64, 128, 8, 3),
         (64, 128, 64, 128, 8, 3),
-        (128, 128, 32, 64, 8, 3),
-        (64, 64, 32, 512, 8, 2),
+        (128, 64, 64, 64, 8, 3),
+        (64, 64, 32, 256, 8, 3),
     ]
 ]
 _CHUNK_ALIGN = 128  # split chunks are multiples of every BLOCK_N: no tile straddles two splits
@@ -318,6 +323,8 @@ def _cma_bwd_kernel(
     tl.store(o_ptrs, out, mask=row_ok[:, None] & o_ok[None, :])
 
 
+# The tuners key on the exact sizes, but they are only asked once per size *bucket*
+# (_launch_tuned with size_bucket(M), size_bucket(N)): a new batch size reuses its bucket's config.
 _cma_fwd_tuned = triton.autotune(configs=_CUDA_FWD_CONFIGS, key=["M", "N", "D", "WANT_COL", "LABELS"])(_cma_fwd_kernel)
 _cma_bwd_tuned = triton.autotune(
     configs=_CUDA_BWD_CONFIGS, key=["M", "N", "D", "OWN_LSE", "OTH_LSE", "TARGET"]
@@ -417,7 +424,8 @@ def cma_fwd_triton(
     if blocks is not None:
         _cma_fwd_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=blocks[1], BLOCK_D=blocks[2])
     else:
-        _cma_fwd_tuned[grid](*args, **flags, BLOCK_M=bm)
+        key = ("cma_fwd", size_bucket(B), size_bucket(N), D, pair, x.dtype, str(device))
+        _launch_tuned(_cma_fwd_tuned, _cma_fwd_kernel, key, lambda meta: grid, args, {**flags, "BLOCK_M": bm})
 
     mb = 32 if interpreting else _MERGE_BLOCK
     row = tuple(torch.empty(B, **f32) for _ in range(3))
@@ -474,7 +482,8 @@ def _bwd_pass(
         _cma_bwd_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bdo)
     else:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_DO"]), splits)  # noqa: E731
-        _cma_bwd_tuned[grid](*args, **flags)
+        key = ("cma_bwd", size_bucket(M), size_bucket(N), D, splits > 1, *flags.values(), own.dtype, str(device))
+        _launch_tuned(_cma_bwd_tuned, _cma_bwd_kernel, key, grid, args, flags)
     return out[0] if splits == 1 else out.sum(dim=0)  # fixed-order reduction: deterministic
 
 

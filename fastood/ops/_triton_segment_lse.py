@@ -236,9 +236,43 @@ def _segment_lse_merge_kernel(
         tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=row_ok & (s == 0))
 
 
-_segment_lse_fwd_tuned = triton.autotune(configs=_CUDA_CONFIGS, key=["D", "SPLIT", "WANT_ARGMAX"])(
-    _segment_lse_fwd_kernel
-)
+# The autotuner's key has no WANT_ARGMAX: the config is tuned on the plain variant and the
+# argmax variant reuses it (see _launch_tuned), so lse and max0 are the same bits with and
+# without argmax (same tiles, same reduction order).
+_segment_lse_fwd_tuned = triton.autotune(configs=_CUDA_CONFIGS, key=["D", "SPLIT"])(_segment_lse_fwd_kernel)
+
+# (kernel, size buckets, flags, dtype, device) → the triton.Config tuned for it.
+_TUNED: dict[tuple, "triton.Config"] = {}
+
+
+def size_bucket(n: int) -> int:
+    """The autotuning bucket of a size: the next power of two >= n (0 for n <= 0).
+
+    Sizes in one bucket share one tuned config, so a new batch size does not re-tune
+    (each tuning run compiles and times every config)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
+def _launch_tuned(tuner, kernel, key: tuple, grid_of, args: tuple, flags: dict, tune_flags: dict | None = None) -> None:
+    """Launch ``kernel`` with the config tuned once per ``key``.
+
+    On the first call for ``key`` the autotuner ``tuner`` runs on the real arguments with
+    ``flags`` updated by ``tune_flags`` (e.g. WANT_ARGMAX=False: the config is chosen on
+    the plain variant), its ``best_config`` is cached; when ``tune_flags`` changed the
+    flags, ``kernel`` is then launched with the real flags and that config. Later calls
+    with the same key launch ``kernel`` directly. ``grid_of(meta)`` maps a config's
+    kwargs to the grid.
+    """
+    cfg = _TUNED.get(key)
+    if cfg is None:
+        tune = {**flags, **(tune_flags or {})}
+        tuner[grid_of](*args, **tune)
+        cfg = _TUNED[key] = tuner.best_config
+        if tune == flags:
+            return  # the tuning run was the real launch
+    kernel[grid_of(cfg.kwargs)](*args, **flags, **cfg.all_kwargs())
 
 
 def _interpreting(x: Tensor) -> bool:
@@ -268,6 +302,40 @@ def _choose_splits(B: int, N: int, S: int, device: torch.device, interpreting: b
     return max(1, splits)
 
 
+_ALIGN_ELEMS = 16  # the JIT's divisibility hint: ints divisible by 16, pointers 16-byte aligned
+
+
+def _is_aligned(t: Tensor) -> bool:
+    """Rows the fast path assumes: unit inner stride, row stride and width multiples of 16
+    elements, 16-byte-aligned base (what the JIT specialises on: vector loads, cp.async/TMA)."""
+    return (t.stride(1) == 1 and t.stride(0) % _ALIGN_ELEMS == 0 and t.shape[1] % _ALIGN_ELEMS == 0
+            and t.data_ptr() % 16 == 0)
+
+
+def _aligned_operands(x: Tensor, bank: Tensor) -> tuple[Tensor, Tensor]:
+    """Route operands whose D, strides or base are not aligned to the aligned kernel variant.
+
+    Without the JIT's alignment hints the kernel compiles to scalar loads without a
+    cp.async pipeline (32 KB shared memory, 748 B of spills per thread with Triton 3.8),
+    a variant no compile check covers. Misaligned operands are therefore copied into
+    fresh buffers of width ``roundup(D, 16)``, zero-filled past D: the zero columns add
+    exact zeros to every dot product, so the results are unchanged.
+    """
+    if _is_aligned(x) and _is_aligned(bank):
+        return x, bank
+    D = x.shape[1]
+    Dp = triton.cdiv(D, _ALIGN_ELEMS) * _ALIGN_ELEMS
+
+    def pad(t: Tensor) -> Tensor:
+        if Dp == D and _is_aligned(t):
+            return t
+        out = torch.zeros(t.shape[0], Dp, dtype=t.dtype, device=t.device)  # fresh: 256-byte aligned
+        out[:, :D] = t
+        return out
+
+    return pad(x), pad(bank)
+
+
 def segment_lse_triton(
     x: Tensor,
     bank: Tensor,
@@ -289,12 +357,15 @@ def segment_lse_triton(
     heuristic on CUDA, 1 in the interpreter). ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)``
     fixes the tile sizes instead of autotuning (tests). In the interpreter (CPU tensors
     or ``TRITON_INTERPRET=1``) bf16 is computed from an fp32 copy (no bf16 ``tl.dot``).
+    Operands whose D, strides or base are not 16-aligned are copied to an aligned,
+    zero-padded layout first (``_aligned_operands``).
     """
     interpreting = _interpreting(x)
     if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError("the Triton backend needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1")
     if interpreting and x.dtype == torch.bfloat16:
         x, bank = x.float(), bank.float()
+    x, bank = _aligned_operands(x, bank)
     B, D = x.shape
     N = bank.shape[0]
     S = offsets.numel() - 1
@@ -339,7 +410,9 @@ def segment_lse_triton(
         _segment_lse_fwd_kernel[grid](*args, **flags, BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd)
     else:
         grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), splits)  # noqa: E731
-        _segment_lse_fwd_tuned[grid](*args, **flags)
+        key = ("segment_lse_fwd", D, split, x.dtype, str(device))
+        _launch_tuned(_segment_lse_fwd_tuned, _segment_lse_fwd_kernel, key, grid, args, flags,
+                      tune_flags={"WANT_ARGMAX": False})
 
     if split:
         mb = 32 if interpreting else _MERGE_BLOCK
