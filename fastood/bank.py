@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,22 +171,20 @@ class TextBank:
             "meta": self.meta,
             "sha256": _sha256_tensor(self.embeddings),
         }
-        parent = path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        except OSError as exc:
-            raise BankError(f"cannot write the bank to {str(parent)!r}: {exc.strerror or exc}") from exc
-        os.close(fd)
-        try:
+        from fastood._io import atomic_write  # the one atomic writer: temp + fsync + rename, umask permissions
+
+        started = []
+
+        def write(tmp: str) -> None:
+            started.append(tmp)
             save_file({"embeddings": self.embeddings}, tmp, metadata={"fastood": json.dumps(header)})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+
+        try:
+            return atomic_write(path, write)
+        except OSError as exc:
+            if started:  # the folder was fine; the write itself failed (disk full, …): as raised
+                raise
+            raise BankError(f"cannot write the bank to {str(path.parent)!r}: {exc.strerror or exc}") from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "TextBank":
