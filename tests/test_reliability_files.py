@@ -208,8 +208,11 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
             pass
         want = stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
         assert want == 0o666 & ~umask
+        from tests.test_bank import make_bank
+
         made = [atomic_write_bytes(tmp_path / "a.bin", b"x"), O.write_rows(tmp_path / "s.csv", [], COLS),
-                O.write_rows(tmp_path / "s.jsonl", [], COLS), O.write_json_atomic(tmp_path / "m.json", {})]
+                O.write_rows(tmp_path / "s.jsonl", [], COLS), O.write_json_atomic(tmp_path / "m.json", {}),
+                make_bank()[0].save(tmp_path / "b.safetensors")]
         for p in made:
             assert stat.S_IMODE(os.stat(p).st_mode) == want, p
     finally:
