@@ -754,6 +754,15 @@ def _eval(args: argparse.Namespace) -> int:
             mapping, label_map = "by folder name", [index[_norm_name(f)] for f in folders]
         elif len(folders) <= len(det_classes):
             mapping, label_map = "by sorted folder index (folder names do not match the class names)", list(range(len(folders)))
+    if getattr(args, "benchmark", None):  # a paper's protocol: fastood.benchmarks finds the sets
+        from fastood.benchmarks import run_eval
+
+        return run_eval(args)
+    if args.id is None or not args.ood:
+        raise SystemExit("fastood eval: --id DIR and at least one --ood are required (or --benchmark NAME "
+                         "--data-root DIR)")
+    args.convention = args.convention or "neglabel"
+
             print(f"WARNING: the --id folder names do not all match the detector's {len(det_classes)} class names; "
                   "mapping the i-th folder (sorted by name) to class i. Check that this is the class order "
                   "(e.g. ImageNet wnid folders with --classes imagenet1k).", file=sys.stderr)
@@ -1055,12 +1064,13 @@ def main(argv: list[str] | None = None) -> int:
                         description="ID: an ImageFolder (one subfolder per class). Class names default to the folder "
                                     "names ('_' -> ' '); with --classes, folders map to classes by name when all "
                                     "match, else by sorted index (with a warning).")
-    ev.add_argument("--id", required=True, help="ID images: an ImageFolder directory")
-    ev.add_argument("--ood", required=True, action="append", metavar="NAME=DIR",
+    ev.add_argument("--id", default=None, help="ID images: an ImageFolder directory (required without --benchmark)")
+    ev.add_argument("--ood", default=None, action="append", metavar="NAME=DIR",
                     help="an OOD set (repeatable); DIR alone names the set after the directory")
     ev.add_argument("--out", required=True, help="report directory (report.md, report.json, roc.png, hist.png, scores.csv)")
     ev.add_argument("--fit", default=None, help="ImageFolder of ID training images (knn, mahalanobis, rmd, plp)")
-    ev.add_argument("--convention", default="neglabel", help="FPR95 convention: neglabel (default), interp, openood")
+    ev.add_argument("--convention", default=None, help="FPR95 convention: neglabel (default), interp, openood "
+                                                       "(with --benchmark: the compared paper's)")
     ev.add_argument("--tpr", type=float, default=0.95, help="TPR level of the FPR metric (default 0.95)")
     ev.add_argument("--aupr", default="ap", choices=["ap", "trapezoid"], help="AUPR integration (default ap)")
     ev.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
@@ -1093,3 +1103,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    from fastood.benchmarks import add_cli_args as _add_benchmark_args  # --benchmark / --data-root / --published
+
+    _add_benchmark_args(ev)
