@@ -8,10 +8,14 @@ Layout (what :func:`fastood.ops.neglabel_score` consumes)::
                          *before* permuting)
 
 A bank file is one ``.safetensors`` file: the ``embeddings`` tensor plus a JSON
-metadata header (labels, layout, what produced it, and the sha256 of the
-embedding bytes). Writes are atomic (temp file + ``os.replace`` in the same
-directory); a load verifies the checksum, shapes and unit norms, and — through
-:func:`cached_bank` — that the metadata matches the request.
+metadata header (labels, layout, what produced it, and a sha256 over the
+embedding bytes *and* the header: ``id_labels``, ``neg_labels``, ``groups``,
+``meta`` — see :func:`bank_digest`). Writes are atomic (temp file +
+``os.replace`` in the same directory); a load checks the header's shape and types,
+verifies the checksum (an edited label, group count or metadata entry fails it,
+like an edited embedding), shapes and unit norms, and — through
+:func:`cached_bank` — that the metadata matches the request. Any failure is a
+:class:`BankError`; the cache rebuilds such a file with a warning.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["TextBank", "BankError", "group_permutation", "cache_dir", "cached_bank", "request_key"]
+__all__ = ["TextBank", "BankError", "group_permutation", "cache_dir", "cached_bank", "request_key", "bank_digest"]
 
-FORMAT_VERSION = 1
+#: 2: the checksum covers the header (labels, groups, meta) as well as the embeddings
+FORMAT_VERSION = 2
 UNIT_NORM_TOL = 1e-3
 
 
@@ -40,6 +45,50 @@ class BankError(ValueError):
 def _sha256_tensor(t: Tensor) -> str:
     t = t.detach().cpu().contiguous().reshape(-1)
     return hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples → lists, keys → strings, others → ``str``)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def bank_digest(embeddings: Tensor, id_labels: Sequence[str], neg_labels: Sequence[str], groups: int,
+                meta: dict[str, Any]) -> str:
+    """The bank file's checksum: sha256 over the embedding bytes and the canonical JSON of the header.
+
+    ``sha256("fastood.TextBank/2" ‖ sha256(embedding bytes) ‖ json(id_labels, neg_labels, groups, meta))``
+    with sorted keys and compact separators, ``meta`` first put through a JSON round trip,
+    so the digest written equals the digest recomputed from the file.
+    """
+    header = _canonical({"id_labels": list(id_labels), "neg_labels": list(neg_labels), "groups": groups, "meta": meta})
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    h = hashlib.sha256(f"fastood.TextBank/{FORMAT_VERSION}\0{_sha256_tensor(embeddings)}\0".encode())
+    h.update(blob.encode())
+    return h.hexdigest()
+
+
+def _check_header(header: Any, where: str) -> dict[str, Any]:
+    """The header's keys and types, as :meth:`TextBank.save` writes them; :class:`BankError` otherwise."""
+    if not isinstance(header, dict):
+        raise BankError(f"bank file {where} has malformed metadata: a {type(header).__name__}, not a JSON object")
+    if header.get("format") != "fastood.TextBank":
+        raise BankError(f"bank file {where} is not a fastood bank (format {header.get('format')!r})")
+    if header.get("version") != FORMAT_VERSION:
+        raise BankError(f"bank file {where} has version {header.get('version')!r}; this fastood reads version "
+                        f"{FORMAT_VERSION} (whose checksum covers the labels and metadata too): rebuild the bank")
+    kinds = {"id_labels": list, "neg_labels": list, "groups": int, "meta": dict, "sha256": str}
+    for key, kind in kinds.items():
+        if key not in header:
+            raise BankError(f"bank file {where} has malformed metadata: the key {key!r} is missing")
+        value = header[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise BankError(f"bank file {where} has malformed metadata: {key!r} must be a {kind.__name__}, "
+                            f"got {type(value).__name__}")
+    for key in ("id_labels", "neg_labels"):
+        bad = next((v for v in header[key] if not isinstance(v, str)), None)
+        if bad is not None:
+            raise BankError(f"bank file {where} has malformed metadata: {key!r} must hold strings, got {bad!r}")
+    return header
 
 
 def group_permutation(num: int, *, seed: int | None = 0, generator: torch.Generator | None = None) -> Tensor:
@@ -169,7 +218,7 @@ class TextBank:
             "neg_labels": self.neg_labels,
             "groups": self.groups,
             "meta": self.meta,
-            "sha256": _sha256_tensor(self.embeddings),
+            "sha256": bank_digest(self.embeddings, self.id_labels, self.neg_labels, self.groups, self.meta),
         }
         from fastood._io import atomic_write  # the one atomic writer: temp + fsync + rename, umask permissions
 
@@ -206,10 +255,10 @@ class TextBank:
             header = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise BankError(f"bank file {str(path)!r} has corrupt metadata: {exc}") from exc
-        if header.get("format") != "fastood.TextBank" or header.get("version") != FORMAT_VERSION:
-            raise BankError(f"bank file {str(path)!r} has an unknown format/version {header.get('format')}/{header.get('version')}")
-        if _sha256_tensor(emb) != header.get("sha256"):
-            raise BankError(f"bank file {str(path)!r} failed its checksum: the embeddings were modified or corrupted")
+        header = _check_header(header, repr(str(path)))
+        if bank_digest(emb, header["id_labels"], header["neg_labels"], header["groups"], header["meta"]) != header["sha256"]:
+            raise BankError(f"bank file {str(path)!r} failed its checksum: the embeddings, labels, groups or "
+                            "metadata were modified or corrupted")
         bank = cls(emb, header["id_labels"], header["neg_labels"], groups=header["groups"], meta=header["meta"])
         bank.embeddings = bank.embeddings.to(device)
         return bank

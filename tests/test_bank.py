@@ -89,6 +89,69 @@ def test_edited_embeddings_fail_the_checksum(tmp_path):
         TextBank.load(p)
 
 
+def _rewrite_header(path, edit):
+    """Rewrite a bank file with its embeddings and ``edit(header)`` as the header (the checksum left as is)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["fastood"])
+        emb = f.get_tensor("embeddings")
+    header = edit(header)
+    save_file({"embeddings": emb}, str(path), metadata={"fastood": header if isinstance(header, str) else json.dumps(header)})
+
+
+def _swap_first_two_labels(h):
+    h["id_labels"][0], h["id_labels"][1] = h["id_labels"][1], h["id_labels"][0]
+    return h
+
+
+HEADER_EDITS = {
+    "swapped id_labels": (_swap_first_two_labels, "checksum"),
+    "renamed negative": (lambda h: {**h, "neg_labels": ["zzz"] + h["neg_labels"][1:]}, "checksum"),
+    "edited meta": (lambda h: {**h, "meta": {**h["meta"], "seed": 7}}, "checksum"),
+    "groups missing": (lambda h: {k: v for k, v in h.items() if k != "groups"}, "'groups' is missing"),
+    "meta missing": (lambda h: {k: v for k, v in h.items() if k != "meta"}, "'meta' is missing"),
+    "meta a list": (lambda h: {**h, "meta": [1, 2]}, "'meta' must be a dict"),
+    "groups a string": (lambda h: {**h, "groups": "5"}, "'groups' must be a int"),
+    "groups a bool": (lambda h: {**h, "groups": True}, "'groups' must be a int"),
+    "labels not strings": (lambda h: {**h, "id_labels": [1, 2, 3, 4]}, "must hold strings"),
+    "header a list": (lambda h: [h], "not a JSON object"),
+    "old version": (lambda h: {**h, "version": 1}, "version 1"),
+}
+
+
+@pytest.mark.parametrize("edit", list(HEADER_EDITS))
+def test_edited_or_malformed_header_is_a_bank_error(tmp_path, edit):
+    """The checksum covers the header: an edited label would otherwise change pred_label silently."""
+    fn, message = HEADER_EDITS[edit]
+    bank, _ = make_bank(k=4)
+    p = bank.save(tmp_path / "b.safetensors")
+    _rewrite_header(p, fn)
+    with pytest.raises(BankError, match=message):
+        TextBank.load(p)
+
+
+@pytest.mark.parametrize("edit", ["swapped id_labels", "groups missing", "meta a list"])
+def test_cache_rebuilds_an_edited_header_with_a_warning(tmp_path, edit):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return make_bank()[0]
+
+    req = {"model": "tiny"}
+    first = cached_bank(req, build, directory=tmp_path)
+    (path,) = (tmp_path / "banks").iterdir()
+    _rewrite_header(path, HEADER_EDITS[edit][0])
+    with pytest.raises(BankError):
+        cached_bank(req, build, directory=tmp_path, on_mismatch="error")
+    with pytest.warns(UserWarning, match="rebuilding"):
+        again = cached_bank(req, build, directory=tmp_path)
+    assert len(calls) == 2 and again.id_labels == first.id_labels
+    assert TextBank.load(path).id_labels == first.id_labels  # the rebuilt file is valid again
+
+
 def test_not_a_bank(tmp_path):
     from safetensors.torch import save_file
 
