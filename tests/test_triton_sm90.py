@@ -1,0 +1,186 @@
+"""The Hopper scoring kernel (fastood/ops/_triton_segment_lse_sm90.py) against a float64 truth.
+
+Without CUDA these run its pointer-load path in Triton's CPU interpreter (the same kernel
+body as the TMA path, selected by a constexpr), with small tiles (16×32×16) so that the
+one-hot window (16 segments), the split-N merge, the tile-spread underflow fallback and
+the > 16-segments-per-tile path are all exercised. ``@pytest.mark.gpu`` cases run the
+real sm_90 launch (TMA descriptors, 128×64×64 tiles) when an H100-class GPU is present.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from fastood.ops._triton_segment_lse_sm90 import (  # noqa: E402
+    column_segments, segment_lse_triton_sm90, sm90_supported,
+)
+from tests.numerics import check_argmax, max_abs_err, neglabel_offsets, segment_truth, unit_rows  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def run(x, bank, offsets, row_scale, want_argmax=True, **kw):
+    off = torch.tensor(offsets, dtype=torch.int64, device=x.device)
+    return segment_lse_triton_sm90(x, bank, off, row_scale, want_argmax, **kw)
+
+
+def check(out, x, bank, offsets, row_scale, tol=1e-4):
+    lse, max0, arg0 = out
+    ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, row_scale)
+    assert lse.shape == (x.shape[0], len(offsets) - 1) and lse.dtype == torch.float32
+    assert max_abs_err(lse, ref_lse) <= tol
+    assert max_abs_err(max0, ref_max) <= tol
+    if arg0.numel():
+        check_argmax(arg0, ref_arg, logits, offsets, tol=tol)
+
+
+LAYOUTS = [
+    ("one_segment_G1", 77, [0, 77]),
+    ("neglabel_G1", 90, neglabel_offsets(50, 1, 40)),
+    ("empty_and_size1", 100, [0, 0, 30, 31, 31, 70, 100, 100]),
+    ("neglabel", 260, neglabel_offsets(60, 8, 25)),
+    ("wider_than_tile", 150, [0, 70, 150]),
+    ("size1_run_over_window", 70, list(range(0, 40)) + [40, 40, 70]),  # 32 segments in a tile > 16
+    ("empty_first", 129, [0, 0, 64, 64, 96, 128, 129]),
+]
+
+
+@pytest.mark.parametrize("name,N,offsets", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_fp32_matches_float64(name, N, offsets, splits):
+    gen = torch.Generator().manual_seed(17 * N + splits)
+    B, D = 19, 40
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    row_scale = torch.linspace(1.0, 100.0, B)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
+    check(out, x, bank, offsets, row_scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("splits", [1, 4])
+def test_low_precision_matches_float64_of_rounded_inputs(dtype, splits):
+    """fp32 accumulation and bf16 hi/lo segment sums: within 1e-4 of the float64 truth of
+    the rounded inputs (the same bound as the portable kernel's tests)."""
+    gen = torch.Generator().manual_seed(11 + splits)
+    B, N, D = 13, 260, 64
+    offsets = neglabel_offsets(60, 8, 25)
+    x, bank = unit_rows(B, D, gen).to(dtype), unit_rows(N, D, gen).to(dtype)
+    row_scale = torch.full((B,), 100.0)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), want_argmax=False, num_splits=splits)
+    lse, max0, arg0 = out
+    assert arg0.shape == (0,)
+    ref_lse, ref_max, _, _ = segment_truth(x, bank, offsets, row_scale)
+    assert max_abs_err(lse, ref_lse) <= 1e-4
+    assert max_abs_err(max0, ref_max) <= 1e-4
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_underflow_fallback_segments_far_below_the_tile_max(splits):
+    """One tile holds a segment whose logits are ~190 (log2) below the tile max: with one
+    shared reference its exp2 sum would flush to 0 (lse = -inf or garbage); the spread
+    test sends the tile to per-segment references and the result stays exact."""
+    gen = torch.Generator().manual_seed(23)
+    B, N, D = 5, 64, 32
+    offsets = [0, 10, 20, 40, 64]            # segments 1 and 2 share the first 32-column tile
+    x = unit_rows(B, D, gen).float()
+    bank = unit_rows(N, D, gen).float()
+    bank[10:20] = -x[0]                       # cos = -1 for row 0 on segment 1
+    bank[20:26] = x[0]                        # cos = +1 for row 0 at the start of segment 2
+    row_scale = torch.full((B,), 100.0)       # spread 200 nats ≈ 289 log2 units
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
+    check(out, x, bank, offsets, row_scale)
+    assert torch.isfinite(out[0]).all()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 3e4])
+def test_extreme_scale(scale):
+    """Tiny and huge logits (up to ~3e4 nats): no overflow/NaN; the error stays within 2× torch fp32."""
+    gen = torch.Generator().manual_seed(9)
+    B, N, D = 6, 90, 32
+    offsets = [0, 40, 41, 90]
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    row_scale = torch.full((B,), scale)
+    ref_lse, ref_max, _, _ = segment_truth(x, bank, offsets, row_scale)
+    logits32 = row_scale[:, None] * (x @ bank.T)
+    torch_lse = torch.stack([torch.logsumexp(logits32[:, lo:hi], 1) for lo, hi in zip(offsets[:-1], offsets[1:])], 1)
+    budget = 2 * max_abs_err(torch_lse, ref_lse) + 1e-4 * max(1.0, scale / 100)
+    lse, max0, _ = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE))
+    assert max_abs_err(lse, ref_lse) <= budget
+    assert max_abs_err(max0, ref_max) <= budget
+
+
+@pytest.mark.parametrize("splits", [1, 2, 4])
+def test_argmax_ties_first_index_across_tiles_and_splits(splits):
+    gen = torch.Generator().manual_seed(13)
+    N, D = 140, 32
+    offsets = [0, 130, 140]
+    bank = unit_rows(N, D, gen).float()
+    bank[[6, 70, 100]] = bank[5].clone()
+    x = bank[5:6].clone().repeat(3, 1)
+    row_scale = torch.tensor([100.0, 1.0, 10.0])
+    _, _, arg0 = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
+    assert arg0.cpu().tolist() == [5, 5, 5]
+
+
+@pytest.mark.parametrize("layout", ["x_strided", "bank_transposed"])
+def test_non_contiguous_inputs(layout):
+    gen = torch.Generator().manual_seed(3)
+    B, N, D = 10, 150, 40
+    offsets = [0, 60, 61, 100, 150]
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    xk, bk = x, bank
+    if layout == "x_strided":
+        big = torch.zeros(B, 2 * D)
+        big[:, ::2] = x
+        xk = big[:, ::2]
+    else:
+        bk = bank.T.contiguous().T
+    row_scale = torch.full((B,), 50.0)
+    out = run(xk.to(DEVICE), bk.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=2)
+    check(out, x, bank, offsets, row_scale)
+
+
+def test_column_segments_names_only_nonempty_segments():
+    off = torch.tensor([0, 0, 3, 3, 4, 6, 6])
+    assert column_segments(off, 6).tolist() == [1, 1, 1, 3, 4, 4]
+
+
+def test_bad_inputs_raise():
+    x = torch.zeros(2, 4)
+    off = torch.tensor([0, 3])
+    with pytest.raises(TypeError, match="dtype"):
+        segment_lse_triton_sm90(x, torch.zeros(3, 4, dtype=torch.float64), off, torch.ones(2), False)
+    with pytest.raises(ValueError, match="D"):
+        segment_lse_triton_sm90(x, torch.zeros(3, 5), off, torch.ones(2), False)
+    with pytest.raises(ValueError, match="row_scale"):
+        segment_lse_triton_sm90(x, torch.zeros(3, 4), off, torch.ones(3), False)
+    with pytest.raises(ValueError, match="num_splits"):
+        segment_lse_triton_sm90(x, torch.zeros(3, 4), off, torch.ones(2), False, num_splits=0)
+    assert not sm90_supported(x)  # CPU tensors never take the sm_90 route
+
+
+# ------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_SM90, reason="needs a compute-capability-9.x GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("use_tma", [True, False])
+@pytest.mark.parametrize("B,splits", [(300, 1), (37, None)])
+def test_gpu_sm90_matches_float64(dtype, use_tma, B, splits):
+    gen = torch.Generator().manual_seed(B)
+    N, D = 2 * 1040 + 1000, 512
+    offsets = neglabel_offsets(1000, 20, 104)
+    x, bank = unit_rows(B, D, gen).to(dtype), unit_rows(N, D, gen).to(dtype)
+    row_scale = torch.full((B,), 100.0)
+    out = run(x.cuda(), bank.cuda(), offsets, row_scale.cuda(), num_splits=splits, use_tma=use_tma)
+    check(out, x, bank, offsets, row_scale)
+    assert sm90_supported(x.cuda())
