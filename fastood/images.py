@@ -640,7 +640,7 @@ def _iter_blocks(images: Any, stream: _Stream) -> Iterator[Any]:
     if (isinstance(images, tuple) and len(images) == 2 and isinstance(images[0], Tensor) and images[0].dim() == 4
             and _is_label(images[1])):
         images = [images]  # one (x, y) batch
-    if _is_pil(images) or _is_ndarray(images) and images.ndim in (2, 3) and images.dtype.name == "uint8":
+    if _is_pil(images) or _is_ndarray(images) and images.ndim in (2, 3):  # one image (any dtype: refused by name)
         yield stream.single(images, None)
         return
     if isinstance(images, dict):

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fastood._io import atomic_write_bytes
 from fastood.outputs import write_json_atomic
 
 __all__ = ["CONVENTION_TEXT", "write_report", "plot_roc", "plot_histograms", "roc_curve"]
@@ -211,8 +212,6 @@ def write_report(
     }
     written["json"] = write_json_atomic(out / "report.json", report)
     md = _markdown(report)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(md, encoding="utf-8")
-    os.replace(tmp, out / "report.md")
-    written["md"] = out / "report.md"
+    # the one atomic writer; a file name that is not UTF-8 keeps its bytes (as in scores.csv)
+    written["md"] = atomic_write_bytes(out / "report.md", md.encode("utf-8", errors="surrogateescape"))
     return written

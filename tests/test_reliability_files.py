@@ -338,3 +338,51 @@ def test_unwritable_out_is_reported_before_the_model_is_built(tiny_run, tmp_path
         main(["eval", "--id", str(root), "--ood", f"x={root / 'imgs'}", "--out", str(tmp_path / "plainfile"),
               *common])
     assert exc.value.code == 2 and "it exists and is not a directory" in capsys.readouterr().err
+
+
+def test_score_skips_a_fifo_and_reports_it(tiny_run, tmp_path, capsys):
+    root, common = tiny_run
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _png(imgs / "a.png")
+    pipe = imgs / "b.png"
+    os.mkfifo(pipe)
+    try:
+        assert _within(lambda: _score(common, tmp_path / "s.csv", imgs), timeout=60) == 0
+        assert [r["path"] for r in O.read_rows(tmp_path / "s.csv")] == [str(imgs / "a.png")]
+        cap = capsys.readouterr()
+        assert f"{pipe}: not a regular file: a FIFO" in cap.err and "skipped 1 unreadable" in cap.out
+        with pytest.raises(SystemExit, match="no image files"):  # the FIFO alone, named on the command line
+            _within(lambda: _score(common, tmp_path / "t.csv", pipe), timeout=60)
+        assert "not a regular file: a FIFO" in capsys.readouterr().err
+    finally:
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def test_eval_report_keeps_a_non_utf8_name(tiny_run, tmp_path):
+    root, common = tiny_run
+    (tmp_path / "id" / "dog").mkdir(parents=True)
+    (tmp_path / "id" / "cat").mkdir(parents=True)
+    for i in range(2):
+        _png(tmp_path / "id" / "dog" / f"d{i}.png", i)
+        _png(tmp_path / "id" / "cat" / f"c{i}.png", 10 + i)
+    ood = tmp_path / "ood"
+    ood.mkdir()
+    _png(os.fsencode(ood) + b"/" + BAD_NAME, 20)
+    _png(ood / "o.png", 21)
+    with open(os.fsencode(ood) + b"/bad\xff.jpg", "wb") as f:  # unreadable, and its name is not UTF-8
+        f.write(b"not a jpeg")
+    rep = tmp_path / "rep"
+    assert main(["eval", "--id", str(tmp_path / "id"), "--ood", f"x={ood}", "--out", str(rep), "--no-plots",
+                 *common]) == 0
+    assert os.fsencode(ood) + b"/bad\xff.jpg" in (rep / "report.md").read_bytes()
+    paths = {os.fsencode(r["path"]) for r in O.read_rows(rep / "scores.csv")}
+    assert os.fsencode(ood) + b"/" + BAD_NAME in paths and len(paths) == 6
+
+
+def test_a_numpy_float_image_is_refused_by_its_shape():
+    with pytest.raises(ValueError, match=r"uint8 .* got float32 \(5, 6, 3\)"):
+        list(iter_image_batches(np.zeros((5, 6, 3), np.float32), None))
