@@ -188,3 +188,196 @@ def test_bench_writes_the_table(report, tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| `")]
     assert len(rows) == len(kernels)
     assert any("segment_lse_fwd_half<fp16, true>" in r and "sm_90" in r for r in rows)
+
+
+# ------------------------------------- the Triton kernel ahead of time, for the C++ launchers
+# csrc/cuda/embed_triton.py compiles one AotSpec to a cubin and writes it as a header that
+# csrc/cuda/triton_aot.h / triton_aot_launch.cpp launch with the CUDA driver API.
+AOT_SPEC = ("fastood.ops._triton_segment_lse", 90, "float16", "segment_lse_fwd[128x128x64 w8 s3]")
+AOT_SYMBOL = "segment_lse_fwd_sm90_fp16"
+
+
+def _embed_module():
+    import importlib.util
+
+    import sys
+
+    if "embed_triton" in sys.modules:
+        return sys.modules["embed_triton"]
+    spec = importlib.util.spec_from_file_location("embed_triton", sc.CUDA_DIR / "embed_triton.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["embed_triton"] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def aot(tmp_path_factory):
+    embed = _embed_module()
+    k = embed.compile_kernel(*AOT_SPEC)
+    out = tmp_path_factory.mktemp("aot")
+    (out / f"{AOT_SYMBOL}.h").write_text(embed.header(k, AOT_SYMBOL))
+    return embed, k, out
+
+
+def _cuda_home() -> Path | None:
+    from tests import cuda_emulator
+
+    inc = cuda_emulator.cuda_include()
+    return inc.parent if inc is not None and (inc / "cuda.h").is_file() else None
+
+
+def test_ptx_param_reader_on_hand_written_ptx():
+    embed = _embed_module()
+    ptx = """
+.visible .entry k(
+\t.param .u64 .ptr .global .align 1 k_param_0,
+\t.param .u32 k_param_1,
+\t.param .f32 k_param_2,
+\t.param .u64 k_param_3,
+\t.param .u64 .ptr .global .align 1 k_param_4
+)
+.reqntid 128
+{ ret; }"""
+    assert embed.ptx_params(ptx, "k") == [".u64 .ptr", ".u32", ".f32", ".u64", ".u64 .ptr"]
+    params = [("x", "kPointer"), ("n", "kI32"), ("s", "kF32"), ("m", "kI64"), ("global_scratch", "kGlobalScratch")]
+    assert embed.expected_ptx(params) == embed.ptx_params(ptx, "k")
+    assert embed.expected_ptx(params[1:]) != embed.ptx_params(ptx, "k")  # one argument short: caught
+
+
+def test_embedded_cubin_is_the_triton_compile_of_the_source(aot):
+    """The header's bytes are the cubin of a fresh, independent triton.compile of the same
+    spec (another process), its metadata those Triton's own launcher would use."""
+    import hashlib
+
+    embed, k, out = aot
+    fresh = embed.compile_kernel(*AOT_SPEC)
+    text = (out / f"{AOT_SYMBOL}.h").read_text()
+    body = text.split(f"{AOT_SYMBOL}_cubin[")[1].split("{", 1)[1].split("}", 1)[0]
+    embedded = bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", body))
+    assert embedded == fresh.cubin and embedded[:4] == b"\x7fELF"
+    assert hashlib.sha256(fresh.cubin).hexdigest() in text
+    assert (k.name, k.num_warps, k.shared) == (fresh.name, fresh.num_warps, fresh.shared)
+    spec = embed.find_spec(*AOT_SPEC)
+    assert k.num_warps == spec.num_warps and k.name == spec.fn.__name__
+
+
+@needs_cuobjdump
+def test_embedded_cubin_uses_the_intended_tensor_cores(aot, tmp_path):
+    embed, k, _ = aot
+    spec = embed.find_spec(*AOT_SPEC)
+    cubin = tmp_path / "k.cubin"
+    cubin.write_bytes(k.cubin)
+    funcs = sc.disassemble(cubin)
+    assert list(funcs) == [k.name]
+    family = sc.tensor_core_family(sc.sass_counts(funcs[k.name]), funcs[k.name])
+    want = {"wgmma": "HGMMA", "mma": "HMMA"}.get(spec.intended_mma, "none")
+    assert family.startswith(want), (family, spec.intended_mma)
+
+
+_PROBE = r"""
+#include <cinttypes>
+#include <cstdio>
+#include "@HEADER@"
+namespace a = fastood::cuda::aot;
+int main(int argc, char**) {
+  const auto& k = a::@SYMBOL@;
+  for (int i = 0; i < k.num_params; ++i)
+    std::printf("param %s %s %zu\n", k.params[i].name, a::param_kind_name(k.params[i].kind), a::param_bytes(k.params[i].kind));
+  std::vector<a::TritonArg> args;
+  int n = 0;
+  for (int i = 0; i < k.num_params; ++i) {
+    switch (k.params[i].kind) {
+      case a::ParamKind::kPointer: args.push_back(a::TritonArg::ptr(reinterpret_cast<void*>(0x1000 + 16 * n))); break;
+      case a::ParamKind::kI32: args.push_back(a::TritonArg::i32(-5 - n)); break;
+      case a::ParamKind::kI64: args.push_back(a::TritonArg::i64(-(int64_t{1} << 40) - n)); break;
+      case a::ParamKind::kF32: args.push_back(a::TritonArg::f32(0.5f + n)); break;
+      default: continue;
+    }
+    ++n;
+  }
+  a::PackedParams p;
+  std::string e = a::pack_params(k, args, nullptr, nullptr, &p);
+  std::printf("pack '%s'\n", e.c_str());
+  for (std::size_t i = 0; i < p.pointers.size(); ++i) {
+    unsigned char b[8];
+    std::memcpy(b, p.pointers[i], 8);
+    std::printf("slot");
+    for (int j = 0; j < 8; ++j) std::printf(" %02x", b[j]);
+    std::printf("\n");
+  }
+  std::vector<a::TritonArg> shorter(args.begin(), args.end() - 1);
+  std::printf("short '%s'\n", a::pack_params(k, shorter, nullptr, nullptr, &p).c_str());
+  std::vector<a::TritonArg> wrong = args;
+  wrong[0] = a::TritonArg::i32(1);
+  std::printf("kind '%s'\n", a::pack_params(k, wrong, nullptr, nullptr, &p).c_str());
+#ifdef WITH_LAUNCH
+  if (argc > 1) std::printf("launch '%s'\n", a::launch(k, 1, 1, 1, args, nullptr, nullptr).c_str());
+#endif
+  return 0;
+}
+"""
+
+
+def _build_probe(out: Path, tmp_path: Path, link: bool) -> Path:
+    home = _cuda_home()
+    if home is None or shutil.which("g++") is None:
+        pytest.skip("needs g++ and the CUDA headers")
+    src = tmp_path / "probe.cpp"
+    src.write_text(_PROBE.replace("@HEADER@", str(out / f"{AOT_SYMBOL}.h")).replace("@SYMBOL@", AOT_SYMBOL))
+    exe = tmp_path / "probe"
+    cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Werror", "-I", str(sc.ROOT / "csrc"), "-I", str(home / "include"),
+           str(src)]
+    if link:
+        lib = home / "lib64"
+        if not (lib / "libcudart_static.a").is_file():
+            pytest.skip("no libcudart_static.a")
+        cmd += ["-DWITH_LAUNCH", str(sc.CUDA_DIR / "triton_aot_launch.cpp"), "-L", str(lib), "-lcudart_static",
+                "-ldl", "-lpthread", "-lrt"]
+    proc = subprocess.run([*cmd, "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return exe
+
+
+def test_launcher_packs_the_parameters_the_ptx_declares(aot, tmp_path):
+    """The C++ side (kinds, byte sizes, packed values) against the PTX .entry's .param list."""
+    embed, k, out = aot
+    exe = _build_probe(out, tmp_path, link=False)
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    params = [line.split()[1:] for line in lines if line.startswith("param ")]
+    size_of = {".u64 .ptr": 8, ".u64": 8, ".u32": 4, ".f32": 4}
+    kind_of = {".u64 .ptr": {"pointer", "global_scratch", "profile_scratch"}, ".u64": {"i64"}, ".u32": {"i32"},
+               ".f32": {"fp32"}}
+    assert len(params) == len(k.ptx_params)
+    for (name, kind, nbytes), ptx in zip(params, k.ptx_params):
+        assert int(nbytes) == size_of[ptx] and kind in kind_of[ptx], (name, kind, ptx)
+    assert [p[1] for p in params[-2:]] == ["global_scratch", "profile_scratch"]  # Triton's trailing pointers
+    assert "pack ''" in lines
+    slots = [bytes(int(b, 16) for b in line.split()[1:]) for line in lines if line.startswith("slot")]
+    n = 0
+    for (name, kind, _), slot in zip(params, slots):
+        if kind == "pointer":
+            assert int.from_bytes(slot, "little") == 0x1000 + 16 * n
+        elif kind == "i32":
+            assert int.from_bytes(slot[:4], "little", signed=True) == -5 - n
+        elif kind in ("global_scratch", "profile_scratch"):
+            assert slot == bytes(8)
+            continue
+        n += 1
+    assert any(line.startswith("short '") and "expected 18 arguments, got 17" in line for line in lines)
+    assert any(line.startswith("kind '") and "must be pointer, got i32" in line for line in lines)
+
+
+def test_launcher_links_and_reports_a_missing_driver(aot, tmp_path):
+    """triton_aot_launch.cpp builds against the CUDA headers and the static runtime (no
+    libcuda link); without a GPU driver, launch() returns the reason instead of crashing."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the probe's fake pointers must not be launched")
+    _, _, out = aot
+    exe = _build_probe(out, tmp_path, link=True)
+    proc = subprocess.run([str(exe), "launch"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("launch '"))
+    assert line != "launch ''" and ("driver" in line.lower() or "cudaFree" in line), line

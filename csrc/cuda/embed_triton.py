@@ -1,0 +1,224 @@
+"""Compile a Triton kernel ahead of time and embed its cubin in a C++ header.
+
+This is the build step of fastood's "one kernel source" path (README, architecture:
+the CUDA-kernel decision): the Triton scoring kernel is compiled for one target
+(``GPUTarget("cuda", arch, 32)``) with the launch specialisation of one ``AotSpec``
+(``fastood/ops/_aot_spec.py``: signature, constexprs, 16-byte alignment hints,
+num_warps, num_stages), exactly as ``fastood.ops._aot`` compiles it for the static
+checks, and the result is written as a header that ``csrc/cuda/triton_aot.h`` can
+launch through the CUDA driver API (``cuModuleLoadData`` → ``cuModuleGetFunction`` →
+``cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)`` → ``cuLaunchKernel``) from
+``fastood._C`` or the TensorRT plugin, without Python at run time.
+
+The header holds: the cubin bytes, the kernel's name, num_warps (block = 32·num_warps
+threads), the dynamic shared memory Triton's launcher passes (``metadata.shared``),
+the global / profile scratch sizes, and the parameter list in PTX order — the
+signature's non-constexpr arguments (pointers, i32, i64, fp32) followed by the two
+trailing pointers every Triton ≥ 3.3 kernel takes (global scratch, profile scratch).
+The list is taken from the signature and checked here against the PTX ``.entry``'s
+``.param`` list (``ptx_params``); a mismatch stops the build.
+
+    python csrc/cuda/embed_triton.py --module fastood.ops._triton_segment_lse \\
+        --arch 90 --dtype float16 --spec "segment_lse_fwd[128x128x64 w8 s3]" \\
+        --symbol segment_lse_fwd_sm90_fp16 --out build/triton_aot/segment_lse_fwd_sm90_fp16.h
+
+Triton compiles in-process only outside the interpreter: with ``TRITON_INTERPRET=1``
+(the test suite's setting) ``compile_kernel`` runs itself in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Signature type → (C++ ParamKind, PTX type). Pointers are ".u64 .ptr".
+_KINDS = {"i32": ("kI32", ".u32"), "u32": ("kI32", ".u32"), "i64": ("kI64", ".u64"), "u64": ("kI64", ".u64"),
+          "fp32": ("kF32", ".f32")}
+_SCRATCH = ("kGlobalScratch", "kProfileScratch")
+
+
+@dataclass
+class CompiledKernel:
+    """What the header embeds (and what the tests compare)."""
+
+    cubin_hex: str
+    name: str
+    num_warps: int
+    shared: int
+    global_scratch_size: int
+    global_scratch_align: int
+    profile_scratch_size: int
+    params: list[tuple[str, str]]  # (argument name, ParamKind) in launch order
+    ptx_params: list[str]          # the PTX .entry's parameter types, in order
+    arch: int
+    spec: str
+    triton_version: str
+
+    @property
+    def cubin(self) -> bytes:
+        return bytes.fromhex(self.cubin_hex)
+
+
+def ptx_params(ptx: str, name: str) -> list[str]:
+    """Types of the ``.entry name(...)`` parameters: ``".u64 .ptr"``, ``".u32"``, ``".f32"``, ..."""
+    m = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\((?P<body>.*?)\)", ptx, re.S)
+    if m is None:
+        raise ValueError(f"no .entry {name} in the PTX")
+    out = []
+    for p in m.group("body").split(","):
+        p = p.strip()
+        if not p:
+            continue
+        t = re.match(r"\.param\s+(\.\w+)(\s+\.ptr)?", p)
+        if t is None:
+            raise ValueError(f"cannot read PTX parameter {p!r}")
+        out.append(t.group(1) + (" .ptr" if t.group(2) else ""))
+    return out
+
+
+def launch_params(spec) -> list[tuple[str, str]]:
+    """``(name, ParamKind)`` for every argument Triton passes, in order: the signature's
+    non-constexpr arguments, then the global and profile scratch pointers."""
+    out = []
+    for arg in spec.fn.arg_names:
+        if arg in spec.constexprs:
+            continue
+        ty = spec.signature[arg]
+        if ty.startswith("*"):
+            out.append((arg, "kPointer"))
+        elif ty in _KINDS:
+            out.append((arg, _KINDS[ty][0]))
+        else:
+            raise ValueError(f"{spec.name}: argument {arg} has a type the launcher cannot pass: {ty}")
+    return out + [("global_scratch", _SCRATCH[0]), ("profile_scratch", _SCRATCH[1])]
+
+
+def expected_ptx(params: list[tuple[str, str]]) -> list[str]:
+    """The PTX parameter types ``params`` must compile to."""
+    ptx_of = {"kPointer": ".u64 .ptr", "kI32": ".u32", "kI64": ".u64", "kF32": ".f32",
+              "kGlobalScratch": ".u64 .ptr", "kProfileScratch": ".u64 .ptr"}
+    return [ptx_of[k] for _, k in params]
+
+
+def find_spec(module: str, arch: int, dtype: str, spec_name: str):
+    import torch
+
+    mod = importlib.import_module(module)
+    specs = mod.aot_specs(arch, getattr(torch, dtype), full=True)
+    for s in specs:
+        if s.name == spec_name:
+            return s
+    raise ValueError(f"{module}.aot_specs({arch}, {dtype}) has no spec {spec_name!r}; it has {[s.name for s in specs]}")
+
+
+def _compile_here(module: str, arch: int, dtype: str, spec_name: str) -> CompiledKernel:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    spec = find_spec(module, arch, dtype, spec_name)
+    names = spec.fn.arg_names
+    sig = {k: ("constexpr" if k in spec.constexprs else spec.signature[k]) for k in names}
+    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in spec.aligned}
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, **spec.extra_options}
+    kernel = triton.compile(ASTSource(spec.fn, sig, dict(spec.constexprs), attrs), target=GPUTarget("cuda", arch, 32),
+                            options=options)
+    md = kernel.metadata
+    params = launch_params(spec)
+    found = ptx_params(kernel.asm["ptx"], md.name)
+    if found != expected_ptx(params):
+        raise RuntimeError(f"{spec.name}: the PTX parameters {found} are not the launcher's {expected_ptx(params)}: "
+                           "this Triton passes arguments differently (update launch_params)")
+    if (getattr(md, "num_ctas", 1) != 1 or getattr(md, "tmem_size", 0) or getattr(md, "launch_pdl", False)
+            or getattr(md, "launch_cooperative_grid", False) or getattr(md, "tensordesc_meta", None)):
+        raise RuntimeError(f"{spec.name}: clusters, tensor memory, PDL, cooperative launches and TMA descriptors "
+                           "are not supported by the launcher (csrc/cuda/triton_aot_launch.cpp)")
+    return CompiledKernel(
+        cubin_hex=kernel.asm["cubin"].hex(), name=md.name, num_warps=md.num_warps, shared=md.shared,
+        global_scratch_size=getattr(md, "global_scratch_size", 0), global_scratch_align=getattr(md, "global_scratch_align", 1),
+        profile_scratch_size=getattr(md, "profile_scratch_size", 0), params=params, ptx_params=found, arch=arch,
+        spec=spec.name, triton_version=triton.__version__,
+    )
+
+
+def compile_kernel(module: str, arch: int, dtype: str, spec_name: str) -> CompiledKernel:
+    """Compile one spec (in a child process when Triton is in interpreter mode)."""
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        return _compile_here(module, arch, dtype, spec_name)
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, __file__, "--module", module, "--arch", str(arch), "--dtype", dtype,
+                           "--spec", spec_name, "--json"], capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {spec_name} failed:\n{proc.stderr[-4000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data["params"] = [tuple(p) for p in data["params"]]
+    return CompiledKernel(**data)
+
+
+def header(k: CompiledKernel, symbol: str) -> str:
+    """C++ header text defining ``fastood::cuda::aot::<symbol>`` (a TritonKernelImage)."""
+    if not re.fullmatch(r"[A-Za-z_]\w*", symbol):
+        raise ValueError(f"symbol must be a C++ identifier, got {symbol!r}")
+    cubin = k.cubin
+    rows = [", ".join(f"0x{b:02x}" for b in cubin[i : i + 16]) for i in range(0, len(cubin), 16)]
+    params = ",\n    ".join(f"{{\"{n}\", ParamKind::{kind}}}" for n, kind in k.params)
+    digest = hashlib.sha256(cubin).hexdigest()
+    return f"""// GENERATED by csrc/cuda/embed_triton.py — do not edit.
+// Triton {k.triton_version}, sm_{k.arch}, spec "{k.spec}", cubin sha256 {digest}
+#pragma once
+
+#include "cuda/triton_aot.h"
+
+namespace fastood {{
+namespace cuda {{
+namespace aot {{
+
+alignas(16) inline const unsigned char {symbol}_cubin[{len(cubin)}] = {{
+    {(',' + chr(10) + '    ').join(rows)}}};
+
+inline const TritonParam {symbol}_params[{len(k.params)}] = {{
+    {params}}};
+
+inline const TritonKernelImage {symbol} = {{
+    {symbol}_cubin, sizeof({symbol}_cubin), "{k.name}", {k.arch}, {k.num_warps}, {k.shared},
+    {k.global_scratch_size}, {k.global_scratch_align}, {k.profile_scratch_size},
+    {symbol}_params, {len(k.params)}, "{digest}"}};
+
+}}  // namespace aot
+}}  // namespace cuda
+}}  // namespace fastood
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--module", required=True)
+    p.add_argument("--arch", type=int, required=True)
+    p.add_argument("--dtype", required=True, choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--spec", required=True)
+    p.add_argument("--symbol", help="C++ name of the kernel image (with --out)")
+    p.add_argument("--out", type=Path, help="write the header here")
+    p.add_argument("--json", action="store_true", help="print the compiled kernel as JSON (internal)")
+    a = p.parse_args(argv)
+    k = compile_kernel(a.module, a.arch, a.dtype, a.spec)
+    if a.json:
+        print(json.dumps(asdict(k)))
+    if a.out is not None:
+        if not a.symbol:
+            p.error("--out needs --symbol")
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(header(k, a.symbol))
+
+
+if __name__ == "__main__":
+    main()
