@@ -360,6 +360,10 @@ def segment_lse_triton(
     Operands whose D, strides or base are not 16-aligned are copied to an aligned,
     zero-padded layout first (``_aligned_operands``).
     """
+    if blocks is None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):  # Hopper: sm_90 kernel
+        from fastood.ops._triton_segment_lse_sm90 import segment_lse_triton_sm90, sm90_supported
+        if sm90_supported(x):
+            return segment_lse_triton_sm90(x, bank, offsets, row_scale, want_argmax, num_splits=num_splits)
     interpreting = _interpreting(x)
     if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError("the Triton backend needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1")

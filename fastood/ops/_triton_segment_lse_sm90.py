@@ -373,9 +373,12 @@ def sm90_supported(x: Tensor) -> bool:
 
     fp16/bf16 on a compute-capability-9.x GPU (Hopper: wgmma, 228 KB shared memory per
     SM for two resident 100 KB blocks) with a Triton that has host tensor descriptors
-    (3.3+; 3.6 and 3.8 do). Everything else keeps the portable kernel.
+    (3.3+; 3.6 and 3.8 do). Everything else keeps the portable kernel, and so does
+    ``FASTOOD_TRITON_SM90=0`` in the environment.
     """
     if not isinstance(x, Tensor) or x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if os.environ.get("FASTOOD_TRITON_SM90", "1") == "0":  # kill switch until measured on a GPU
         return False
     if _tensor_descriptor_cls() is None:
         return False
