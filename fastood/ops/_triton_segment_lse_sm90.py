@@ -539,3 +539,9 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                     num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
                 ))
     return specs
+
+# Warp organisation for bench/sol.py (keyed by the spec name before "["): one chain (the
+# epilogue is serialised after its tile's MMA in the same warps), no per-tile refill (one
+# flat pipelined loop over (tile, D chunk): TMA loads of the next tile are in flight while
+# the epilogue runs), both operands re-read per tile.
+SOL_KERNELS = {"segment_lse_sm90_fwd": {"chains": 1, "refill": False, "a_resident": False}}
