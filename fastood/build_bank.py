@@ -94,6 +94,7 @@ def build_bank(
     corpus: Corpus | None = None,
     percentile: float = 0.95,
     ratio: float = 0.15,
+    mining_precision: str = "float64",
     num_negatives: int = 2000,
     groups: int | None = None,
     seed: int | None = 0,
@@ -115,6 +116,8 @@ def build_bank(
             (needs ``prototypes``: (K, D) visual class prototypes from
             :func:`fastood.labels.image_prototypes`).
         percentile, ratio: NegMining's quantile and kept fraction per POS.
+        mining_precision: NegMining's ranking precision, ``"float64"`` or ``"float32"`` (the
+            NegLabel reference's CPU ranking; see :func:`fastood.labels.mine_neglabel`).
         num_negatives: InterNeg's M.
         groups: G (default 100, or 5 for InterNeg); the last ``M mod G`` are dropped.
         seed / permutation: the grouping permutation (see :meth:`TextBank.from_mined`).
@@ -150,8 +153,11 @@ def build_bank(
         selected = mine_interneg(id_emb.to(dev), protos.to(dev), cand.to(dev), pos, m=num_negatives).cpu()
         mining.update(m=num_negatives, prototypes_sha256=hashlib.sha256(protos.numpy().tobytes()).hexdigest())
     else:
-        selected = mine_neglabel(id_emb.to(dev), cand.to(dev), pos, percentile=percentile, ratio=ratio).cpu()
+        selected = mine_neglabel(id_emb.to(dev), cand.to(dev), pos, percentile=percentile, ratio=ratio,
+                                 precision=mining_precision).cpu()
         mining.update(percentile=percentile, ratio=ratio)
+        if mining_precision != "float64":
+            mining["precision"] = mining_precision
     mining["selected"] = int(selected.numel())
     meta = {
         "method": method,

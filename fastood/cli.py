@@ -135,9 +135,16 @@ def _mine(args: argparse.Namespace) -> int:
             prototypes = load_file(args.prototypes)["prototypes"]
         except Exception as exc:  # missing key, corrupt file
             raise SystemExit(f"--prototypes {args.prototypes}: cannot read a 'prototypes' tensor ({exc})")
-    bank = build_bank(clip, args.classes, method=args.method, prototypes=prototypes, corpus=corpus,
-                      percentile=args.percentile, ratio=args.ratio, num_negatives=args.num_negatives,
-                      groups=args.groups, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    from fastood.bank import BankError
+
+    try:
+        bank = build_bank(clip, args.classes, method=args.method, prototypes=prototypes, corpus=corpus,
+                          percentile=args.percentile, ratio=args.ratio, num_negatives=args.num_negatives,
+                          groups=args.groups, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                          permutation=_permutation_arg(args.permutation) if args.permutation else None,
+                          mining_precision=args.mining_precision)
+    except BankError as exc:  # e.g. a --permutation of the wrong length for the kept negatives
+        raise SystemExit(f"fastood mine: {exc}")
     path = bank.save(args.out)
     print(f"wrote {path}: {bank.num_id} ID labels, {bank.num_neg} negatives in {bank.groups} groups "
           f"(method {args.method}, model {args.model}, mined {bank.meta['mining']['selected']} "
@@ -181,6 +188,10 @@ def _add_model_args(p: argparse.ArgumentParser, *, classes_default: str | None =
                    help="extra detector option (VALUE parsed as JSON, else a string), e.g. -o groups=100 "
                         "-o temperature=0.01; repeatable")
     g.add_argument("--cache", default=None, help="text-bank cache directory (default $FASTOOD_CACHE or ~/.cache/fastood)")
+    g.add_argument("--permutation", default=None, metavar="FILE",
+                   help="group permutation of the kept negatives for a built bank (neglabel, interneg): .pt "
+                        "(torch.save), .npy or .txt of ints, a permutation of range(n_kept); e.g. the NegLabel "
+                        "reference's CUDA draw (default: torch.randperm on a seed-0 CPU generator)")
     g.add_argument("--seed", type=int, default=0, help="seed of random initialisation with --pretrained none")
     r = p.add_argument_group("run")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when available)")
@@ -228,6 +239,8 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["threshold"] = args.threshold
     if args.cache is not None:
         opts["cache"] = args.cache
+    if getattr(args, "permutation", None):
+        opts["permutation"] = args.permutation  # the path; _build_detector loads it
     opts["batch_size"] = args.batch_size
     return opts
 
@@ -256,6 +269,12 @@ def _build_detector(args: argparse.Namespace, *, classes: Any, device: str | Non
 
     cls = DETECTORS.get(args.method.lower())
     params = _signature_params(cls) if cls is not None else set()
+    if "permutation" in opts:
+        if cls is not None and "permutation" not in params:
+            raise SystemExit(f"--permutation: the {args.method!r} detector has no negative-label groups "
+                             "(it applies to neglabel and interneg)")
+        if isinstance(opts["permutation"], str):  # --permutation FILE (or -o permutation=FILE)
+            opts["permutation"] = _permutation_arg(opts["permutation"])
     if "progress" not in opts and "progress" in params:
         opts["progress"] = not args.quiet  # bank building progress bars
     if "cache" in opts and cls is not None and "cache" not in params:
@@ -272,6 +291,16 @@ def _build_detector(args: argparse.Namespace, *, classes: Any, device: str | Non
                         clip=clip, **opts)
         except (ValueError, TypeError, FileNotFoundError, PermissionError) as exc:
             raise SystemExit(f"fastood: cannot build the {args.method!r} detector: {exc}")
+
+
+def _permutation_arg(path: str):
+    """--permutation FILE as an int64 tensor (SystemExit with the loader's message on bad input)."""
+    from fastood.labels import load_permutation
+
+    try:
+        return load_permutation(path)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise SystemExit(f"--permutation: {exc}")
 
 
 def _signature_params(cls: type) -> set[str]:
@@ -1092,6 +1121,11 @@ def main(argv: list[str] | None = None) -> int:
     mine.add_argument("--num-negatives", type=int, default=2000, help="interneg: M")
     mine.add_argument("--groups", type=int, default=None, help="G (default 100; 5 for interneg)")
     mine.add_argument("--seed", type=int, default=0, help="seed of the grouping permutation")
+    mine.add_argument("--permutation", default=None, metavar="FILE",
+                      help="explicit grouping permutation (.pt / .npy / .txt of ints, a permutation of range(n_kept)), "
+                           "e.g. the NegLabel reference's CUDA draw; overrides --seed")
+    mine.add_argument("--mining-precision", default="float64", choices=["float64", "float32"],
+                      help="NegMining ranking: float64 (default) or float32 (the NegLabel reference's CPU ranking)")
     mine.add_argument("--batch-size", type=int, default=1024)
     mine.add_argument("--device", default=None)
     mine.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -6,6 +6,8 @@ permutation-file loader used by ``--permutation``."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,146 @@ def test_covariance_option_validation_and_plp_plumbing():
         RMD().fit_features(x, one)
     msp = MSP(score="rmd", covariance="pooled", epochs=1).fit_features(train, labels)
     assert msp.rmd.covariance_type == "pooled"
+
+
+# ------------------------------------------------------- group permutation from a file (CLI + API)
+def _mine(tmp_path, out, *extra):
+    from fastood.cli import main
+    from tests.tiny import TINY_KWARGS
+
+    torch.manual_seed(0)  # the random tower: the same weights for every run
+    return main(["mine", "--model", "ViT-B-32", "--pretrained", "none", "--model-kwargs", json.dumps(TINY_KWARGS),
+                 "--classes", str(tmp_path / "classes.txt"), "--corpus", str(tmp_path / "words.tsv"), "--ratio", "0.5",
+                 "--groups", "3", "--device", "cpu", "--quiet", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory):
+    from fastood.bank import TextBank
+
+    root = tmp_path_factory.mktemp("perm")
+    (root / "classes.txt").write_text("dog\ncat\nbird\n")
+    words = ["rock", "river", "cloud", "thunder", "glass", "table", "forest", "engine", "ladder", "smooth", "rusty",
+             "wooden", "bright", "quiet", "sharp"]
+    pos = ["n"] * 9 + ["a"] * 6
+    (root / "words.tsv").write_text("".join(f"{w}\t{p}\n" for w, p in zip(words, pos)))
+    assert _mine(root, root / "seeded.safetensors") == 0
+    bank = TextBank.load(root / "seeded.safetensors")
+    assert bank.meta["permutation"] == "seeded" and bank.num_neg == 6  # int(9·0.5) + int(6·0.5) = 7, 6 kept
+    # the mining order, recovered from the seed-0 CPU draw the default grouping used
+    perm0 = torch.randperm(bank.num_neg, generator=torch.Generator().manual_seed(0))
+    order = [None] * bank.num_neg
+    for i, p in enumerate(perm0.tolist()):
+        order[p] = bank.neg_labels[i]
+    return root, bank, order
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy", ".txt"])
+def test_cli_mine_takes_a_permutation_file(mined, suffix):
+    from fastood.bank import TextBank
+
+    root, seeded, order = mined
+    perm = torch.randperm(seeded.num_neg, generator=torch.Generator().manual_seed(7))
+    path = root / f"perm{suffix}"
+    if suffix == ".pt":
+        torch.save(perm, path)
+    elif suffix == ".npy":
+        np.save(path, perm.numpy())
+    else:
+        path.write_text("\n".join(map(str, perm.tolist())) + "\n")
+    out = root / f"explicit{suffix}.safetensors"
+    assert _mine(root, out, "--permutation", str(path)) == 0
+    bank = TextBank.load(out)
+    assert bank.meta["permutation"] == "explicit"
+    assert bank.neg_labels == [order[i] for i in perm.tolist()]  # group layout = mined[perm]
+    by_word = dict(zip(seeded.neg_labels, seeded.embeddings[seeded.num_id:]))
+    assert torch.equal(bank.embeddings[bank.num_id:], torch.stack([by_word[w] for w in bank.neg_labels]))
+
+
+def test_cli_rejects_bad_permutation_files(mined, capsys):
+    root, seeded, _ = mined
+    n = seeded.num_neg
+    (root / "short.txt").write_text(" ".join(map(str, range(n - 1))))
+    with pytest.raises(SystemExit, match=rf"permutation of range\({n}\)"):
+        _mine(root, root / "x.safetensors", "--permutation", str(root / "short.txt"))
+    (root / "dup.txt").write_text(" ".join(["0"] * n))
+    with pytest.raises(SystemExit, match="repeated"):
+        _mine(root, root / "x.safetensors", "--permutation", str(root / "dup.txt"))
+    from PIL import Image
+
+    from fastood.cli import main
+
+    (root / "imgs").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(root / "imgs" / "a.png")
+    with pytest.raises(SystemExit, match="neglabel and interneg"):
+        main(["score", str(root / "imgs"), "--out", str(root / "s.csv"), "--method", "mcm", "--pretrained", "none",
+              "--permutation", str(root / "dup.txt"), "--quiet"])
+    # score / eval: the file reaches the detector's bank build (here one entry short of n_kept)
+    from tests.tiny import TINY_KWARGS
+
+    with pytest.raises(SystemExit, match=rf"cannot build the 'neglabel' detector: .*range\({n}\)"):
+        main(["score", str(root / "imgs"), "--out", str(root / "s.csv"), "--model", "ViT-B-32", "--pretrained",
+              "none", "--model-kwargs", json.dumps(TINY_KWARGS), "--classes", str(root / "classes.txt"),
+              "--corpus", str(root / "words.tsv"), "-o", "ratio=0.5", "-o", "groups=3", "--cache",
+              str(root / "cache"), "--device", "cpu", "--permutation", str(root / "short.txt"), "--quiet"])
+    assert not (root / "x.safetensors").exists()
+
+
+class _NotATensor:
+    pass
+
+
+def test_load_permutation_validates_files(tmp_path):
+    from fastood.labels import check_permutation, load_permutation
+
+    good = [2, 0, 3, 1]
+    torch.save({"permutation": torch.tensor(good)}, tmp_path / "d.pt")
+    assert load_permutation(tmp_path / "d.pt").tolist() == good
+    assert load_permutation(tmp_path / "d.pt", 4).tolist() == good
+    with pytest.raises(ValueError, match=r"range\(5\)"):
+        load_permutation(tmp_path / "d.pt", 5)
+    torch.save(_NotATensor(), tmp_path / "obj.pt")  # weights_only=True refuses arbitrary pickles
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_permutation(tmp_path / "obj.pt")
+    np.save(tmp_path / "f.npy", np.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match="integers"):
+        load_permutation(tmp_path / "f.npy")
+    np.save(tmp_path / "m.npy", np.array([[0, 1], [1, 0]]))
+    with pytest.raises(ValueError, match="1-D"):
+        load_permutation(tmp_path / "m.npy")
+    (tmp_path / "w.txt").write_text("0 1 two")
+    with pytest.raises(ValueError, match="integers"):
+        load_permutation(tmp_path / "w.txt")
+    (tmp_path / "p.json").write_text("[0, 1]")
+    with pytest.raises(ValueError, match=r"\.pt/\.pth"):
+        load_permutation(tmp_path / "p.json")
+    with pytest.raises(FileNotFoundError):
+        load_permutation(tmp_path / "missing.npy")
+    with pytest.raises(ValueError, match="out-of-range"):
+        check_permutation([0, 1, 3])
+
+
+def test_neglabel_api_permutation_and_mining_precision(tmp_path):
+    from fastood.build_bank import build_bank
+    from fastood.detectors import NegLabel
+    from fastood.labels import load_corpus
+    from tests.tiny import tiny_clip
+
+    clip = tiny_clip()
+    full = load_corpus("neglabel")
+    keep = np.zeros(len(full), dtype=bool)
+    keep[::500] = True
+    corpus = full.filter(keep)
+    classes = ["dog", "cat", "bird"]
+    ref = build_bank(clip, classes, corpus=corpus, groups=1, permutation=None, progress=False)
+    kept = ref.num_neg - ref.num_neg % 4
+    perm = torch.randperm(kept, generator=torch.Generator().manual_seed(3))
+    det = NegLabel(clip, classes=classes, corpus=corpus, groups=4, permutation=perm, cache=tmp_path, progress=False)
+    mined = torch.empty_like(ref.embeddings[3:])  # ref = mined[randperm(M, seed 0)]: undo it
+    mined[torch.randperm(ref.num_neg, generator=torch.Generator().manual_seed(0))] = ref.embeddings[3:]
+    assert torch.equal(det.bank.embeddings[3:], mined[:kept][perm])
+    d32 = NegLabel(clip, classes=classes, corpus=corpus, groups=4, mining_precision="float32", cache=tmp_path,
+                   progress=False)
+    assert d32.bank.meta["mining"]["precision"] == "float32"
+    with pytest.raises(ValueError, match="mining_precision"):
+        NegLabel(clip, classes=classes, mining_precision="half")

@@ -75,7 +75,15 @@ class NegLabel(ZeroShotDetector):
         corpus: candidate corpus for building: a preset name (``"neglabel"``, ``"csp"``)
             or a :class:`fastood.labels.Corpus` (default: the method's preset).
         percentile, ratio: NegMining's quantile (0.95) and kept fraction per POS (0.15).
-        seed, permutation: the grouping permutation (see :meth:`TextBank.from_mined`).
+        mining_precision: NegMining's ranking, ``"float64"`` (default) or ``"float32"`` (the
+            reference's CPU ranking: fp32 GEMM + fp32 ``torch.quantile``; see
+            :func:`fastood.labels.mine_neglabel`).
+        seed, permutation: the grouping permutation (see :meth:`TextBank.from_mined`). The
+            default (``seed=0``) is ``torch.randperm(n_kept)`` on a seed-0 *CPU* generator; the
+            NegLabel reference draws it on CUDA (``torch.randperm(..., device="cuda")``), which
+            gives another permutation: for its exact groups pass that permutation
+            (``permutation=``, or ``--permutation FILE`` on the command line; see
+            :func:`fastood.labels.load_permutation`).
         cache: bank cache directory (default ``$FASTOOD_CACHE`` or ``~/.cache/fastood``).
         bank_method: ``"neglabel"`` or ``"csp"`` (CSP's conjugated-adjective corpus and
             prompt ensembles, then NegMining) for a built bank.
@@ -99,6 +107,7 @@ class NegLabel(ZeroShotDetector):
         corpus: Any = None,
         percentile: float = 0.95,
         ratio: float = 0.15,
+        mining_precision: str = "float64",
         seed: int | None = 0,
         permutation: Sequence[int] | Tensor | None = None,
         cache: str | os.PathLike | None = None,
@@ -112,6 +121,10 @@ class NegLabel(ZeroShotDetector):
     ) -> None:
         super().__init__(clip, model=model, tokenizer=tokenizer, preprocess=preprocess, device=device,
                          batch_size=batch_size, amp=amp, threshold=threshold)
+        from fastood.labels.mining import MINING_PRECISIONS
+
+        if mining_precision not in MINING_PRECISIONS:
+            raise ValueError(f"mining_precision must be one of {MINING_PRECISIONS}, got {mining_precision!r}")
         if bank_method not in ("neglabel", "csp"):
             raise ValueError(f"bank_method must be 'neglabel' or 'csp', got {bank_method!r}")
         if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
@@ -127,9 +140,11 @@ class NegLabel(ZeroShotDetector):
                 corp = load_corpus(corp)
             elif corp is not None and not isinstance(corp, Corpus):
                 raise TypeError(f"corpus must be a preset name or a fastood.labels.Corpus, got {type(corp).__name__}")
+            # mining_precision only joins the cache key when it is not the default (old caches stay valid)
+            extra = {} if mining_precision == "float64" else {"mining_precision": mining_precision}
             return bank_for(clip, names, method=bank_method, cache=None if cache is None else str(cache),
                             corpus=corp, percentile=percentile, ratio=ratio, groups=100 if groups is None else groups,
-                            seed=seed, permutation=permutation, progress=progress)
+                            seed=seed, permutation=permutation, progress=progress, **extra)
 
         tb = resolve_bank(bank, self.clip, classes, who="NegLabel", build=build)
         if tb.num_neg == 0:
