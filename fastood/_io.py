@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "current_umask", "new_file_mode", "atomic_write_bytes", "atomic_write_text", "file_sha256", "fsync_file"]
+__all__ = ["atomic_write", "current_umask", "new_dir_mode", "new_file_mode", "atomic_write_bytes", "atomic_write_text", "file_sha256", "fsync_file"]
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -42,6 +42,12 @@ def current_umask() -> int:
 def new_file_mode() -> int:
     """Permission bits of a new file made by a plain ``open(path, "w")``: ``0o666 & ~umask``."""
     return 0o666 & ~current_umask()
+
+
+def new_dir_mode() -> int:
+    """Permission bits of a new folder made by ``os.mkdir``: ``0o777 & ~umask``. A folder made
+    by ``tempfile.mkdtemp`` (``0700``) and renamed into place gets these first."""
+    return 0o777 & ~current_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -215,6 +215,14 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
                 make_bank()[0].save(tmp_path / "b.safetensors")]
         for p in made:
             assert stat.S_IMODE(os.stat(p).st_mode) == want, p
+        import torch
+
+        from fastood.train.checkpoint import save_checkpoint
+
+        ck = save_checkpoint(tmp_path / "run", 1, {"w": torch.zeros(2)}, {"step": 1})
+        (tmp_path / "plain_dir").mkdir()
+        assert stat.S_IMODE(os.stat(ck).st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain_dir").st_mode)
+        assert all(stat.S_IMODE(os.stat(f).st_mode) == want for f in ck.iterdir())
     finally:
         os.umask(old)
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastood._io import atomic_write, atomic_write_text, file_sha256, fsync_file
+from fastood._io import atomic_write, atomic_write_text, file_sha256, fsync_file, new_dir_mode, new_file_mode
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints", "resolve_checkpoint",
@@ -97,11 +97,13 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model_state: dict[str
         shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=ck))
+    os.chmod(tmp, new_dir_mode())  # mkdtemp makes it 0700; the checkpoint follows the umask like every output
     try:
         save_file(_plain_state_dict(model_state), str(tmp / MODEL_FILE), metadata={"format": FORMAT, "step": str(step)})
         torch.save(state, tmp / STATE_FILE)
         files = {}
         for fname in (MODEL_FILE, STATE_FILE):
+            os.chmod(tmp / fname, new_file_mode())  # safetensors' writer makes 0600: follow the umask instead
             fsync_file(tmp / fname)
             files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": file_sha256(tmp / fname)}
         manifest = {"format": FORMAT, "version": VERSION, "step": step, "files": files}
