@@ -61,22 +61,28 @@ Per-tile budget (128×128, D = 512): MMA 4,096 + 256 (one-hot) clk; epilogue ≈
 slots per element (FMNMX, FFMA, MUFU, split) ≈ 770 issue clk, MUFU pipe 1,024 + 128 (lg2)
 clk → ≈ 1,200 clk, serialised with the MMA inside one block.
 
-Warp organisation: 8 warps (two wgmma warp groups of m64 × n128) per block, ≤ 128
-registers (acc 64 + p 32 + pipeline) and ≤ 100 KB of shared memory (3 stages × (16 + 16)
-KB of X and bank chunks + the one-hot), so **two blocks are resident per SM** and the
-scheduler overlaps one block's epilogue (FP32/MUFU pipes) with the other's wgmma
-(tensor pipe): per SM, time ≈ max(Σ MMA, Σ epilogue) ≈ 4,350 clk per tile instead of
-≈ 5,550 serialised. Triton 3.8's ``warp_specialize`` is not applied on sm_90 to this
-loop (checked: no ``setmaxnreg``, no partitions in the PTX), and FA3's in-block ping-pong
-is not expressible in Triton; two resident blocks give the same overlap statistically,
-on Triton 3.6 as well. Operands are loaded by TMA (host ``TensorDescriptor``) when the
-layout allows it (unit inner stride, 16-byte aligned rows and base), else by pointer
-loads (``cp.async``), the same kernel body selected by the ``USE_TMA`` constexpr — the
-pointer path is also what Triton's CPU interpreter runs in the tests.
+Warp organisation — as designed vs as compiled (ptxas of Triton 3.8, sm_90a, no GPU):
+the design was 8 warps on a 128×128 tile at ≤ 128 registers so that two blocks share an
+SM and one block's epilogue overlaps the other's wgmma. As compiled, 128×128 takes 255
+registers and spills ~100 B (the one-hot operands in dot layout plus the segment-0
+branch), so the shipped tile is **128×64 (8 warps, 229–240 registers, 0 spill, 82 KB
+shared memory, one block per SM)**: the epilogue is serialised after its tile's MMA in
+the same warps; only the TMA loads of the next tile overlap it. Triton 3.8's
+``warp_specialize`` is not applied on sm_90 to this loop (checked: no ``setmaxnreg``, no
+partitions in the PTX), and FA3's in-block ping-pong is not expressible in Triton.
+Hand count per 128×64 tile: MMA 2,048 + 128 clk, epilogue ≈ 600 clk (MUFU-bound) →
+≈ 2,800 clk (≈ 73 % of the tensor peak if nothing else limits). Operands are loaded by
+TMA (host ``TensorDescriptor``) when the layout allows it (unit inner stride, 16-byte
+aligned rows and base), else by pointer loads (``cp.async``), the same kernel body
+selected by the ``USE_TMA`` constexpr — the pointer path is what Triton's CPU
+interpreter runs in the tests.
 
-L2 → SM traffic per tile: X (128×512) + bank (128×512) fp16 = 256 KB per 4,350 clk
-≈ 60 B/clk/SM with both blocks streaming; X is re-read per tile (it does not fit in shared
-memory next to a pipelined bank tile at D = 512) and hits in L2.
+L2 → SM traffic per tile: X (128×512) + bank (64×512) fp16 = 192 KB; X is re-read per
+tile (it does not fit in shared memory next to a pipelined bank tile at D = 512). At
+bench/sol.py's 48 B/clk/SM that is 4,096 clk per tile: **L2-bound at ≈ 50 % of peak**,
+below the 60 % target. The way up is a 128×128 tile without spills (L2 5,461 clk vs
+MMA 4,096: ≈ 75 % cap) or X resident in shared memory (needs BLOCK_D-chunked residency
+that Triton cannot index dynamically).
 """
 
 from __future__ import annotations
