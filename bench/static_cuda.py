@@ -309,9 +309,13 @@ def main(args) -> None:
         raise SystemExit("static-cuda needs nvcc on the PATH")
     from bench.common import provenance
 
-    meta = provenance("cpu")
-    meta = {"commit": meta["commit"], "date": meta["date"], "nvcc": nvcc_version(), "cuobjdump": find_tool("cuobjdump")}
+    prov = provenance("cpu")
+    meta = {k: prov[k] for k in ("commit", "commit_sha", "dirty", "date", "load_1min_before")}
+    meta.update(nvcc=nvcc_version(), cuobjdump=find_tool("cuobjdump"))
     reports, _ = analyse()
+    from bench.common import load_1min
+
+    meta["load_1min_after"] = load_1min()  # compile times only; recorded like every other result
     md = to_markdown(meta, reports)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "static-cuda.md").write_text(md)
