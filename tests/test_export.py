@@ -364,6 +364,96 @@ def test_corrupt_or_mismatched_files(std_export, fused_export, tmp_path):
         fx.load(d)
 
 
+PROTECTED_EDITS = [
+    ("preprocess", lambda m: m["preprocess"].update(mean=[0.5, 0.5, 0.5])),
+    ("preprocess", lambda m: m["preprocess"].update(interpolation="nearest")),
+    ("classes", lambda m: m["classes"].reverse()),
+    ("temperature", lambda m: m.update(temperature=0.02)),
+    ("groups", lambda m: m.update(groups=2)),
+    ("threshold", lambda m: m.update(threshold=0.5)),
+    ("precision", lambda m: m.update(precision="fp16")),
+    ("bank", lambda m: m["bank"].update(sha256="0" * 64)),
+]
+
+
+@pytest.mark.parametrize("field, edit", PROTECTED_EDITS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(PROTECTED_EDITS)])
+def test_edited_result_fields_are_refused(std_export, tmp_path, field, edit):
+    """Fields the graph fixes (or that change decisions) cannot be edited in the manifest: the graph
+    carries the exported values and load() names the field that differs."""
+    d = _copy_export(std_export, tmp_path / "x")
+    mp = manifest_path_for(d)
+    man = json.loads(mp.read_text())
+    edit(man)
+    mp.write_text(json.dumps(man))
+    with pytest.raises(ManifestError, match=f"'{field}'.*differ"):
+        fx.load(d)
+
+
+def test_fields_that_do_not_change_results_may_be_edited(neglabel, std_export, tmp_path):
+    d = _copy_export(std_export, tmp_path / "x")
+    mp = manifest_path_for(d)
+    man = json.loads(mp.read_text())
+    man["batch"] = {"min": 1, "opt": 2, "max": 3}
+    man["model"] = {"name": "renamed", "pretrained": None}
+    mp.write_text(json.dumps(man))
+    x = _pixels(5, seed=3)
+    rt = fx.load(d)
+    assert rt.max_batch == 3 and (rt.score(x) - neglabel.score(x)).abs().max() < 2e-6
+
+
+def test_every_external_data_file_the_graph_loads_is_verified(neglabel, tmp_path):
+    ext = fx.to_onnx(neglabel, tmp_path / "ext", external_data=True)
+    mp = manifest_path_for(ext)
+    man = json.loads(mp.read_text())
+    del man["files"]["model.onnx.data"]  # the graph still loads it
+    mp.write_text(json.dumps(man))
+    data = ext.parent / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # unverified, it would move the scores
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ManifestError, match="loads external data from 'model.onnx.data'.*does not list"):
+        fx.load(ext)
+
+
+def test_symlinks_out_of_the_export_folder_are_refused(neglabel, std_export, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    # the model file: a link to an identical copy outside the folder (its sha256 matches)
+    d = _copy_export(std_export, tmp_path / "a")
+    shutil.move(str(d), outside / "model.onnx")
+    d.symlink_to(outside / "model.onnx")
+    with pytest.raises(ManifestError, match="outside the export folder"):
+        fx.load(d.parent)
+    # the manifest
+    d = _copy_export(std_export, tmp_path / "b")
+    mp = manifest_path_for(d)
+    shutil.move(str(mp), outside / mp.name)
+    mp.symlink_to(outside / mp.name)
+    with pytest.raises(ManifestError, match="outside the export folder"):
+        fx.load(d.parent)
+    # a link inside the folder is fine
+    d = _copy_export(std_export, tmp_path / "c")
+    shutil.move(str(d), d.parent / "real.onnx")
+    d.symlink_to("real.onnx")
+    x = _pixels(3, seed=5)
+    assert (fx.load(d.parent).score(x) - neglabel.score(x)).abs().max() < 2e-6
+
+
+def test_non_finite_input_raises_like_the_torch_detector(neglabel, std_export):
+    rt = fx.load(std_export, provider="cpu")
+    x = _pixels(4, seed=9)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[2, 1, 5, 7] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            neglabel.score(y)
+        with pytest.raises(ValueError, match="non-finite values \\(first in image 2\\)"):
+            rt.run(y)
+        with pytest.raises(ValueError, match="non-finite"):
+            rt.score(y)
+    assert torch.isfinite(rt.score(x)).all()
+
+
 def test_bad_arguments(neglabel, clip, std_export, tmp_path):
     from fastood.detectors import KNN
 

@@ -169,16 +169,13 @@ def to_onnx(
     path = _model_path(path)
     graph = build_graph(spec["model"], spec["bank"], method=spec["method"], num_id=spec["num_id"],
                         groups=spec["groups"], temperature=spec["temperature"], head=head, fp16=fp16)
-    meta = {"fastood.method": spec["method"], "fastood.head": head, "fastood.manifest": manifest_path_for(path).name}
-    files = export_graph(graph, path, image_size=(h, w), opset=opset, exporter=exporter,
-                         external_data=external_data, metadata=meta)
     pre = spec["preprocess"]
     bank_meta = spec["bank_meta"]
     manifest = {
         "format": mf.FORMAT,
         "version": mf.FORMAT_VERSION,
         "model_file": path.name,
-        "files": {f.name: mf.file_entry(f) for f in files},
+        "files": {},  # filled in once the files exist
         "method": spec["method"],
         "head": head,
         "precision": "fp16" if fp16 else "fp32",
@@ -200,6 +197,12 @@ def to_onnx(
         "versions": mf.versions(opset, exporter),
         "created": mf.now_utc(),
     }
+    # the graph carries the result-changing fields, so a later edit of the manifest is detected
+    meta = {"fastood.method": spec["method"], "fastood.head": head, "fastood.manifest": manifest_path_for(path).name,
+            mf.PROTECTED_META_KEY: mf.protected_fields(manifest)}
+    files = export_graph(graph, path, image_size=(h, w), opset=opset, exporter=exporter,
+                         external_data=external_data, metadata=meta)
+    manifest["files"] = {f.name: mf.file_entry(f) for f in files}
     mf.write_manifest(manifest, manifest_path_for(path))
     return path
 
@@ -229,6 +232,7 @@ def to_tensorrt(
     mpath, model = mf.resolve(onnx_path)
     manifest = mf.read_manifest(mpath)
     mf.verify_files(manifest, model.parent)
+    _check_graph(manifest, model)
     prof = parse_batch(batch) if batch is not None else (manifest["batch"]["min"], manifest["batch"]["opt"], manifest["batch"]["max"])
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
     if device is None:
@@ -261,7 +265,11 @@ def load(path: str | os.PathLike, provider: str = "auto", **options: Any):
             ``batch_size``, ``plugin``, ``workspace_gb``.
 
     The manifest and every model file are verified first (sha256): a missing,
-    corrupt or mismatched file raises ``FileNotFoundError`` / :class:`ManifestError`.
+    corrupt or mismatched file raises ``FileNotFoundError`` / :class:`ManifestError`;
+    so does a manifest whose result-changing fields differ from those the graph was
+    exported with, a graph that loads an external-data file the manifest does not
+    list, and a file that is a symlink out of the export folder
+    (:mod:`fastood.export.manifest`). Needs ``onnx`` to read the graph.
     """
     from fastood.export import manifest as mf
 
@@ -281,11 +289,15 @@ def load(path: str | os.PathLike, provider: str = "auto", **options: Any):
 
 
 def _check_graph(manifest: dict[str, Any], model: Path) -> None:
-    """The ONNX graph's interface agrees with the manifest (input size, outputs, custom node)."""
+    """The ONNX graph agrees with the manifest: interface (input size, outputs, custom node), the
+    protected fields it was exported with, and every external-data file it loads is listed (so verified)."""
+    from fastood.export import manifest as mf
+
     try:
         import onnx
-    except ImportError:  # runtimes without onnx: onnxruntime / TensorRT check the file themselves
-        return
+    except ImportError as exc:
+        raise ImportError("loading an exported model needs onnx to check the graph against its manifest: "
+                          "pip install 'fastood[onnx]'") from exc
     try:
         m = onnx.load(str(model), load_external_data=False)
     except Exception as exc:  # DecodeError and friends
@@ -306,3 +318,11 @@ def _check_graph(manifest: dict[str, Any], model: Path) -> None:
         raise ManifestError(
             f"{str(model)!r} {'has' if custom else 'has no'} fastood custom node but its manifest says head={manifest['head']!r}"
         )
+    props = {p.key: p.value for p in m.metadata_props}
+    mf.check_protected(manifest, props.get(mf.PROTECTED_META_KEY), repr(str(model)))
+    for loc in mf.external_data_files(m):
+        if loc not in manifest["files"]:
+            raise ManifestError(
+                f"{str(model)!r} loads external data from {loc!r}, which its manifest does not list: the file cannot "
+                "be verified (an export lists every file its graph loads)"
+            )

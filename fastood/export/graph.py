@@ -26,7 +26,6 @@ same thing without materialising the B×N logits.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import Tensor, nn
@@ -69,8 +68,9 @@ class StandardHead(nn.Module):
             kept = num_id + groups * m
         else:
             groups, m, kept = 1, 0, num_id
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+        from fastood.ops._dispatch import check_temperature
+
+        temperature = check_temperature("temperature", temperature)  # 1/τ finite in fp32, as the ops require
         self.method, self.num_id, self.groups, self.per_group = method, int(num_id), int(groups), int(m)
         self.temperature = float(temperature)
         self.register_buffer("bank", bank[:kept].detach().float().contiguous().clone())

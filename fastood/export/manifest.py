@@ -19,6 +19,21 @@
 
 Loading checks the format, the required keys and their types, and the sha256 of
 every model file: a missing, modified or swapped file is a clear error.
+
+**Protected fields.** Every field that changes results (:data:`PROTECTED`: method,
+head, precision, input, outputs, preprocess, classes, num_id, groups, temperature,
+threshold, bank) is also written, as canonical JSON, into the ONNX graph's own
+metadata (``metadata_props["fastood.protected"]``). The model file is verified by
+its sha256, so :func:`check_protected` can compare each manifest field with the
+value the graph was exported with: an edited ``preprocess.mean``, class list,
+temperature, group count or threshold is refused, naming the field. Fields that do
+not change results (``batch``, the TensorRT profile; ``model``, ``versions``,
+``created``, ``tensorrt``) may be edited.
+
+**Files.** Every file the graph loads (its external-data ``location`` entries,
+:func:`external_data_files`) must be listed in ``files`` (and so pass its sha256),
+and the manifest, the model and every listed file must lie inside the export folder
+after resolving symlinks (:func:`check_inside`): a link to a file elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -42,11 +57,22 @@ __all__ = [
     "read_manifest",
     "verify_files",
     "resolve",
+    "PROTECTED",
+    "PROTECTED_META_KEY",
+    "protected_fields",
+    "check_protected",
+    "check_inside",
+    "external_data_files",
 ]
 
 FORMAT = "fastood.export"
-FORMAT_VERSION = 1
+#: 2: the graph carries the protected fields (``metadata_props["fastood.protected"]``)
+FORMAT_VERSION = 2
 SUFFIX = ".manifest.json"
+#: manifest fields that change scores, predictions or decisions; the graph carries their exported values
+PROTECTED = ("method", "head", "precision", "input", "outputs", "preprocess", "classes", "num_id", "groups",
+             "temperature", "threshold", "bank")
+PROTECTED_META_KEY = "fastood.protected"
 
 # key -> accepted types (None allowed where listed)
 _REQUIRED: dict[str, tuple[type, ...]] = {
@@ -164,13 +190,89 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return _check(manifest, repr(str(path)))
 
 
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def protected_fields(manifest: dict[str, Any]) -> str:
+    """Canonical JSON (sorted keys, compact) of the manifest's :data:`PROTECTED` fields — what the graph carries."""
+    return _canonical_json({k: manifest.get(k) for k in PROTECTED})
+
+
+def check_protected(manifest: dict[str, Any], graph_value: str | None, where: str) -> None:
+    """Each :data:`PROTECTED` field of ``manifest`` equals the value the graph was exported with.
+
+    ``graph_value`` is the graph's ``metadata_props["fastood.protected"]`` (``None`` if absent).
+    """
+    if graph_value is None:
+        raise ManifestError(f"{where} carries no {PROTECTED_META_KEY!r} metadata (exported by an older fastood, or "
+                            "not by fastood): its manifest cannot be checked against it; re-export the model")
+    try:
+        exported = json.loads(graph_value)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{where} has corrupt {PROTECTED_META_KEY!r} metadata: {exc}") from exc
+    if not isinstance(exported, dict):
+        raise ManifestError(f"{where} has malformed {PROTECTED_META_KEY!r} metadata (not a JSON object)")
+    current = json.loads(protected_fields(manifest))
+    changed = [k for k in PROTECTED if _canonical_json(current.get(k)) != _canonical_json(exported.get(k))]
+    if changed:
+        k = changed[0]
+        raise ManifestError(
+            f"the manifest's {', '.join(repr(c) for c in changed)} differ(s) from what {where} was exported with "
+            f"(e.g. {k!r}: manifest {json.dumps(current.get(k))[:120]}, graph {json.dumps(exported.get(k))[:120]}): "
+            "these fields change results and are fixed at export; re-export to change them"
+        )
+
+
+def check_inside(directory: str | os.PathLike, path: str | os.PathLike, what: str) -> Path:
+    """``path`` resolved (symlinks followed) must lie inside ``directory`` resolved; returns it."""
+    root = Path(directory).resolve()
+    p = Path(path)
+    real = p.resolve()
+    if real != root and root not in real.parents:
+        link = " (a symlink)" if p.is_symlink() else ""
+        raise ManifestError(f"{what} {str(p)!r}{link} resolves to {str(real)!r}, outside the export folder "
+                            f"{str(root)!r}: every file of an export must live in its folder")
+    return real
+
+
+def _tensors(graph: Any):
+    """Every TensorProto of an ONNX graph: initializers, Constant / attribute tensors, subgraphs (recursively)."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
+
+
+def external_data_files(model_proto: Any) -> list[str]:
+    """The ``location`` of every external-data tensor of an ONNX ``ModelProto`` (in order, unique)."""
+    out: list[str] = []
+    for t in _tensors(model_proto.graph):
+        if t.data_location == 1:  # TensorProto.EXTERNAL
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc is not None and loc not in out:
+                out.append(loc)
+    return out
+
+
 def verify_files(manifest: dict[str, Any], directory: str | os.PathLike) -> None:
-    """Every file the manifest lists exists in ``directory`` with the recorded size and sha256."""
+    """Every file the manifest lists exists in ``directory`` (not a link out of it) with the recorded size and sha256."""
     directory = Path(directory)
     for name, entry in manifest["files"].items():
         p = directory / name
-        if Path(name).name != name:
+        if Path(name).name != name or name in (".", ".."):
             raise ManifestError(f"manifest lists {name!r}: file names must not contain directories")
+        if p.exists():
+            check_inside(directory, p, "model file")
         if not p.is_file():
             raise FileNotFoundError(f"model file {str(p)!r} listed in the manifest does not exist")
         if not isinstance(entry, dict) or "sha256" not in entry:
@@ -210,6 +312,7 @@ def resolve(path: str | os.PathLike) -> tuple[Path, Path]:
                 f"model {str(p)!r} has no manifest {mpath.name!r} next to it: export with fastood.export.to_onnx "
                 "(or python -m fastood.export), which writes both"
             )
+    check_inside(mpath.parent, mpath, "manifest")
     manifest = read_manifest(mpath)
     model = mpath.parent / manifest["model_file"]
     if p.is_file() and not p.name.endswith(SUFFIX) and p.resolve() != model.resolve():

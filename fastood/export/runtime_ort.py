@@ -65,7 +65,11 @@ class ExportedDetector:
         raise NotImplementedError
 
     def run(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(score, pred)`` for preprocessed pixels (B, 3, H, W), chunked to the model's batch range."""
+        """``(score, pred)`` for preprocessed pixels (B, 3, H, W), chunked to the model's batch range.
+
+        Non-finite pixels raise ``ValueError`` (as the torch detectors do for non-finite
+        features), and so does a non-finite score: a NaN is never returned.
+        """
         if not isinstance(pixels, Tensor):
             raise TypeError(f"pixels must be a torch.Tensor, got {type(pixels).__name__}")
         if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != self.image_size:
@@ -76,12 +80,20 @@ class ExportedDetector:
             raise ValueError("pixels is an empty batch")
         if not pixels.dtype.is_floating_point:
             raise TypeError(f"pixels must be preprocessed floating point input, got {pixels.dtype}")
+        finite = torch.isfinite(pixels.reshape(pixels.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):  # the torch detectors' contract: ValueError, never a NaN score
+            raise ValueError(f"pixels has non-finite values (first in image {int(torch.nonzero(~finite)[0, 0])})")
         scores, preds = [], []
         for i in range(0, pixels.shape[0], self.max_batch):
             s, p = self._run(pixels[i : i + self.max_batch].float().contiguous())
             scores.append(s)
             preds.append(p)
-        return torch.cat(scores), torch.cat(preds)
+        score = torch.cat(scores)
+        bad = ~torch.isfinite(score)
+        if bool(bad.any()):  # e.g. an fp16 encoder overflowing: say so instead of returning NaN
+            raise ValueError(f"the exported model gave a non-finite score for image {int(torch.nonzero(bad)[0, 0])} "
+                             "(finite input): its image features overflowed")
+        return score, torch.cat(preds)
 
     # ------------------------------------------------------------------ contract
     def _iterate(self, images: Any, *, batch_size: int | None = None, **kw: Any):
