@@ -80,7 +80,7 @@ from fastood.labels.mining import image_prototypes, interneg_criterion
 from fastood.models import ClipBundle
 from fastood.ops import segment_lse_max
 
-__all__ = ["InterNeg", "interneg_layout", "interneg_official_layout", "official_permutation", "GROUPINGS"]
+__all__ = ["InterNeg", "interneg_layout", "interneg_official_layout", "official_permutation", "mined_order", "GROUPINGS"]
 
 GROUPINGS = ("official", "fixed")
 
