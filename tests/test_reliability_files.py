@@ -254,7 +254,14 @@ def test_non_utf8_name_is_scored_end_to_end(tiny_run, tmp_path, capsys):
     imgs.mkdir()
     _png(os.fsencode(imgs) + b"/" + BAD_NAME, 5)
     _png(imgs / "ok.png", 6)
-    for suffix in (".csv", ".jsonl"):
+    suffixes = [".csv", ".jsonl"]
+    try:
+        import pyarrow  # noqa: F401
+
+        suffixes.append(".parquet")
+    except ImportError:
+        pass
+    for suffix in suffixes:
         out = tmp_path / f"s{suffix}"
         assert _score(common, out, imgs) == 0
         assert sorted(os.fsencode(r["path"]) for r in O.read_rows(out)) == sorted(
