@@ -535,6 +535,12 @@ def _score(args: argparse.Namespace) -> int:
     from fastood.images import iter_image_batches
 
     out = Path(args.out)
+    from fastood.shards import is_shard_spec
+
+    if any(is_shard_spec(p) for p in args.paths):  # WebDataset tars: resumable per shard, whole shards per rank
+        from fastood.shards import score_shards
+
+        return score_shards(args)
     try:
         fmt = O.output_format(out)
         if fmt == "parquet":
@@ -1081,7 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
                            description="Score image files and directories. Resumable: rows are flushed per batch and "
                                        "a rerun skips images already in the output. Under torchrun each rank scores "
                                        "files r::world of the sorted list into OUT.rank{r}.SUFFIX; rank 0 merges.")
-    score.add_argument("paths", nargs="+", help="image files and/or directories (searched recursively)")
+    score.add_argument("paths", nargs="+", help="image files and/or directories (searched recursively), or "
+                                                "WebDataset shards: 'shards/{000000..000099}.tar' (see fastood.shards)")
     score.add_argument("--out", required=True, help="output file: .csv, .jsonl or .parquet (needs pyarrow)")
     score.add_argument("--overwrite", action="store_true", help="start again instead of resuming an existing output")
     score.add_argument("--fit", default=None, help="ImageFolder of ID training images for the fitted methods "

@@ -722,6 +722,11 @@ def iter_image_batches(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    hook = getattr(images, "__fastood_image_batches__", None)
+    if hook is not None:  # a source that batches itself, e.g. fastood.shards.Shards (WebDataset tars)
+        yield from hook(preprocess, batch_size=batch_size, on_error=on_error, skipped=skipped, progress=progress,
+                        num_workers=num_workers)
+        return
     from fastood.progress import progress as progress_bar  # a tqdm bar on a terminal, plain lines in a log
 
     total = None
