@@ -21,11 +21,13 @@ _TINY = {
     "score_B": 64, "score_D": 64, "score_K": 16, "score_M": 200,
     "cma_B": 32, "cma_D": 64, "cma_K": 16,
     "knn_N": 512, "knn_B": 64, "knn_D": 64,
+    "io_images": 32, "io_side": 128, "io_shards": 4,
 }
 _FULL = {
     "score_B": 4096 if DEVICE == "cuda" else 256, "score_D": 512, "score_K": 1000, "score_M": 10_000,
     "cma_B": 512 if DEVICE == "cuda" else 128, "cma_D": 512, "cma_K": 1000,
     "knn_N": 1_281_167 if DEVICE == "cuda" else 100_000, "knn_B": 1024 if DEVICE == "cuda" else 256, "knn_D": 768,
+    "io_images": 2048, "io_side": 400, "io_shards": 16,
 }
 
 
