@@ -462,6 +462,8 @@ def _check_out_writable(out: Path, command: str, *, directory: bool = False) -> 
         problem = "it is a directory"
     elif directory and out.exists() and not out.is_dir():
         problem = "it exists and is not a directory"
+    elif not directory and out.parent.exists() and not out.parent.is_dir():
+        problem = f"{str(out.parent)!r} is not a directory"
     else:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -533,14 +535,14 @@ def _compare_run_info(path: Path, info: dict[str, Any]) -> None:
 def _score(args: argparse.Namespace) -> int:
     from fastood import outputs as O
     from fastood.images import iter_image_batches
-
-    out = Path(args.out)
     from fastood.shards import is_shard_spec
 
     if any(is_shard_spec(p) for p in args.paths):  # WebDataset tars: resumable per shard, whole shards per rank
         from fastood.shards import score_shards
 
         return score_shards(args)
+
+    out = Path(args.out)
     try:
         fmt = O.output_format(out)
         if fmt == "parquet":
@@ -758,6 +760,15 @@ def _eval(args: argparse.Namespace) -> int:
     from fastood.outputs import write_rows
     from fastood.report import write_report
 
+    if getattr(args, "benchmark", None):  # a paper's protocol: fastood.benchmarks finds the sets
+        from fastood.benchmarks import run_eval
+
+        return run_eval(args)
+    if args.id is None or not args.ood:
+        raise SystemExit("fastood eval: --id DIR and at least one --ood are required (or --benchmark NAME "
+                         "--data-root DIR)")
+    args.convention = args.convention or "neglabel"
+
     if args.convention not in CONVENTIONS:
         raise SystemExit(f"--convention must be one of {CONVENTIONS}")
     out = Path(args.out)
@@ -789,15 +800,6 @@ def _eval(args: argparse.Namespace) -> int:
             mapping, label_map = "by folder name", [index[_norm_name(f)] for f in folders]
         elif len(folders) <= len(det_classes):
             mapping, label_map = "by sorted folder index (folder names do not match the class names)", list(range(len(folders)))
-    if getattr(args, "benchmark", None):  # a paper's protocol: fastood.benchmarks finds the sets
-        from fastood.benchmarks import run_eval
-
-        return run_eval(args)
-    if args.id is None or not args.ood:
-        raise SystemExit("fastood eval: --id DIR and at least one --ood are required (or --benchmark NAME "
-                         "--data-root DIR)")
-    args.convention = args.convention or "neglabel"
-
             print(f"WARNING: the --id folder names do not all match the detector's {len(det_classes)} class names; "
                   "mapping the i-th folder (sorted by name) to class i. Check that this is the class order "
                   "(e.g. ImageNet wnid folders with --classes imagenet1k).", file=sys.stderr)
@@ -1111,6 +1113,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--aupr", default="ap", choices=["ap", "trapezoid"], help="AUPR integration (default ap)")
     ev.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     _add_model_args(ev, classes_default=None)
+    from fastood.benchmarks import add_cli_args as _add_benchmark_args  # --benchmark / --data-root / --published
+
+    _add_benchmark_args(ev)
     ev.set_defaults(func=_eval)
 
     mine = sub.add_parser("mine", help="build a negative-label text bank and save it (.safetensors)")
@@ -1144,6 +1149,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    from fastood.benchmarks import add_cli_args as _add_benchmark_args  # --benchmark / --data-root / --published
-
-    _add_benchmark_args(ev)
