@@ -466,6 +466,9 @@ def preprocess_uint8(pixels: Tensor, config: dict[str, Any]) -> Tensor:
     mode = config["resize_mode"]
     interp = F.InterpolationMode(config["interpolation"])
     H, W = pixels.shape[-2:]
+    if H == 0 or W == 0:  # nothing to resize (and the scale below would divide by zero)
+        raise ValueError(f"a uint8 image tensor has a zero-pixel side: shape {tuple(pixels.shape)} (B, 3, H, W); "
+                         "images need H >= 1 and W >= 1")
     if mode == "squash":
         out = F.resize(pixels, [h, w], interpolation=interp, antialias=True)
     else:

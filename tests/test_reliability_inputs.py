@@ -154,3 +154,36 @@ def test_smallest_accepted_temperature_gives_finite_scores(data, backend):
     assert torch.equal(s.double().cpu(), truth)
     m = mcm_score(x, bank[:K], temperature=MIN_TEMPERATURE, backend=backend)
     assert torch.isfinite(m).all()
+
+
+# --------------------------------------------------------------------- image tensor inputs
+@pytest.fixture(scope="module")
+def tiny_det():
+    from fastood.bank import TextBank
+    from fastood.detectors import NegLabel
+    from tests.tiny import TINY_KWARGS, tiny_clip
+
+    d = TINY_KWARGS["embed_dim"]
+    emb = torch.nn.functional.normalize(torch.randn(K + M, d, generator=torch.Generator().manual_seed(2)), dim=1)
+    return NegLabel(tiny_clip(), bank=TextBank(emb, ["a", "b", "c"], [f"n{i}" for i in range(M)], groups=G),
+                    progress=False)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 40), (2, 3, 40, 0), (3, 0, 5)])
+def test_uint8_tensor_with_a_zero_pixel_side_is_a_value_error(tiny_det, shape):
+    from fastood.images import iter_image_batches
+
+    x = torch.zeros(shape, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="zero-pixel side"):
+        tiny_det.score(x)
+    with pytest.raises(ValueError, match="zero-pixel side"):
+        list(iter_image_batches([x] if x.dim() == 3 else x, tiny_det.preprocess))
+
+
+def test_float_tensor_of_the_wrong_size_names_the_expected_size(tiny_det):
+    with pytest.raises(ValueError, match="are 48×40 but the model takes 32×32 \\(expected \\(B, 3, 32, 32\\)\\)"):
+        tiny_det.score(torch.randn(2, 3, 48, 40))
+    good = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = tiny_det.score_features(tiny_det.clip.model.encode_image(good))
+    torch.testing.assert_close(tiny_det.score(good), want)

@@ -209,10 +209,42 @@ def pre_projection(model: nn.Module, pixels: Tensor) -> Tensor:
         f"TimmModel (`trunk`) towers, not {type(visual).__name__}; use feature_space='projection'")
 
 
+def model_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """``(H, W)`` an open_clip ``VisionTransformer`` tower takes (its ``image_size``: the positional
+    embedding fixes it), or ``None`` for other towers (which may accept several sizes)."""
+    try:
+        from open_clip.transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        return None
+    visual = getattr(model, "visual", model)
+    if not isinstance(visual, VisionTransformer):
+        return None
+    size = getattr(visual, "image_size", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return (size, size)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        return (int(size[0]), int(size[1]))
+    return None
+
+
+def check_pixels(model: nn.Module, pixels: Tensor) -> None:
+    """Preprocessed pixels must be (B, 3, H, W) at the model's input size: a clear error instead of one
+    from deep inside the tower (a fixed-size ViT fails on its positional embedding)."""
+    if pixels.dim() != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"preprocessed pixels must be (B, 3, H, W), got shape {tuple(pixels.shape)}")
+    want = model_image_size(model)
+    if want is not None and tuple(pixels.shape[-2:]) != want:
+        raise ValueError(
+            f"preprocessed float pixels are {pixels.shape[-2]}×{pixels.shape[-1]} but the model takes "
+            f"{want[0]}×{want[1]} (expected (B, 3, {want[0]}, {want[1]})): pass uint8 images, PIL images or files "
+            "(resized for you), or apply the detector's preprocess")
+
+
 @torch.no_grad()
 def encode_images(model: nn.Module, pixels: Tensor, *, device: torch.device, amp: bool,
                   feature_space: str = "projection") -> Tensor:
     """(B, 3, H, W) pixels → (B, D) float32 raw (not normalised) image features on ``device``."""
+    check_pixels(model, pixels)
     pixels = pixels.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
         if feature_space == "projection":
