@@ -39,7 +39,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "fastood_cuda.cuh"
 
@@ -531,13 +534,32 @@ int fwd_blocks_per_sm(DType dtype, bool vec, std::string* err) {
     if (err) *err = "fwd_blocks_per_sm: unknown dtype";
     return -1;
   }
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) {
+    if (err) *err = cuda_error("cudaGetDevice", e);
+    return -1;
+  }
+  // Cached per (device, kernel): the head asks on every enqueue (TensorRT's hot path).
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, int> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find({dev, k});
+    if (it != cache.end()) return it->second;
+  }
   int n = 0;
-  const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, 0);
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, 0);
   if (e != cudaSuccess) {
     if (err) *err = cuda_error("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
     return -1;
   }
-  if (n < 1 && err) *err = "cudaOccupancyMaxActiveBlocksPerMultiprocessor: the forward kernel does not fit an SM";
+  if (n < 1) {
+    if (err) *err = "cudaOccupancyMaxActiveBlocksPerMultiprocessor: the forward kernel does not fit an SM";
+    return n;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  cache[{dev, k}] = n;
   return n;
 }
 
