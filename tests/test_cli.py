@@ -173,10 +173,25 @@ def test_resume_after_an_interrupted_run(data, single_run, tmp_path, capsys, suf
     assert [r["path"] for r in rows] == [r["path"] for r in single_run]
     assert [r["pred"] for r in rows] == [r["pred"] for r in single_run]
     assert _close([r["score"] for r in rows], [r["score"] for r in single_run])
-    # a second resume has nothing left to do and changes nothing
+    # a second resume has nothing left to do and changes nothing, byte for byte
+    first = out.read_bytes()
     assert _score_rows(root, common, out) == 0
     assert "scored 0 new image(s)" in capsys.readouterr().out
-    assert O.read_rows(out) == rows
+    assert out.read_bytes() == first
+
+
+@pytest.mark.xfail(strict=True, reason="known defect (reported): a resumed run batches the images still to do from "
+                   "scratch, so they meet the encoder in other batches than in the uninterrupted run and their "
+                   "scores differ in the last bits (5.113415e-06 vs 5.113370e-06); the README promises the same file")
+def test_resumed_file_equals_the_uninterrupted_file_byte_for_byte(data, single_run, tmp_path):
+    """README: "an interrupted and resumed run gives the same file as one uninterrupted run"."""
+    root, common = data
+    out = tmp_path / "r.csv"
+    half = single_run[: len(single_run) // 2]
+    _copy_meta(root / "single.csv", out)
+    O.write_rows(O.journal_path(out), half, O.columns_for(False))
+    assert _score_rows(root, common, out) == 0
+    assert out.read_bytes() == (root / "single.csv").read_bytes()
 
 
 def test_resume_keeps_rows_already_written(data, single_run, tmp_path):
