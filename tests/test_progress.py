@@ -162,3 +162,15 @@ def test_library_call_sites_write_lines_not_bars_when_stderr_is_a_log(monkeypatc
     lines = text.splitlines()
     assert any(ln.startswith("prompts: 3/3 prompt in ") for ln in lines)
     assert any(ln.startswith("images: 5/5 img in ") for ln in lines)
+
+
+def test_demo_into_a_log_file_writes_lines_not_redraws(tmp_path):
+    """The issue's case: `fastood demo` with stderr redirected (tqdm wrote ~30 KB of carriage returns)."""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("FASTOOD_PROGRESS",)}
+    with open(tmp_path / "err.log", "w") as err:
+        subprocess.run([sys.executable, "-m", "fastood", "demo", "--max-candidates", "200", "--cache",
+                        str(tmp_path / "cache"), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=err,
+                       check=True, env=env, timeout=600)
+    text = (tmp_path / "err.log").read_text()
+    assert "\r" not in text and len(text) < 4_000
+    assert any(ln.startswith("encoding ID labels: 1000/1000 prompt in ") for ln in text.splitlines())
