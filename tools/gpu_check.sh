@@ -75,6 +75,11 @@ for suite in ${BENCH_SUITES:-scores cma images export bank knn train}; do
   $PY -m bench "$suite" --device cuda $QUICK 2>&1 | tee "$OUT/bench_$suite.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
+echo "== speed-of-light model: predicted vs measured ($($PY -c 'import triton; print("triton", triton.__version__)' 2>&1))"
+# bench/sol.py compiles the scoring kernel's configs, predicts from their SASS and measures the
+# same shapes on this GPU (Triton kernel and torch.compile path): the first calibration of the model.
+$PY -m bench sol --device cuda $QUICK 2>&1 | tee "$OUT/sol.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 cp bench/results/*.json bench/results/*.md "$OUT/" 2>/dev/null
 echo "== done (status $status); results in $OUT"
 exit $status

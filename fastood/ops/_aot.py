@@ -280,9 +280,15 @@ def compile_spec(spec: Any, arch: int, *, dtype: str = "", module: str = "", wan
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, **spec.extra_options}
     log = io.StringIO()
     t0 = time.perf_counter()
+    # Triton >= 3.4 prints ptxas' -v report to stdout with this knob; older versions (or a
+    # cache hit) leave the log empty and ptxas is run on the PTX below.
+    scope = knobs.nvidia.scope() if hasattr(knobs.nvidia, "scope") else contextlib.nullcontext()
     try:
-        with knobs.nvidia.scope():
-            knobs.nvidia.dump_ptxas_log = True  # Triton prints ptxas' -v report to stdout
+        with scope:
+            try:
+                knobs.nvidia.dump_ptxas_log = True
+            except (AttributeError, TypeError):
+                pass
             with contextlib.redirect_stdout(log):
                 kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as e:  # noqa: BLE001 - reported, the table shows it
