@@ -325,10 +325,46 @@ def test_demo_runs_offline_on_the_samples(tmp_path, capsys):
     assert "images/s end to end" in out
 
 
+SELFCHECK_ARGS = ["--device", "cpu", "--num-id", "50", "--num-neg", "500", "--groups", "10", "--dim", "32",
+                  "--batch", "64", "--repeats", "1"]
+
+
 def test_demo_kernels_self_check(capsys):
-    assert main(["demo", "--kernels", "--device", "cpu", "--num-id", "50", "--num-neg", "500", "--groups", "10",
-                 "--dim", "32", "--batch", "64", "--repeats", "1"]) == 0
-    assert "backends agree: yes" in capsys.readouterr().out
+    assert main(["demo", "--kernels", *SELFCHECK_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert "backends agree: yes" in out and "selfcheck passed" in out
+    assert "within 1.0e-04 of the float64 reference" in out  # the bound is printed
+    ran = [line.split()[0] for line in out.splitlines() if "max |err| vs float64" in line]
+    assert "cpu" in ran or "torch" in ran
+    assert all(line.rstrip().endswith("ok") for line in out.splitlines() if "max |err| vs float64" in line)
+
+
+def test_selfcheck_fails_past_its_bound(capsys, monkeypatch):
+    """One backend wrong by 1e-3 (all backends agreeing on a wrong answer would not be
+    caught by comparing them with each other): exit status 1, the backend named."""
+    import fastood
+
+    right = fastood.neglabel_score
+
+    def wrong_cpu(*args, backend="auto", **kwargs):
+        out = right(*args, backend=backend, **kwargs)
+        return out + 1e-3 if backend == "cpu" else out
+
+    monkeypatch.setattr(fastood, "neglabel_score", wrong_cpu)
+    if not fastood.backends()["cpu"]:
+        pytest.skip("the cpu backend is not built")
+    assert main(["selfcheck", *SELFCHECK_ARGS]) == 1
+    out = capsys.readouterr().out
+    assert "selfcheck FAILED: cpu beyond 1.0e-04" in out
+    # every backend off by the same amount: they agree with each other, and still fail
+    monkeypatch.setattr(fastood, "neglabel_score", lambda *a, **k: right(*a, **k) * 0.999)
+    assert main(["selfcheck", *SELFCHECK_ARGS]) == 1
+    out = capsys.readouterr().out
+    assert "backends agree: yes" in out and "selfcheck FAILED" in out
+    # a tighter --bound than the backends achieve fails too; a looser one passes
+    monkeypatch.setattr(fastood, "neglabel_score", right)
+    assert main(["selfcheck", *SELFCHECK_ARGS, "--bound", "1e-12"]) == 1
+    assert main(["selfcheck", *SELFCHECK_ARGS, "--bound", "1e-3"]) == 0
 
 
 def test_eval_fitted_method_with_fit_dir(data, tmp_path):
