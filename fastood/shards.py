@@ -380,7 +380,8 @@ def score_shards(args: argparse.Namespace) -> int:
                 if sb.last:
                     if sb.shard not in failed:
                         my_done[sb.shard] = rows_in_shard.get(sb.shard, 0)
-                        O.write_json_atomic(my_record, {"done": my_done})
+                        # the union: with a CSV/JSONL output this per-run record IS OUT.shards.json
+                        O.write_json_atomic(my_record, {"done": {**done, **my_done}})
                     bar.update(1)
         finally:
             bar.close()

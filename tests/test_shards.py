@@ -200,3 +200,37 @@ def test_torchrun_two_ranks_take_whole_shards(data, det, tmp_path):
     per_rank = [[r["path"] for r in O.read_rows(O.rank_path(out, r))] for r in range(2)]
     assert per_rank == [["000000", "000001", "000002", "000003", "000007", "000008"],  # shards 0 and 2
                         ["000004", "000005", "000006"]]  # shard 1
+
+
+def test_a_crash_keeps_every_finished_shard_recorded(data, tmp_path, monkeypatch, capsys):
+    """Killed during shard 3: the record still lists shards 0–2 (those of the earlier run too), and the
+    rerun opens shard 3 only."""
+    import fastood.cli as cli
+
+    root, _, args = data
+    d = tmp_path / "s"
+    d.mkdir()
+    for i in range(3):
+        (d / f"{i:06d}.tar").write_bytes((root / "shards" / f"{i:06d}.tar").read_bytes())
+    _write_tar(d / "000003.tar", [(f"extra{i}.png", _png(50 + i)) for i in range(2)])
+    out = tmp_path / "o.csv"
+    assert main(["score", str(d / "{000000..000001}.tar"), "--out", str(out), *args]) == 0
+    real, calls = cli._predict_batch, []
+
+    def dies_in_shard_3(det, pixels):
+        calls.append(pixels.shape[0])
+        if len(calls) == 2:  # shard 2 is one batch of 2; the next batch is shard 3's
+            raise RuntimeError("killed")
+        return real(det, pixels)
+
+    monkeypatch.setattr(cli, "_predict_batch", dies_in_shard_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["score", str(d / "{000000..000003}.tar"), "--out", str(out), *args])
+    done = json.loads((tmp_path / "o.csv.shards.json").read_text())["done"]
+    assert sorted(Path(s).name for s in done) == ["000000.tar", "000001.tar", "000002.tar"]
+    monkeypatch.setattr(cli, "_predict_batch", real)
+    capsys.readouterr()
+    assert main(["score", str(d / "{000000..000003}.tar"), "--out", str(out), *args]) == 0
+    cap = capsys.readouterr()
+    assert "3 already finished" in cap.err and "scored 2 new image(s)" in cap.out
+    assert len(O.read_rows(out)) == 11
