@@ -69,6 +69,7 @@ __all__ = [
     "BenchmarkDataError",
     "ResolvedBenchmark",
     "resolve",
+    "label_map",
     "compare",
     "format_table",
     "add_cli_args",
@@ -208,6 +209,8 @@ class ResolvedBenchmark:
     ood: dict[str, ResolvedSet]
     listing_skipped: list[tuple[str, str]]
     warnings: list[str]
+    #: the class names the labels index (wnid folders / wnids of a label file, sorted), when they have names
+    id_label_names: list[str] | None = None
 
 
 def _image_files(root: Path, skipped: list[tuple[str, str]]) -> list[str]:
@@ -276,12 +279,39 @@ def _read_label_file(path: Path) -> dict[str, str]:
     return out
 
 
-def _labels_from_strings(values: list[str]) -> list[int]:
-    """Integer labels as given; wnid labels → index in the sorted wnid list (the ImageNet class order)."""
+def _labels_from_strings(values: list[str]) -> tuple[list[int], list[str] | None]:
+    """Integer labels as given (names ``None``); wnid labels → index in the sorted wnid list (the
+    ImageNet class order) and that list."""
     if all(v.lstrip("-").isdigit() for v in values):
-        return [int(v) for v in values]
-    order = {w: i for i, w in enumerate(sorted(set(values)))}
-    return [order[v] for v in values]
+        return [int(v) for v in values], None
+    names = sorted(set(values))
+    order = {w: i for i, w in enumerate(names)}
+    return [order[v] for v in values], names
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def label_map(label_names: list[str] | None, classes: Sequence[str]) -> tuple[list[int] | None, str]:
+    """How dataset labels index the detector's ``classes``: ``(map, how)`` with ``map[label] = class``.
+
+    Names that all match class names (case, ``_`` and spaces ignored) map by name; otherwise as
+    many labels as classes map by position (ImageNet's wnids sorted = CLIP's class order);
+    otherwise there is no mapping (``None``: the ID accuracy is not computed). Integer labels
+    (``label_names`` ``None``) are class indices already.
+    """
+    if label_names is None:
+        return list(range(len(classes))), "class indices"
+    index: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        index.setdefault(_norm(c), i)
+    if all(_norm(n) in index for n in label_names):
+        return [index[_norm(n)] for n in label_names], "by name"
+    if len(label_names) == len(classes):
+        return list(range(len(classes))), "by sorted position (wnid order = class order)"
+    return None, (f"{len(label_names)} label names match neither the {len(classes)} class names nor their "
+                  "count: accuracy not computed")
 
 
 def _has_subfolders_with_images(path: Path) -> bool:
@@ -333,12 +363,14 @@ def resolve(protocol: str | Protocol, data_root: str | os.PathLike) -> ResolvedB
 
     # ID labels: an ImageFolder's sorted folder index, a label file, or OpenOOD's list
     id_path, id_files, id_source, id_labels = found[proto.id_set.key]
+    label_names: list[str] | None = None
     label_source = "OpenOOD list file" if id_labels is not None else "none"
     if id_labels is None and id_source == "folder":
         if _has_subfolders_with_images(id_path):
             folders = sorted(p.name for p in id_path.iterdir() if p.is_dir())
             index = {f: i for i, f in enumerate(folders)}
             id_labels = [index[Path(f).relative_to(id_path).parts[0]] for f in id_files]
+            label_names = folders
             label_source = f"ImageFolder ({len(folders)} class folders, sorted order)"
         else:
             for cand in [id_path / n for n in LABEL_FILES] + [id_path.parent / n for n in LABEL_FILES]:
@@ -349,7 +381,7 @@ def resolve(protocol: str | Protocol, data_root: str | os.PathLike) -> ResolvedB
                     if unlabelled:
                         raise BenchmarkDataError(f"label file {cand} has no label for {len(unlabelled)} ID image(s), "
                                                  f"e.g. {unlabelled[0]!r}")
-                    id_labels = _labels_from_strings([table[n] for n in names])
+                    id_labels, label_names = _labels_from_strings([table[n] for n in names])
                     label_source = f"label file {cand}"
                     break
             if id_labels is None:
@@ -357,7 +389,7 @@ def resolve(protocol: str | Protocol, data_root: str | os.PathLike) -> ResolvedB
                                 "was found next to it: ID accuracy is not computed")
     ood = {s.key: ResolvedSet(s, found[s.key][0], found[s.key][1], found[s.key][2]) for s in proto.ood_sets}
     return ResolvedBenchmark(proto, root, ResolvedSet(proto.id_set, id_path, id_files, id_source), id_labels,
-                             label_source, ood, skipped, warnings)
+                             label_source, ood, skipped, warnings, label_names)
 
 
 # ------------------------------------------------------------------------------ the side-by-side table
@@ -503,11 +535,17 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_many(id_scores, ood_scores, convention=convention, tpr=args.tpr, aupr_method=proto.aupr_method)
 
     accuracy, classes = None, getattr(det, "classes", None)
+    label_how = data.id_label_source
     if data.id_labels is not None and id_pred is not None and classes is not None:
+        mapping, how = label_map(data.id_label_names, classes)
         label_of = dict(zip(data.id.files, data.id_labels))
         truth = [label_of[n] for n in id_names]
-        if max(truth) < len(classes):
-            accuracy = sum(int(p) == t for p, t in zip(id_pred.tolist(), truth)) / len(truth)
+        if mapping is not None and 0 <= min(truth) and max(truth) < len(mapping):
+            accuracy = sum(int(p) == mapping[t] for p, t in zip(id_pred.tolist(), truth)) / len(truth)
+            label_how += f", mapped {how}"
+        else:
+            print(f"WARNING: ID labels ({data.id_label_source}) do not index the detector's {len(classes)} "
+                  f"classes{': ' + how if mapping is None else ''}", file=sys.stderr)
 
     rows = compare(proto, metrics, published)
     interp = args.interpolation or "the model's default (open_clip: bicubic)"
@@ -519,7 +557,7 @@ def run_eval(args: argparse.Namespace) -> int:
               + f"; AUPR: {proto.aupr_method}",
               f"preprocessing: resize interpolation {interp}",
               f"ID: {len(id_names)} images, accuracy "
-              f"{'n/a' if accuracy is None else f'{100 * accuracy:.2f} %'} (labels: {data.id_label_source})"]
+              f"{'n/a' if accuracy is None else f'{100 * accuracy:.2f} %'} (labels: {label_how})"]
     if published is not None and published.note:
         header.append(f"published row: {published.note}")
     if proto.note:
@@ -529,7 +567,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if info.get("random_weights"):
         header.append("RANDOM WEIGHTS: these numbers are meaningless.")
     id_info = {"dir": str(data.id.path), "num_images": len(id_names), "num_classes": len(classes or []),
-               "label_mapping": data.id_label_source, "accuracy": accuracy}
+               "label_mapping": label_how, "accuracy": accuracy}
     n_images = len(id_names) + sum(int(v.numel()) for v in ood_scores.values())
     written = write_report(out, id_scores=id_scores.numpy(),
                            ood_scores={k: v.numpy() for k, v in ood_scores.items()}, metrics=metrics,

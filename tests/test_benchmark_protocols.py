@@ -173,6 +173,7 @@ def test_flat_imagenet_with_kaggle_label_file(tmp_path):
     data = B.resolve("imagenet1k", root)
     assert data.id.path == val and data.id_label_source.startswith("label file")
     assert data.id_labels == [2, 0, 1, 0]  # wnids → sorted wnid index (ImageNet's class order)
+    assert data.id_label_names == sorted(WNIDS)
     assert data.ood["textures"].path == root / "Textures"
 
 
@@ -194,6 +195,8 @@ def test_missing_empty_and_bad_input(common, tmp_path):
     _image(root / "Places" / "p.jpg", 1)
     with pytest.raises(B.BenchmarkDataError, match=r"set SUN at .*SUN contains no image files"):
         B.resolve("imagenet1k", root)
+    with pytest.raises(SystemExit, match=r"set SUN at .*SUN contains no image files"):
+        main(["eval", "--benchmark", "imagenet1k", "--data-root", str(root), "--out", str(tmp_path / "o"), *args])
     with pytest.raises(ValueError, match="unknown benchmark 'imagenet21k'"):
         B.resolve("imagenet21k", root)
     with pytest.raises(B.BenchmarkDataError, match="is not a directory"):
@@ -208,6 +211,14 @@ def test_missing_empty_and_bad_input(common, tmp_path):
               str(tmp_path / "o"), *args])
     with pytest.raises(SystemExit, match="--id DIR and at least one --ood are required"):
         main(["eval", "--out", str(tmp_path / "o"), *args])
+
+
+def test_label_map_by_name_by_position_or_none():
+    assert B.label_map(["goldfish", "Great_White_Shark"], CLASSES) == ([1, 2], "by name")
+    assert B.label_map(WNIDS, CLASSES)[0] == [0, 1, 2]  # all wnids: sorted position = class order
+    got, why = B.label_map(WNIDS[:2], CLASSES)  # a subset of wnid folders cannot be placed
+    assert got is None and "accuracy not computed" in why
+    assert B.label_map(None, CLASSES)[0] == [0, 1, 2]  # integer labels are class indices
 
 
 def test_published_rows_follow_the_spec():
