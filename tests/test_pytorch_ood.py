@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("pytorch_ood")
+import pytorch_ood  # noqa: E402,F401  (the dev extra installs it: a missing package fails, not skips)
 from pytorch_ood.api import Detector as PODDetector  # noqa: E402
 from pytorch_ood.api import FeaturesDetector, RequiresFittingException  # noqa: E402
 from pytorch_ood.metrics import OODMetrics  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("webdataset")
+import webdataset  # noqa: E402,F401  (the dev extra installs it: a missing package fails, not skips)
 import fastood  # noqa: E402
 from fastood import outputs as O  # noqa: E402
 from fastood.cli import main  # noqa: E402
