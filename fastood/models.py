@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,11 +30,34 @@ from torch import Tensor, nn
 
 __all__ = [
     "ClipBundle", "load_clip", "encode_texts", "encode_tokens_cut", "TextTower", "text_tower", "text_weights_hash",
-    "default_device",
+    "default_device", "UnsafeCheckpointError", "unsafe_checkpoint_error", "pickle_refusal_reason",
 ]
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickled checkpoint that needs more than tensors and plain containers: refused, its code never run."""
+
+
+def unsafe_checkpoint_error(what: str, exc: BaseException) -> UnsafeCheckpointError:
+    """The refusal for a pickle that ``torch.load(weights_only=True)`` rejected (``exc``).
+
+    torch's own message advises re-running with ``weights_only=False``, which would run
+    the file's code; this one keeps only the concrete reason (the global the pickle
+    wants to import) and says what to do instead.
+    """
+    return UnsafeCheckpointError(f"{what} was refused: {pickle_refusal_reason(exc)}")
+
+
+def pickle_refusal_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a pickle, without torch's advice to disable the check."""
+    found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+    reason = f"its pickle wants to import {found.group(1)}" if found else type(exc).__name__
+    return (f"it is not a plain tensor checkpoint ({reason}); fastood unpickles checkpoints with "
+            "torch.load(weights_only=True) and never runs code from one: save the weights as a state dict of "
+            "tensors, or as .safetensors")
 
 
 def default_device() -> torch.device:
@@ -119,7 +144,13 @@ def load_clip(
         weights = str(path)
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, **kwargs)
+    except pickle.UnpicklingError as exc:  # open_clip's torch.load(weights_only=True) refused it
+        raise unsafe_checkpoint_error(f"pretrained checkpoint {weights!r}", exc) from None
     except RuntimeError as exc:
+        mismatch = _first_size_mismatch(str(exc))
+        if mismatch is not None:
+            raise ValueError(f"checkpoint {weights!r} does not fit {model!r}: {mismatch} "
+                             "(the checkpoint is for another architecture or model_kwargs)") from None
         if weights and not Path(weights).exists():
             raise RuntimeError(
                 f"could not load pretrained weights {weights!r} for {model!r} ({exc}). Hub tags need network: "
@@ -129,6 +160,19 @@ def load_clip(
     tokenizer = open_clip.get_tokenizer(name)
     net.eval()
     return ClipBundle(net, tokenizer, preprocess, name=model, pretrained=pretrained)
+
+
+def _first_size_mismatch(message: str) -> str | None:
+    """The first ``size mismatch for NAME: … checkpoint … current model …`` line of a
+    ``load_state_dict`` error, as one line naming the tensor and both shapes; ``None`` if absent."""
+    found = re.search(r"size mismatch for ([^:\s]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                      r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)", message)
+    if found is None:
+        return None
+    name, got, want = found.groups()
+    more = message.count("size mismatch for ") - 1
+    return (f"tensor {name!r} has shape ({got}) in the checkpoint but ({want}) in the model"
+            + (f" (and {more} more mismatched tensor{'s' if more > 1 else ''})" if more > 0 else ""))
 
 
 _POOL_TYPES = ("argmax", "eos", "first", "last")

@@ -215,3 +215,69 @@ def test_cuda_amp_matches_encode_text_under_autocast():
         full = F.normalize(clip.model.encode_text(clip.tokenizer(PROMPTS).cuda()).float(), dim=1).cpu()
     ref = _reference(_clip(5), PROMPTS)
     assert (got - ref).abs().max() <= 2 * (full - ref).abs().max() + 1e-4
+
+
+# ----------------------------------------------------------------- checkpoint files that are refused
+class _Payload:
+    """A pickle that would create a directory when unpickled (the marker tells whether code ran)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_malicious_pt_is_refused_without_running_it(tmp_path):
+    from fastood.labels.permutation import load_permutation
+    from fastood.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from tests.tiny import TINY_KWARGS
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": _Payload(str(marker))}, evil)
+    with pytest.raises(ValueError) as info:  # fastood.models.UnsafeCheckpointError
+        load_clip("ViT-B-32", evil, device="cpu", **TINY_KWARGS)
+    msg = str(info.value)
+    assert "refused" in msg and "mkdir" in msg  # names what the pickle wanted to import
+    assert "weights_only=False" not in msg and "False" not in msg and "\n" not in msg
+    assert type(info.value).__name__ == "UnsafeCheckpointError" and not marker.exists()
+    # the trainer's checkpoint state and permutation files say the same
+    run = tmp_path / "run"
+    ck = save_checkpoint(run, 1, {"w": torch.zeros(2)}, {"step": 1})
+    torch.save({"step": 1, "x": _Payload(str(marker))}, ck / "state.pt")
+    import hashlib
+    import json
+
+    man = json.loads((ck / "manifest.json").read_text())
+    raw = (ck / "state.pt").read_bytes()
+    man["files"]["state.pt"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    (ck / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match="not a plain tensor checkpoint") as info:
+        load_checkpoint(ck)
+    assert "False" not in str(info.value) and not marker.exists()
+    with pytest.raises(ValueError, match="not a plain tensor checkpoint") as info:
+        load_permutation(evil, 3)
+    assert "False" not in str(info.value) and not marker.exists()
+
+
+def test_wrong_shaped_safetensors_names_the_first_mismatched_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.tiny import TINY_KWARGS, tiny_clip
+
+    sd = {k: v.detach().clone().contiguous() for k, v in tiny_clip().model.state_dict().items()}
+    sd["visual.proj"] = torch.zeros(10, 10)
+    save_file(sd, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError) as info:
+        load_clip("ViT-B-32", tmp_path / "bad.safetensors", device="cpu", **TINY_KWARGS)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "tensor 'visual.proj' has shape (10, 10) in the checkpoint but (64, 32) in the model" in msg
+    sd["text_projection"] = torch.zeros(3, 3)
+    save_file(sd, tmp_path / "bad2.safetensors")
+    with pytest.raises(ValueError, match="and 1 more mismatched tensor\\)") as info:
+        load_clip("ViT-B-32", tmp_path / "bad2.safetensors", device="cpu", **TINY_KWARGS)
+    assert "\n" not in str(info.value)

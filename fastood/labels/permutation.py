@@ -15,6 +15,7 @@ it as ``permutation=`` to :class:`fastood.detectors.NegLabel` /
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,10 @@ def load_permutation(path: str | os.PathLike, n: int | None = None) -> torch.Ten
                 raise ValueError(f"expected whitespace-separated integers ({exc})") from None
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{what}: {exc}") from None
-    except Exception as exc:  # unpickling refused, corrupt file, …
+    except pickle.UnpicklingError as exc:  # code in the pickle: refused, without torch's "weights_only=False" advice
+        from fastood.models import pickle_refusal_reason
+
+        raise ValueError(f"{what}: cannot be read: {pickle_refusal_reason(exc)}") from None
+    except Exception as exc:  # corrupt file, …
         raise ValueError(f"{what}: cannot be read ({type(exc).__name__}: {exc})") from None
     return check_permutation(obj, n, what=what)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor
 
 from fastood._io import atomic_write, atomic_write_text, file_sha256, fsync_file, new_dir_mode, new_file_mode
+from fastood.models import pickle_refusal_reason
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints", "resolve_checkpoint",
@@ -192,7 +194,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         raise CheckpointError(f"checkpoint file {str(ckpt / MODEL_FILE)!r} is not a readable safetensors file: {exc}{more}") from None
     try:
         state = torch.load(ckpt / STATE_FILE, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors of any kind
+    except pickle.UnpicklingError as exc:  # code in the pickle: refused without torch's "weights_only=False" advice
+        raise CheckpointError(f"checkpoint file {str(ckpt / STATE_FILE)!r} cannot be read safely: "
+                              f"{pickle_refusal_reason(exc)}{more}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated / foreign files
         raise CheckpointError(f"checkpoint file {str(ckpt / STATE_FILE)!r} cannot be read safely: {exc}{more}") from None
     if not isinstance(state, dict) or state.get("step") != manifest.get("step"):
         raise CheckpointError(f"checkpoint file {str(ckpt / STATE_FILE)!r} does not match its manifest (step){more}")
