@@ -66,6 +66,30 @@ echo "== tests on the GPU"
 $PY -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+echo "== trainer: NCCL DDP (2 ranks, fp16 autocast + GradScaler) against one process"
+# The NCCL and fp16-GradScaler paths of fastood.train run nowhere else (CI: gloo, CPU). NCCL cannot
+# put two ranks on one GPU, so this needs >= 2 GPUs; the global-batch losses must agree (fp16: 1e-2).
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$NGPU" -ge 2 ]; then
+  DDP="$OUT/ddp"; rm -rf "$DDP"; mkdir -p "$DDP"
+  $PY -c "import sys, numpy as np; from pathlib import Path; from PIL import Image
+r = np.random.default_rng(0)
+for c in ('cat', 'dog'):
+    d = Path(sys.argv[1]) / c; d.mkdir(parents=True)
+    [Image.fromarray(r.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(d / f'{i}.png') for i in range(16)]" "$DDP/data"
+  TINY='{"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}'
+  TARGS=(--data "$DDP/data" --model ViT-B-32 --pretrained none --model-kwargs "$TINY" --batch-size 8 --epochs 2 --precision fp16)
+  $PY -m fastood.train "${TARGS[@]}" --out "$DDP/one" >"$DDP/one.log" 2>&1 \
+    && $PY -m torch.distributed.run --nproc-per-node 2 -m fastood.train "${TARGS[@]}" --out "$DDP/two" >"$DDP/two.log" 2>&1 \
+    && $PY -c "import csv, sys
+a, b = ([float(r['loss']) for r in csv.DictReader(open(f'{sys.argv[1]}/{n}/log.csv'))] for n in ('one', 'two'))
+d = max(abs(x - y) / abs(x) for x, y in zip(a, b)); print(f'NCCL DDP: {len(b)} steps, max relative loss difference {d:.2e}')
+sys.exit(0 if len(a) == len(b) > 0 and d <= 1e-2 else 1)" "$DDP" 2>&1 | tee -a "$OUT/ddp.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; echo "NCCL DDP check failed: see $DDP/*.log" | tee -a "$OUT/ddp.log"; }
+else
+  echo "NCCL DDP check skipped: needs >= 2 GPUs, this machine has $NGPU" | tee "$OUT/ddp.log"
+fi
+
 echo "== benchmarks on the GPU"
 # bench/scores.py times every available backend: fastood-triton and fastood-cuda side by side.
 # BENCH_SUITES picks suites (default: all GPU suites; scores first, the one the kernels are judged by).
