@@ -725,6 +725,10 @@ def iter_image_batches(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    from fastood.shards import Shards, is_shard_spec
+
+    if is_shard_spec(images) or (isinstance(images, (list, tuple)) and images and all(map(is_shard_spec, images))):
+        images = Shards(images)  # WebDataset tars: 'shards/{000000..000099}.tar', local paths or brace patterns
     hook = getattr(images, "__fastood_image_batches__", None)
     if hook is not None:  # a source that batches itself, e.g. fastood.shards.Shards (WebDataset tars)
         yield from hook(preprocess, batch_size=batch_size, on_error=on_error, skipped=skipped, progress=progress,

@@ -25,7 +25,8 @@ Python::
     scores = detector.score(Shards("shards/{000000..000009}.tar"), on_error="skip", skipped=bad)
 
 ``Shards`` plugs into :func:`fastood.images.iter_image_batches` (and so into every detector's
-``score`` / ``predict`` / ``fit``): batches never mix shards and their ``names`` are the keys.
+``score`` / ``predict`` / ``fit``): batches never mix shards and their ``names`` are the keys. A
+shard spec string, or a list of them, given to those functions is read as ``Shards(spec)``.
 """
 
 from __future__ import annotations

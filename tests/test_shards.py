@@ -107,6 +107,11 @@ def test_detector_scores_shards_like_the_same_files(data, det):
     assert "cannot decode jpg" in skipped[0][1] and "no image member (has txt)" in skipped[1][1]
     with pytest.raises(UnreadableImageError, match="bad001"):
         det.score(Shards(shard1))  # on_error="raise" by default
+    # a shard spec string (or a list of them) is read as shards by every image input
+    by_spec = det.predict(str(root / "shards" / "{000000..000002}.tar"), on_error="skip")
+    assert by_spec.names == pred.names and np.array_equal(by_spec.scores.numpy(), pred.scores.numpy())
+    assert det.predict([shard1, str(root / "shards" / "000002.tar")], on_error="skip").names == [
+        "000004", "000005", "000006", "000007", "000008"]
     # rank 1 of 2 takes shard 1 only
     assert det.predict(Shards(str(root / "shards" / "{000000..000002}.tar"), rank=1, world=2),
                        on_error="skip").names == ["000004", "000005", "000006"]
