@@ -187,3 +187,16 @@ def test_float_tensor_of_the_wrong_size_names_the_expected_size(tiny_det):
     with torch.no_grad():
         want = tiny_det.score_features(tiny_det.clip.model.encode_image(good))
     torch.testing.assert_close(tiny_det.score(good), want)
+
+
+def test_numpy_float_batch_error_names_its_shape(tiny_det):
+    import numpy as np
+
+    a = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"numpy float32 array of shape \(2, 3, 32, 32\).*torch.from_numpy"):
+        tiny_det.score(a)
+    with pytest.raises(ValueError, match=r"float64 \(32, 32, 3\)"):  # one float image: its own shape
+        tiny_det.score(np.zeros((32, 32, 3)))
+    u8 = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    want = tiny_det.score(torch.from_numpy(u8).permute(0, 3, 1, 2).contiguous())
+    torch.testing.assert_close(tiny_det.score(u8), want)  # a uint8 batch is still fine

@@ -240,6 +240,17 @@ def check_pixels(model: nn.Module, pixels: Tensor) -> None:
             "(resized for you), or apply the detector's preprocess")
 
 
+def check_array_input(images: Any, name: str = "images") -> None:
+    """A numpy array given as a whole batch must be uint8 images: a float / int array of 4 or more
+    dimensions is refused naming its shape and dtype (iterating it would only name one item's shape)."""
+    if type(images).__module__ == "numpy" and type(images).__name__ == "ndarray" and images.ndim >= 4 \
+            and images.dtype.name != "uint8":
+        raise ValueError(
+            f"{name} is a numpy {images.dtype} array of shape {tuple(images.shape)}: numpy images must be uint8 "
+            "(H, W) or (H, W, 1|3|4) (a batch: (B, H, W, 3) uint8); for preprocessed float pixels (B, 3, H, W) "
+            "pass torch.from_numpy(array)")
+
+
 @torch.no_grad()
 def encode_images(model: nn.Module, pixels: Tensor, *, device: torch.device, amp: bool,
                   feature_space: str = "projection") -> Tensor:
@@ -380,6 +391,7 @@ class Detector:
         ``batch_size``: images per forward pass for this call only (default ``self.batch_size``).
         """
         clip = self._require_model()
+        check_array_input(images)
         if batch_size is None:
             batch_size = self.batch_size
         elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -97,8 +97,10 @@ class ExportedDetector:
 
     # ------------------------------------------------------------------ contract
     def _iterate(self, images: Any, *, batch_size: int | None = None, **kw: Any):
+        from fastood.detectors.base import check_array_input
         from fastood.images import iter_image_batches
 
+        check_array_input(images)
         for batch in iter_image_batches(images, self.preprocess, batch_size=batch_size or self.batch_size, **kw):
             s, p = self.run(batch.pixels)
             yield s, p, batch.names
