@@ -55,6 +55,7 @@ def run(device: str, size: str, *, rounds: int = 3, quick: bool = False, compare
     torch.manual_seed(0)
     clip = load_clip("ViT-B-32" if size == "tiny" else "ViT-B-16-quickgelu", pretrained="", device=device, **kwargs)
     names = imagenet1k_classnames()
+    meta = provenance(device)  # before measuring: its load_1min_before is the load at the start
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -109,7 +110,6 @@ def run(device: str, size: str, *, rounds: int = 3, quick: bool = False, compare
         rows.append({"stage": f"text encoding: {k}", "seconds": min(times[k]), "median_seconds": statistics.median(times[k]),
                      "speedup_vs_full": base / min(times[k]), "rounds": rounds})
 
-    meta = provenance(device)
     meta["model"] = f"{size} random text tower"
     meta["threads"] = torch.get_num_threads()
     meta["eot_length"] = {"mean": float(eot.float().mean()), "max": int(eot.max())}
