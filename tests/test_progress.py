@@ -129,7 +129,7 @@ def test_env_override_and_bad_input(monkeypatch):
         list(LogProgress(desc="x", stream=io.StringIO()))
 
 
-def test_cli_mine_style_subprocess_stderr_to_a_file_has_no_carriage_returns(tmp_path):
+def test_a_child_process_with_stderr_in_a_file_writes_one_line(tmp_path):
     """A real child process whose stderr is a file: tqdm.auto would draw a bar there; progress() writes lines."""
     code = ("from fastood.progress import progress\n"
             "bar = progress(desc='stage', total=500, unit='img')\n"
