@@ -226,6 +226,17 @@ def segment_lse(
     return lse, max0, arg, (splits, chunk)
 
 
+def split_starts(exe: Path, work: Path, offsets, chunk: int, splits: int) -> torch.Tensor:
+    """The first segment of each of ``splits`` column chunks of ``chunk`` (int32), from the
+    emulated ``split_starts_kernel``."""
+    work.mkdir(parents=True, exist_ok=True)
+    off = torch.as_tensor(offsets, dtype=torch.int64)
+    (work / "offsets.bin").write_bytes(_raw_bytes(off))
+    (work / "args.txt").write_text(f"S {off.numel() - 1}\nchunk {chunk}\nsplits {splits}\n")
+    _run([exe, "split_starts"], work)
+    return torch.from_numpy(np.fromfile(work / "starts.bin", dtype=np.int32).copy())
+
+
 def last_plan(work: Path) -> tuple[int, int, int]:
     """``(splits, chunk, blocks_per_sm)`` of the last ``segment_lse`` run in ``work``."""
     splits, chunk, per_sm = map(int, (work / "plan.txt").read_text().split())

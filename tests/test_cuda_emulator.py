@@ -268,3 +268,145 @@ def test_plugin_enqueue_matches_the_ops(plugin_build, tmp_path, method, dtype, B
     assert (score - ref).abs().max().item() <= 1e-4
     cos = torch.nn.functional.normalize(x.double(), dim=1) @ bank[:K].double().T
     assert (cos.max(1).values - cos.gather(1, pred.long()[:, None])[:, 0]).max().item() <= 1e-3
+
+
+# ------------------------------------ segment_lse on the Triton kernel compiled ahead of time
+AOT_FWD = "segment_lse_fwd[128x128x64 w8 s3 split argmax]"
+AOT_MERGE = "segment_lse_merge[128 argmax]"
+
+
+@pytest.fixture(scope="module")
+def aot_driver(tmp_path_factory):
+    """csrc/cuda/segment_lse_aot.cpp with the real sm_90 fp16 images (embed_triton.py) and a
+    recording aot::launch, linked with the emulated kernels (csrc/cuda/testing/aot_driver.cpp)."""
+    import importlib.util
+    import sys
+
+    path = cuda_emulator.CUDA_DIR / "embed_triton.py"
+    spec = importlib.util.spec_from_file_location("embed_triton_emu", path)
+    embed = importlib.util.module_from_spec(spec)
+    sys.modules["embed_triton_emu"] = embed
+    spec.loader.exec_module(embed)
+    fwd, merge = embed.compile_kernels("fastood.ops._triton_segment_lse", 90, "float16", [AOT_FWD, AOT_MERGE])
+    out = tmp_path_factory.mktemp("aot")
+    (out / "fwd_sa.h").write_text(embed.header(fwd, "fwd_sa"))
+    (out / "merge_a.h").write_text(embed.header(merge, "merge_a"))
+    (out / "aot_images.h").write_text('#pragma once\n#include "fwd_sa.h"\n#include "merge_a.h"\n')
+    sources = cuda_emulator._kernel_sources(out / "kernels")
+    exe = out / "aot_driver"
+    cuda_emulator._compile(["-I", str(out), str(cuda_emulator.EMU_DIR / "aot_driver.cpp"),
+                            str(cuda_emulator.CUDA_DIR / "segment_lse_aot.cpp"), *map(str, sources), "-o", str(exe)],
+                           "plain", "the AOT driver")
+    return exe
+
+
+def _run_aot_driver(exe: Path, work: Path, B, N, D, offsets, splits, argmax) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "offsets.bin").write_bytes(torch.as_tensor(offsets, dtype=torch.int64).numpy().tobytes())
+    args = dict(B=B, N=N, D=D, S=len(offsets) - 1, ldx=D, ldb=D, splits=splits, argmax=int(argmax), block_b=128,
+                merge_block=128)
+    (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
+    proc = subprocess.run([str(exe), str(work)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rec = {"launches": [], "starts": None}
+    for line in proc.stdout.splitlines():
+        f = line.split()
+        if f[0] == "plan":
+            rec["plan"] = (int(f[1]), int(f[2]))
+        elif f[0] == "addr":
+            rec[f[1]] = int(f[2])
+        elif f[0] == "launch":
+            rec["launches"].append({"which": f[1], "grid": tuple(map(int, f[2:5])), "args": []})
+        elif f[0] == "arg":
+            rec["launches"][-1]["args"].append((f[2], int(f[3])))
+        elif f[0] == "starts":
+            rec["starts"] = [int(v) for v in f[1:]]
+    return rec
+
+
+def test_split_starts_kernel_is_searchsorted(emulator_exe, tmp_path):
+    """The emulated split-starts kernel against torch.searchsorted(offsets[1:], p·chunk, right=True)."""
+    gen = torch.Generator().manual_seed(103)
+    cases = [([0, 100, 384, 384, 500, 768, 900, 1000], 384, 3), ([0, 0, 0, 128, 256, 256], 128, 2),
+             ([0, 5], 16, 1)]
+    sizes = torch.randint(0, 40, (60,), generator=gen)
+    sizes[::7] = 0
+    rand = [0] + torch.cumsum(sizes, 0).tolist()
+    cases += [(rand, 16, -(-rand[-1] // 16)), (rand, 48, -(-rand[-1] // 48))]
+    for i, (off, chunk, splits) in enumerate(cases):
+        got = cuda_emulator.split_starts(emulator_exe, tmp_path / str(i), off, chunk, splits)
+        t = torch.tensor(off, dtype=torch.int64)
+        want = torch.searchsorted(t[1:], torch.arange(splits, dtype=torch.int64) * chunk, right=True)
+        assert got.tolist() == want.tolist(), (off, chunk)
+
+
+def _triton_launcher_calls(monkeypatch, x, bank, offsets, rs, argmax, splits) -> list:
+    """What fastood/ops/_triton_segment_lse.py passes to its kernels (launches recorded, not run)."""
+    from fastood.ops import _triton_segment_lse as m
+
+    calls = []
+
+    class Record:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append((self.name, tuple(grid), args, kw))
+
+    monkeypatch.setattr(m, "_segment_lse_fwd_kernel", Record("fwd"))
+    monkeypatch.setattr(m, "_segment_lse_merge_kernel", Record("merge"))
+    m.segment_lse_triton(x, bank, offsets, rs, argmax, num_splits=splits, blocks=(128, 128, 64))
+    return calls
+
+
+def _aliases(values: list) -> list[int]:
+    """For each pointer, the position of the first pointer equal to it (the sharing pattern)."""
+    return [values.index(v) for v in values]
+
+
+@pytest.mark.parametrize("splits,argmax", [(3, True), (3, False), (1, True), (1, False)])
+def test_aot_launcher_passes_what_the_triton_launcher_passes(aot_driver, tmp_path, monkeypatch, splits, argmax):
+    """segment_lse_aot (C++) against the Python Triton launcher on the same problem: the same
+    variant, grid, chunk, integers, the same pattern of shared buffers (dummy pointers where a
+    constexpr disables an argument), and the emulated split-starts table equals the launcher's
+    torch.searchsorted."""
+    B, D = 300, 32
+    # N = 1000: 3 splits of 384 columns; segments end exactly at the split edges 384 and 768
+    # (and one is empty there), where a first-segment search that is off by one shows.
+    offsets = [0, 100, 384, 384, 500, 768, 900, 1000]
+    N = offsets[-1]
+    rec = _run_aot_driver(aot_driver, tmp_path, B, N, D, offsets, splits, argmax)
+    gen = torch.Generator().manual_seed(101)
+    x, bank = unit_rows(B, D, gen).half(), unit_rows(N, D, gen).half()
+    off, rs = torch.tensor(offsets, dtype=torch.int64), torch.full((B,), 100.0)
+    calls = _triton_launcher_calls(monkeypatch, x, bank, off, rs, argmax, rec["plan"][0])
+    assert [c[0] for c in calls] == [l["which"][:-2] if l["which"].startswith("fwd") else "merge"
+                                     for l in rec["launches"]]
+    (_, py_grid, py_args, py_kw), cpp = calls[0], rec["launches"][0]
+    split = py_kw["SPLIT"]
+    assert cpp["which"] == f"fwd{int(split)}{int(argmax)}" and py_kw["WANT_ARGMAX"] == argmax
+    assert cpp["grid"] == (*py_grid, 1)
+    # Triton's signature minus the constexpr unit strides (positions 17 and 19), then the scratch pointers.
+    assert py_args[17] == 1 and py_args[19] == 1
+    py_user = [a for i, a in enumerate(py_args) if i not in (17, 19)]
+    cpp_user = cpp["args"][:-2]
+    assert [k for k, _ in cpp["args"][-2:]] == ["global_scratch", "profile_scratch"]
+    assert all(v == 0 for _, v in cpp["args"][-2:])
+    py_ptrs = [a.data_ptr() for a in py_user if isinstance(a, torch.Tensor)]
+    cpp_ptrs = [v for k, v in cpp_user if k == "pointer"]
+    assert _aliases(py_ptrs) == _aliases(cpp_ptrs)
+    assert cpp_ptrs[:4] == [0x10000, 0x20000, rec["offsets"], 0x30000]  # x, bank, offsets, row scale
+    assert [a for a in py_user if not isinstance(a, torch.Tensor)] == [v for k, v in cpp_user if k == "i32"]
+    if split:
+        assert rec["starts"] == py_args[4].tolist()  # the emulated kernel == torch.searchsorted
+        (_, mg, m_args, m_kw), mc = calls[1], rec["launches"][1]
+        assert mc["which"] == f"merge{int(argmax)}" and m_kw["WANT_ARGMAX"] == argmax
+        assert mc["grid"][0] == mg[0] and mc["grid"][1] == -(-B // 128)  # BLOCK 128 (the launcher's on a GPU)
+        m_cpp = mc["args"][:-2]
+        assert _aliases([a.data_ptr() for a in m_args if isinstance(a, torch.Tensor)]) == _aliases(
+            [v for k, v in m_cpp if k == "pointer"])
+        assert [a for a in m_args if not isinstance(a, torch.Tensor)] == [v for k, v in m_cpp if k == "i32"]
+        # The merge reads the forward's workspace: same m / l / argmax buffers.
+        assert [v for k, v in m_cpp if k == "pointer"][:3] == cpp_ptrs[8:11]
+    else:
+        assert len(rec["launches"]) == 1 and rec["starts"] is None

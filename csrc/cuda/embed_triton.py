@@ -149,20 +149,30 @@ def _compile_here(module: str, arch: int, dtype: str, spec_name: str) -> Compile
     )
 
 
-def compile_kernel(module: str, arch: int, dtype: str, spec_name: str) -> CompiledKernel:
-    """Compile one spec (in a child process when Triton is in interpreter mode)."""
+def compile_kernels(module: str, arch: int, dtype: str, spec_names: list[str]) -> list[CompiledKernel]:
+    """Compile several specs (in one child process when Triton is in interpreter mode)."""
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        return _compile_here(module, arch, dtype, spec_name)
+        return [_compile_here(module, arch, dtype, n) for n in spec_names]
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__, "--module", module, "--arch", str(arch), "--dtype", dtype,
-                           "--spec", spec_name, "--json"], capture_output=True, text=True, env=env, timeout=900)
+    cmd = [sys.executable, __file__, "--module", module, "--arch", str(arch), "--dtype", dtype, "--json"]
+    for n in spec_names:
+        cmd += ["--spec", n]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
-        raise RuntimeError(f"compiling {spec_name} failed:\n{proc.stderr[-4000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    data["params"] = [tuple(p) for p in data["params"]]
-    return CompiledKernel(**data)
+        raise RuntimeError(f"compiling {spec_names} failed:\n{proc.stderr[-4000:]}")
+    out = []
+    for line in proc.stdout.strip().splitlines()[-len(spec_names):]:
+        data = json.loads(line)
+        data["params"] = [tuple(p) for p in data["params"]]
+        out.append(CompiledKernel(**data))
+    return out
+
+
+def compile_kernel(module: str, arch: int, dtype: str, spec_name: str) -> CompiledKernel:
+    """Compile one spec (in a child process when Triton is in interpreter mode)."""
+    return compile_kernels(module, arch, dtype, [spec_name])[0]
 
 
 def header(k: CompiledKernel, symbol: str) -> str:
@@ -205,15 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--module", required=True)
     p.add_argument("--arch", type=int, required=True)
     p.add_argument("--dtype", required=True, choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--spec", required=True)
+    p.add_argument("--spec", required=True, action="append", help="an AotSpec name (repeat with --json)")
     p.add_argument("--symbol", help="C++ name of the kernel image (with --out)")
     p.add_argument("--out", type=Path, help="write the header here")
     p.add_argument("--json", action="store_true", help="print the compiled kernel as JSON (internal)")
     a = p.parse_args(argv)
-    k = compile_kernel(a.module, a.arch, a.dtype, a.spec)
+    kernels = compile_kernels(a.module, a.arch, a.dtype, a.spec)
     if a.json:
-        print(json.dumps(asdict(k)))
+        for k in kernels:
+            print(json.dumps(asdict(k)))
     if a.out is not None:
+        if len(kernels) != 1:
+            p.error("--out writes one kernel: give one --spec")
+        k = kernels[0]
         if not a.symbol:
             p.error("--out needs --symbol")
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,19 @@ int fwd_blocks_per_sm(DType dtype, bool vec, std::string* err = nullptr);
 // Exact workspace bytes of the split path for `splits` splits (0 when splits <= 1).
 int64_t split_workspace_bytes(int64_t splits, int64_t S, int64_t B);
 
+// Byte offsets in the split workspace (each region 256-byte aligned): partial maxima m and
+// sums l, both (split, segment, row) fp32; segment-0 argmax (split, row) int32; the first
+// segment of each split (split,) int32 (for the Triton kernel, see segment_lse_aot.h).
+struct WsLayout {
+  int64_t m_off = 0, l_off = 0, arg_off = 0, starts_off = 0, total = 0;
+};
+WsLayout split_workspace_layout(int64_t splits, int64_t S, int64_t B);
+
+// Enqueue out[p] = first s with offsets[s+1] > p·chunk (S if none) for p < splits:
+// torch.searchsorted(offsets[1:], p·chunk, right=True). "" on success.
+std::string launch_split_starts(const int64_t* offsets, int64_t S, int64_t chunk, int64_t splits, int32_t* out,
+                                void* stream);
+
 struct SegmentLseArgs {
   DType dtype = DType::kFloat32;
   const void* x = nullptr;     // (B, D), unit stride along D, row stride ldx (elements, >= 0)

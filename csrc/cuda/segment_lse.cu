@@ -481,12 +481,24 @@ __global__ void __launch_bounds__(kThreads) segment_lse_merge(MergeParams p) {
   }
 }
 
+// First segment of each split: out[p] = the first s with off[s+1] > p·chunk (S when none),
+// i.e. torch.searchsorted(off[1:], p·chunk, right=True) — the table the Triton forward
+// kernel reads (the C++ kernel finds it itself, see run_block).
+__global__ void __launch_bounds__(kThreads) split_starts_kernel(const int64_t* __restrict__ off, int S, int64_t chunk,
+                                                               int splits, int32_t* __restrict__ out) {
+  for (int p = blockIdx.x * kThreads + threadIdx.x; p < splits; p += gridDim.x * kThreads) {
+    const int64_t start = static_cast<int64_t>(p) * chunk;
+    int lo = 0, hi = S;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo) / 2;
+      if (off[mid + 1] > start) hi = mid; else lo = mid + 1;
+    }
+    out[p] = lo;
+  }
+}
+
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t align256(int64_t n) { return (n + 255) / 256 * 256; }
-
-struct WsLayout {
-  int64_t m_off, l_off, arg_off, total;
-};
 
 WsLayout ws_layout(int64_t splits, int64_t S, int64_t B) {
   WsLayout w{};
@@ -494,7 +506,8 @@ WsLayout ws_layout(int64_t splits, int64_t S, int64_t B) {
   w.m_off = 0;
   w.l_off = part;
   w.arg_off = 2 * part;
-  w.total = 2 * part + align256(splits * B * static_cast<int64_t>(sizeof(int32_t)));
+  w.starts_off = 2 * part + align256(splits * B * static_cast<int64_t>(sizeof(int32_t)));
+  w.total = w.starts_off + align256(splits * static_cast<int64_t>(sizeof(int32_t)));
   return w;
 }
 
@@ -523,6 +536,20 @@ const void* fwd_kernel(DType dtype, bool vec) {
 }
 
 }  // namespace
+
+WsLayout split_workspace_layout(int64_t splits, int64_t S, int64_t B) { return ws_layout(splits, S, B); }
+
+std::string launch_split_starts(const int64_t* offsets, int64_t S, int64_t chunk, int64_t splits, int32_t* out,
+                                void* stream) {
+  if (offsets == nullptr || out == nullptr || S < 1 || chunk < 1 || splits < 1 || splits > 65535 || S > (1 << 30))
+    return "launch_split_starts: invalid arguments";
+  (void)cudaGetLastError();
+  const unsigned blocks = static_cast<unsigned>(cdiv(splits, kThreads));
+  split_starts_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      offsets, static_cast<int>(S), chunk, static_cast<int>(splits), out);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : cuda_error("fastood split-starts kernel launch failed", e);
+}
 
 bool fwd_vector_loads(const void* x, int64_t ldx, const void* bank, int64_t ldb, int64_t D) {
   return aligned16(x, ldx, D) && aligned16(bank, ldb, D);

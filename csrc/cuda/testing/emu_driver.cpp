@@ -5,6 +5,7 @@
 //                                  offsets.bin (int64), row_scale.bin (f32); writes lse.bin,
 //                                  max0.bin, argmax0.bin and plan.txt ("splits chunk blocks_per_sm")
 //   emu_driver head DIR            reads args.txt, x.bin, bank.bin; writes score.bin, pred.bin
+//   emu_driver split_starts DIR    reads args.txt (S chunk splits), offsets.bin; writes starts.bin (int32)
 //
 // Every buffer is allocated at its exact size (so AddressSanitizer catches any access past
 // it) and the outputs and workspace start as all-ones bytes (NaN / −1), so an element the
@@ -109,6 +110,19 @@ int run_head(const std::string& dir) {
   return 0;
 }
 
+// args.txt: S, chunk, splits; offsets.bin (S+1 int64) → starts.bin (splits int32).
+int run_split_starts(const std::string& dir) {
+  auto kv = read_args(dir);
+  const int64_t splits = geti(kv, "splits");
+  Operand off(dir + "/offsets.bin");
+  Buffer out(static_cast<std::size_t>(splits) * 4);
+  const std::string err = fc::launch_split_starts(reinterpret_cast<const int64_t*>(off.base), geti(kv, "S"),
+                                                  geti(kv, "chunk"), splits, reinterpret_cast<int32_t*>(out.ptr), nullptr);
+  if (!err.empty()) die(err, 3);
+  write_file(dir + "/starts.bin", out.ptr, out.bytes);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -116,5 +130,6 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   if (mode == "segment_lse") return run_segment_lse(argv[2]);
   if (mode == "head") return run_head(argv[2]);
+  if (mode == "split_starts") return run_split_starts(argv[2]);
   die("unknown mode " + mode);
 }
