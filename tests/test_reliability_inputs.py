@@ -134,13 +134,15 @@ def test_temperature_with_non_finite_reciprocal_is_rejected(data, tau):
 
 def test_detectors_reject_such_temperatures(data):
     from fastood.bank import TextBank
-    from fastood.detectors import MCM, NegLabel
+    from fastood.detectors import MCM, InterNeg, NegLabel
 
     _, bank = data
     tb = TextBank(bank, ["a", "b", "c"], [f"n{i}" for i in range(M)], groups=G)
     for cls in (NegLabel, MCM):
         with pytest.raises(ValueError, match="temperature must be >= 5.88e-39"):
             cls(bank=tb, temperature=1e-39)
+    with pytest.raises(ValueError, match="temperature must be >= 5.88e-39"):
+        InterNeg(temperature=1e-39)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

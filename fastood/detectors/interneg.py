@@ -240,7 +240,7 @@ class InterNeg(ZeroShotDetector):
         amp: bool | None = None,
         threshold: float | None = None,
     ) -> None:
-        from fastood.ops._dispatch import check_positive_finite
+        from fastood.ops._dispatch import check_temperature
 
         super().__init__(clip, model=model, tokenizer=tokenizer, preprocess=preprocess, device=device,
                          batch_size=batch_size, amp=amp, threshold=threshold)
@@ -256,7 +256,7 @@ class InterNeg(ZeroShotDetector):
             raise ValueError(f"inversion_seed must be an int, got {inversion_seed!r}")
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
-        self.temperature = check_positive_finite("temperature", temperature)
+        self.temperature = check_temperature("temperature", temperature)
         self.groups = groups
         self.grouping = grouping
         self.backend = backend
