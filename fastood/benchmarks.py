@@ -560,6 +560,8 @@ def run_eval(args: argparse.Namespace) -> int:
               f"{'n/a' if accuracy is None else f'{100 * accuracy:.2f} %'} (labels: {label_how})"]
     if published is not None and published.note:
         header.append(f"published row: {published.note}")
+    if published is not None and published.method is not None and published.method != args.method.lower():
+        header.append(f"WARNING: comparing --method {args.method} with {published.title}, a {published.method} result")
     if proto.note:
         header.append(f"note: {proto.note}")
     info = cli._run_info(args, det, args.classes)

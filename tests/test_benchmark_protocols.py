@@ -159,6 +159,30 @@ def test_openood_layout_with_list_files_and_near_far_averages(common, tmp_path, 
     assert "near-OOD average" in cap.out and "far-OOD average" in cap.out
 
 
+def test_cma_row_brings_its_convention_and_one_group_and_overrides_are_flagged(common, tmp_path, capsys):
+    croot, args = common
+    root = _mos_tree(tmp_path / "data")
+    out = tmp_path / "out"
+    args = [a for a in args if a != "groups=3"]
+    args.remove("-o")
+    assert main(["eval", "--benchmark", "imagenet1k", "--data-root", str(root), "--out", str(out),
+                 "--published", "cma-neglabel", *args]) == 0
+    rep = json.loads((out / "benchmark.json").read_text())
+    run = json.loads((out / "report.json").read_text())["run"]
+    assert rep["convention"] == "interp" and rep["interpolation"] is None  # SPEC §3/§10: CMA reports `interp`
+    assert run["options"]["groups"] == 1  # CMA's test-time NegLabel score has no grouping
+    rows = {r["set"]: r for r in rep["rows"]}
+    assert (rows["average"]["pub_fpr95"], rows["average"]["pub_auroc"]) == (19.93, 95.13)
+    assert rows["sun"]["pub_fpr95"] is None and rows["sun"]["d_auroc"] is None  # no per-set numbers in the SPEC
+    capsys.readouterr()
+    i = args.index("--corpus")
+    mcm_args = args[:i] + args[i + 2:]  # MCM takes no negative-label corpus
+    assert main(["eval", "--benchmark", "imagenet1k", "--data-root", str(root), "--out", str(tmp_path / "o2"),
+                 "--method", "mcm", "--published", "neglabel", "--convention", "openood", *mcm_args]) == 0
+    text = capsys.readouterr().out
+    assert "NOT the paper's neglabel: not comparable" in text and "WARNING: comparing --method mcm" in text
+
+
 def test_flat_imagenet_with_kaggle_label_file(tmp_path):
     root = tmp_path / "d"
     val = root / "ILSVRC2012_img_val"
