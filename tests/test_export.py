@@ -719,3 +719,19 @@ def test_tensorrt_build_logic_with_a_stand_in(neglabel, std_export, tmp_path, mo
     assert not list(tmp_path.glob(".*.tmp"))
     k = engine_key(version, "90", "ab" * 32, {"fp16": True, "batch": [1, 8, 16]})
     assert k.startswith(f"trt{version}-sm90-{'ab' * 8}-") and k != engine_key(version, "80", "ab" * 32, {"fp16": True, "batch": [1, 8, 16]})
+
+
+def test_standard_head_normalises_over_the_fp32_range(bank):
+    """The exported head's row normalisation: features ·1e30 / ·1e-30 score as the features (float64 truth)."""
+    from fastood.export.graph import StandardHead
+
+    emb = bank.embeddings
+    head = StandardHead(emb, K, G, 0.01, "neglabel")
+    f = torch.randn(5, 32, generator=torch.Generator().manual_seed(4))
+    kept = emb[: K + G * (M // G)].double()
+    for factor in (1.0, 1e30, 1e-30):
+        x = f * factor
+        score, pred = head(x)
+        truth = R.neglabel_score(x.double(), kept, K, groups=G, temperature=0.01)
+        assert torch.isfinite(score).all() and (score.double() - truth).abs().max() < 1e-5
+        assert torch.equal(pred, (x.double() @ kept[:K].T).argmax(1))

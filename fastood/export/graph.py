@@ -5,7 +5,8 @@
 The head is the NegLabel / MCM score on the bank ``T`` (``[ID (K) | negatives in G
 groups of m]``, unit-norm rows, baked into the graph as a constant):
 
-    r_i      = scale / ||f_i||                          scale = 1/τ (row scale, fp32)
+    r_i      = scale / ||f_i||                          scale = 1/τ (row scale, fp32; f_i first divided
+                                                        by max_j |f_ij| so ||f_i||² stays in fp32 range)
     L[i, j]  = r_i · (f_i · T_j)                        one MatMul + one Mul (B×N, fp32)
     LSE_s(i) = M_s(i) + log Σ_{j∈s} exp(L[i,j] − M_s(i)),  M_s(i) = max_{j∈s} L[i,j]
     NegLabel: score = mean_g sigmoid(LSE_id − LSE_g)     (G groups reshaped (B, G, m))
@@ -78,6 +79,9 @@ class StandardHead(nn.Module):
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         f = features.float()
         k = self.num_id
+        # divide by the row's max-abs first: ||f||² then neither overflows nor underflows in fp32
+        # (features of any magnitude give the cosines of f; an all-zero row stays NaN → refused by the runtime)
+        f = f / f.abs().amax(dim=1, keepdim=True)
         row_scale = (1.0 / self.temperature) * torch.rsqrt((f * f).sum(dim=1, keepdim=True))  # (B, 1)
         logits = torch.matmul(f, self.bank.t()) * row_scale  # (B, N) fp32
         id_logits = logits[:, :k]
