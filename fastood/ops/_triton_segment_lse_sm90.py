@@ -102,7 +102,7 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Segments per one-hot window (tl.dot needs N >= 16); a tile that meets more non-empty
 # segments (all narrower than 8 columns on average) loops over windows.
-SEG_WINDOW = 16
+SEG_WINDOW = 8
 # Below this a segment's partial sum is recomputed with its own max (2^-96, see 5.).
 UNDERFLOW_SUM = 2.0**-96
 
@@ -110,6 +110,7 @@ UNDERFLOW_SUM = 2.0**-96
 # TMA path, argmax): 128×128 uses 255 registers and spills ~100 B; 128×64 uses 237 and spills
 # nothing (82 KB shared memory) → one block per SM. See the module docstring.
 CUDA_CONFIG = (128, 128, 64, 8, 3)
+MAXNREG_TMA = 128
 # The exact kernel (segment 0, flagged row blocks): same BLOCK_B (it reads the hot kernel's
 # per-row-block flags), a tile that fits its heavier epilogue without spills.
 EXACT_CONFIG = (128, 64, 64, 8, 3)
@@ -175,7 +176,7 @@ def _onehot_sums(hi, lo, hit, INTERP: tl.constexpr):
 @triton.jit
 def _close_window(
     sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
-    rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+    r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
     SPLIT: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr, SEG0: tl.constexpr,
 ):
     """Merge one window's per-segment partials (σ against references mk) into the
@@ -184,6 +185,10 @@ def _close_window(
     NEG_INF: tl.constexpr = float("-inf")
     kr = tl.arange(0, W)
     seg = s_base + kr
+    # Rows are recomputed here rather than kept live across the MMA loop (registers).
+    rows = r0 + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
     # The carried segment's column k_c (at most one): merged per row, 2 exp2 per row.
     carry = (kr == s_c - s_base)[None, :]
     sig_c = tl.sum(tl.where(carry, sig, 0.0), axis=1)
@@ -201,17 +206,23 @@ def _close_window(
         l0 = tl.sum(tl.where(is0, l_new, 0.0), axis=1) * tl.math.exp2(m0 - mx0)
         l_new = tl.where(is0, l0[:, None], l_new)
         m_new = tl.where(is0, mx0[:, None] + tl.zeros([BLOCK_B, W], tl.float32), m_new)
-    seg_end = tl.load(off_ptr + seg + 1, mask=(cnt > 0) & (seg < S), other=2147483647).to(tl.int32)
-    closes = (cnt > 0) & (seg_end <= n_end)
-    wmask = row_ok[:, None] & closes[None, :]
-    if SPLIT:
-        ws = (pid_p * S + seg).to(tl.int64)[None, :] * B + rows64[:, None]
-        tl.store(ws_m_ptr + ws, m_new, mask=wmask)
-        tl.store(ws_l_ptr + ws, l_new, mask=wmask)
-    else:
+    # Write the segments that end in this tile, one [BLOCK_B] column at a time (usually
+    # 1–3): a masked [BLOCK_B, W] store costs the hot loop ~50 registers (ptxas).
+    # Empty segments (no column here) are skipped: the launcher pre-filled them.
+    last_closes = tl.load(off_ptr + s_last + 1).to(tl.int32) <= n_end
+    k_end = tl.minimum(W, s_last - s_base + tl.where(last_closes, 1, 0))
+    if not SPLIT:
         # l >= 2^-96 for every segment with columns (see 5.): the clamp never bites.
-        lse = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
-        tl.store(lse_ptr + rows64[:, None] * S + seg[None, :], lse, mask=wmask)
+        fin = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
+    for k in tl.range(0, k_end, num_stages=1, disable_licm=True):
+        sel = (kr == k)[None, :]
+        ok = row_ok & (tl.sum(tl.where(kr == k, cnt, 0), axis=0) > 0)
+        if SPLIT:
+            ws = (pid_p * S + s_base + k).to(tl.int64) * B + rows64
+            tl.store(ws_m_ptr + ws, tl.max(tl.where(sel, m_new, NEG_INF), axis=1), mask=ok)
+            tl.store(ws_l_ptr + ws, tl.sum(tl.where(sel, l_new, 0.0), axis=1), mask=ok)
+        else:
+            tl.store(lse_ptr + rows64 * S + s_base + k, tl.sum(tl.where(sel, fin, 0.0), axis=1), mask=ok)
     # The tile's last segment stays open when it runs past n_end.
     if (s_last >= s_base) & (s_last < s_base + W):
         is_last = (seg == s_last)[None, :]
@@ -240,7 +251,7 @@ def _segment0_tile(acc, c, cols, col_ok, end0, mx0, arg, WANT_ARGMAX: tl.constex
 @triton.jit
 def _exact_tile(
     acc, c, cseg, col_ok, s_first, s_last, s_c, m_c, l_c, mx0, n_end, pid_p,
-    rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+    r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
     SPLIT: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr,
 ):
     """The rare tile: every segment's partial sum in exact fp32 with its own max as the
@@ -261,7 +272,7 @@ def _exact_tile(
             sig = tl.where((kr == k)[None, :], s_k[:, None], sig)
             mk = tl.where((kr == k)[None, :], m_k[:, None], mk)
         m_c, l_c = _close_window(sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
-                                 rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+                                 r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
                                  SPLIT, BLOCK_B, W, True)
     return m_c, l_c
 
@@ -335,8 +346,9 @@ def _sm90_segment_lse_fwd_kernel(
     s_c = pid_p * 0 - 1
     m_c = tl.full([BLOCK_B], NEG_INF, tl.float32)
     l_c = tl.zeros([BLOCK_B], tl.float32)
-    hard = pid_p * 0
-    for n0 in range(t_lo, col_hi, BLOCK_N):
+    # disable_licm: hoisted [BLOCK_B, W] address/mask tensors would stay live across the
+    # MMA loop (ptxas: 170 → 146 registers).
+    for n0 in tl.range(t_lo, col_hi, BLOCK_N, disable_licm=True):
         acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, col_hi, D,
                         stride_xb, stride_xd, stride_bn, stride_bd,
                         USE_TMA, IEEE_FP32, BLOCK_B, BLOCK_N, BLOCK_D)
@@ -354,7 +366,7 @@ def _sm90_segment_lse_fwd_kernel(
         spread = (amax - tl.min(acc, axis=1)) * c
         M = amax * c
         if (tl.max(tl.where(row_ok & (spread > 96.0), 1, 0), axis=0) > 0) | (s_last - s_first >= W):
-            hard = hard + 1
+            tl.store(flag_ptr + pid_b, 1)   # benign race: every writer stores 1
         else:
             # p = exp2(acc·c − M) ∈ (0, 1]: one FFMA and one MUFU per logit; then bf16 hi + lo.
             p_hi, p_lo = _split_bf16(tl.math.exp2(tl.fma(acc, c[:, None], -M[:, None])), INTERP)
@@ -363,12 +375,10 @@ def _sm90_segment_lse_fwd_kernel(
             cnt = tl.sum(hit.to(tl.int32), axis=0)                  # columns of each segment here
             sig = _onehot_sums(p_hi, p_lo, hit, INTERP)             # [BLOCK_B, W] segment sums
             m_c, l_c = _close_window(sig, mk, cnt, s_first, s_c, m_c, l_c, m_c, s_last, n_end, pid_p,
-                                     rows64, row_ok, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
+                                     r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
                                      SPLIT, BLOCK_B, W, False)
         s_c = s_last
 
-    if hard > 0:
-        tl.store(flag_ptr + pid_b, 1)   # benign race: every writer stores 1
     if SPLIT:
         # Flush the segment still open at this split's end (it continues in the next split).
         seg_end = tl.load(off_ptr + s_c + 1, mask=s_c >= 0, other=0).to(tl.int32)
@@ -420,7 +430,7 @@ def _sm90_segment_lse_exact_kernel(
         if n0 < end0:
             mx0, arg = _segment0_tile(acc, c, cols, col_ok, end0, mx0, arg, WANT_ARGMAX)
         m_c, l_c = _exact_tile(acc, c, cseg, col_ok, s_first, s_last, s_c, m_c, l_c, mx0, n_end, 0,
-                               rows64, row_ok, off_ptr, lse_ptr, lse_ptr, lse_ptr, B, S,
+                               r0, off_ptr, lse_ptr, lse_ptr, lse_ptr, B, S,
                                False, BLOCK_B, W)
         s_c = s_last
         if (end0 <= n_end) & (n0 < end0):
@@ -555,6 +565,9 @@ def segment_lse_triton_sm90(
         x_arg, b_arg = x, bank
 
     warps, stages = (4, 1) if interpreting else (CUDA_CONFIG[3], CUDA_CONFIG[4])
+    # TMA path: capped at 128 registers (0 spill per ptxas) → two blocks per SM. The pointer
+    # path would spill under the cap: it keeps its natural count (one block per SM).
+    extra = {"maxnreg": MAXNREG_TMA} if (use_tma and not interpreting) else {}
     _sm90_segment_lse_fwd_kernel[(n_blocks, splits)](
         x_arg, b_arg, colseg, offsets, row_scale, flag,
         lse, ws_m, ws_l,
@@ -562,7 +575,7 @@ def segment_lse_triton_sm90(
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
         USE_TMA=bool(use_tma), SPLIT=split, IEEE_FP32=x.dtype == torch.float32, INTERP=interpreting,
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW,
-        num_warps=warps, num_stages=stages,
+        num_warps=warps, num_stages=stages, **extra,
     )
     if split:
         mb = 32 if interpreting else 128
@@ -623,6 +636,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                 constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "SPLIT": split, "IEEE_FP32": False,
                             "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
                 num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
+                extra_options={"maxnreg": MAXNREG_TMA} if tma else {},
             ))
     bb, bn, bd, warps, stages = EXACT_CONFIG
     for argmax in (False, True):
@@ -646,4 +660,4 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
 # epilogue is serialised after its tile's MMA in the same warps), no per-tile refill (one
 # flat pipelined loop over (tile, D chunk): TMA loads of the next tile are in flight while
 # the epilogue runs), both operands re-read per tile.
-SOL_KERNELS = {"segment_lse_sm90_fwd": {"chains": 1, "refill": False, "a_resident": False}}
+SOL_KERNELS = {"segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False}}
