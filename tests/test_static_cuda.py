@@ -381,3 +381,30 @@ def test_launcher_links_and_reports_a_missing_driver(aot, tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("launch '"))
     assert line != "launch ''" and ("driver" in line.lower() or "cudaFree" in line), line
+
+
+def test_segment_lse_compiles_with_the_aot_dispatch(tmp_path):
+    """segment_lse.cu as FASTOOD_TRITON_AOT=ON builds it (the dispatch to segment_lse_aot)."""
+    out = tmp_path / "seg.o"
+    cmd = ["nvcc", "-std=c++17", "-O3", "-arch=sm_90", "-DFASTOOD_WITH_TRITON_AOT=1", "-I", str(sc.ROOT / "csrc"),
+           "-c", str(sc.CUDA_DIR / "segment_lse.cu"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_registry_header_compiles_into_the_dispatch(tmp_path):
+    """embed_triton.py --registry (what CMake runs with FASTOOD_TRITON_AOT=ON) for sm_90 fp16:
+    six images (fwd × split × argmax, merge × argmax) and a kernel set the registry compiles with."""
+    home = _cuda_home()
+    if home is None or shutil.which("g++") is None:
+        pytest.skip("needs g++ and the CUDA headers")
+    embed = _embed_module()
+    text = embed.registry([(90, "float16")], "128x128x64 w8 s3")
+    (tmp_path / "segment_lse_aot_kernels.h").write_text(text)
+    assert text.count("inline const TritonKernelImage") == 6 and "kSegmentLseAotSetCount = 1" in text
+    assert "k.block_b = 128;" in text and "k.merge_block = 128;" in text
+    proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-c", "-I", str(tmp_path), "-I", str(sc.ROOT / "csrc"),
+                           "-I", str(home / "include"), str(sc.CUDA_DIR / "segment_lse_aot_registry.cpp"),
+                           "-o", str(tmp_path / "registry.o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]

@@ -45,6 +45,9 @@
 #include <utility>
 
 #include "fastood_cuda.cuh"
+#ifdef FASTOOD_WITH_TRITON_AOT
+#include "segment_lse_aot.h"
+#endif
 
 namespace fastood {
 namespace cuda {
@@ -644,6 +647,14 @@ std::string segment_lse(const SegmentLseArgs& a) {
     return "segment_lse: invalid split plan (use plan_splits)";
   if (plan.splits > 1 && cdiv(a.N, plan.chunk) != plan.splits) return "segment_lse: split plan does not match N";
   if (plan.splits == 1 && plan.chunk < a.N) return "segment_lse: a single pass needs chunk >= N";
+
+#ifdef FASTOOD_WITH_TRITON_AOT
+  // The Triton kernel compiled ahead of time, when this build embeds one for the device and
+  // the operands have the alignment it was compiled for (README, architecture).
+  if (const SegmentLseAotKernels* k = aot_kernels_for(a.dtype)) {
+    if (segment_lse_aot_applicable(a, *k).empty()) return segment_lse_aot(a, *k);
+  }
+#endif
 
   FwdParams p{};
   p.x = a.x;

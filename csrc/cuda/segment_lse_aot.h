@@ -39,5 +39,10 @@ std::string segment_lse_aot_applicable(const SegmentLseArgs& a, const SegmentLse
 // plan_splits) is large enough. "" on success.
 std::string segment_lse_aot(const SegmentLseArgs& a, const SegmentLseAotKernels& k);
 
+// The embedded kernel set for the current device's sm_XX and `dtype`, or nullptr (with the
+// reason in *why): none embedded for it, no device, or FASTOOD_CUDA_KERNEL=wmma.
+// Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.
+const SegmentLseAotKernels* aot_kernels_for(DType dtype, std::string* why = nullptr);
+
 }  // namespace cuda
 }  // namespace fastood
