@@ -13,6 +13,15 @@ in base 2; the B×N logits are never written. Small batches split the columns ac
 blocks and a second kernel merges the partial states in split order (no atomics:
 bitwise deterministic for a given split plan).
 
+In a build with ``FASTOOD_TRITON_AOT=ON`` (CMake), ``fastood._C`` embeds the Triton kernel
+of ``_triton_segment_lse.py`` compiled ahead of time for the listed sm_XX / dtypes and
+launches it instead when the device and the 16-element alignment match
+(``csrc/cuda/segment_lse_aot.cpp``; ``FASTOOD_CUDA_KERNEL=wmma`` keeps the C++ kernel).
+
+The split planner fills one wave: SMs × the resident blocks per SM that
+``cudaOccupancyMaxActiveBlocksPerMultiprocessor`` reports for the forward-kernel variant
+that will run (``_blocks_per_sm``).
+
 The launcher passes raw device pointers, element strides and torch's current stream
 to ``fastood._C`` (no libtorch link). Layout requirement: unit stride along D. Inputs
 with another stride along D are copied to a contiguous tensor first; any row stride
