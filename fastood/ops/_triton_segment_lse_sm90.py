@@ -389,6 +389,57 @@ def _sm90_segment_lse_fwd_kernel(
 
 
 @triton.jit
+def _sm90_segment0_kernel(
+    x_ptr, bank_ptr, off_ptr, scale_ptr,
+    lse_ptr, max0_ptr, arg0_ptr,
+    B, N, D, S,
+    stride_xb, stride_xd, stride_bn, stride_bd,
+    USE_TMA: tl.constexpr, WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Segment 0 of every row block: lse, max and first argmax over columns [0, end0),
+    with its exact running max as reference (online softmax, base 2).
+
+    Its own kernel because in the hot loop the masked max / argmax cost ~100 bytes of
+    spill at the 128-register cap (ptxas); here it is ⌈end0 / BLOCK_N⌉ tiles per row
+    block (8 of the 90 at the headline shape), and the hot kernel skips all but the
+    last of them (the one holding segment 0's end and segment 1's start).
+    """
+    pid_b = tl.program_id(0)
+    NEG_INF: tl.constexpr = float("-inf")
+    r0 = pid_b * BLOCK_B
+    rows = r0 + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    offs_n = tl.arange(0, BLOCK_N)
+    end0 = tl.load(off_ptr + 1).to(tl.int32)
+    m = tl.full([BLOCK_B], NEG_INF, tl.float32)   # running max of segment 0 (base 2)
+    l = tl.zeros([BLOCK_B], tl.float32)           # Σ exp2(t − m)
+    arg = tl.zeros([BLOCK_B], tl.int32)
+    for n0 in tl.range(0, end0, BLOCK_N, disable_licm=True):
+        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, end0, D,
+                        stride_xb, stride_xd, stride_bn, stride_bd,
+                        USE_TMA, IEEE_FP32, BLOCK_B, BLOCK_N, BLOCK_D)
+        cols = n0 + offs_n
+        in0 = (cols < end0)[None, :]
+        a0 = tl.max(tl.where(in0, acc, NEG_INF), axis=1)
+        t0 = a0 * c                                   # c > 0: the max of the scaled logits
+        if WANT_ARGMAX:
+            first = tl.min(tl.where(in0 & (acc == a0[:, None]), cols[None, :], 2147483647), axis=1)
+            arg = tl.where(t0 > m, first, arg)        # strictly greater: earlier tiles win ties
+        m_new = tl.maximum(m, t0)
+        l = l * tl.math.exp2(m - m_new) + tl.sum(
+            tl.where(in0, tl.math.exp2(tl.fma(acc, c[:, None], -m_new[:, None])), 0.0), axis=1)
+        m = m_new
+    if end0 > 0:
+        tl.store(lse_ptr + rows64 * S, (m + tl.math.log2(tl.maximum(l, 1e-30))) * 0.6931471805599453, mask=row_ok)
+        tl.store(max0_ptr + rows, m * 0.6931471805599453, mask=row_ok)
+        if WANT_ARGMAX:
+            tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
 def _sm90_segment_lse_exact_kernel(
     x_ptr, bank_ptr, colseg_ptr, off_ptr, scale_ptr, flag_ptr,
     lse_ptr, max0_ptr, arg0_ptr,
@@ -397,9 +448,9 @@ def _sm90_segment_lse_exact_kernel(
     WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr,
 ):
-    """Segment 0 of every row block (its lse, max and first argmax: columns [0, end0)),
-    and every segment of the row blocks the hot kernel flagged (all N columns), with
-    per-segment maxima as references (exact fp32, no shared-reference hazard)."""
+    """Every segment (and segment 0's max and first argmax) of the row blocks the hot
+    kernel flagged, over all N columns, with per-segment maxima as references (exact
+    fp32, no shared-reference hazard). Unflagged row blocks exit at once."""
     pid_b = tl.program_id(0)
     NEG_INF: tl.constexpr = float("-inf")
     r0 = pid_b * BLOCK_B
@@ -411,7 +462,7 @@ def _sm90_segment_lse_exact_kernel(
 
     end0 = tl.load(off_ptr + 1).to(tl.int32)
     flagged = tl.load(flag_ptr + pid_b)
-    col_hi = tl.where(flagged != 0, N, end0)
+    col_hi = tl.where(flagged != 0, N, 0)
     s_c = pid_b * 0 - 1
     m_c = tl.full([BLOCK_B], NEG_INF, tl.float32)
     l_c = tl.zeros([BLOCK_B], tl.float32)
@@ -583,7 +634,15 @@ def segment_lse_triton_sm90(
             ws_m, ws_l, ws_m, offsets, lse, max0, max0, B, S, chunk,
             WANT_ARGMAX=False, BLOCK=mb,
         )
-    # Segment 0 everywhere, everything in flagged row blocks (after the merge: it overwrites).
+    # Segment 0 (after the merge, which wrote "nothing" there), then the flagged row blocks.
+    s0_args = (x_arg, b_arg) if use_tma else (x, bank)
+    _sm90_segment0_kernel[(n_blocks,)](
+        *s0_args, offsets, row_scale, lse, max0, arg0 if want_argmax else max0,
+        B, N, D, S,
+        x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
+        USE_TMA=bool(use_tma), WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32,
+        BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,  # no cap: it would spill
+    )
     ebn = bn if interpreting else EXACT_CONFIG[1]
     ebd = bd if interpreting else EXACT_CONFIG[2]
     ewarps, estages = (4, 1) if interpreting else (EXACT_CONFIG[3], EXACT_CONFIG[4])
@@ -637,6 +696,23 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                             "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
                 num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
                 extra_options={"maxnreg": MAXNREG_TMA} if tma else {},
+            ))
+        for argmax in (False, True):
+            sig = {
+                "x_ptr": f"tensordesc<{tn}[{bb},{bd}]>" if tma else el,
+                "bank_ptr": f"tensordesc<{tn}[{bn},{bd}]>" if tma else el,
+                "off_ptr": "*i64", "scale_ptr": "*fp32", "lse_ptr": "*fp32", "max0_ptr": "*fp32",
+                "arg0_ptr": "*i64" if argmax else "*fp32",
+                "B": "i32", "N": "i32", "D": "i32", "S": "i32", "stride_xb": "i32", "stride_bn": "i32",
+            }
+            aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
+            aligned += ("D", "stride_xb", "stride_bn")
+            tag = f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}{' argmax' if argmax else ''}"
+            specs.append(AotSpec(
+                name=f"segment_lse_sm90_seg0[{tag}]", fn=_sm90_segment0_kernel, signature=sig,
+                constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "WANT_ARGMAX": argmax,
+                            "IEEE_FP32": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd},
+                num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
             ))
     bb, bn, bd, warps, stages = EXACT_CONFIG
     for argmax in (False, True):
