@@ -167,18 +167,20 @@ def prepare_rows(x: Tensor, scale: float, normalize: bool, name: str = "x") -> t
     """
     mx = torch.amax(x.abs(), dim=1).float()
     bad_finite = ~torch.isfinite(mx)  # amax propagates NaN
-    if bool(bad_finite.any()):
+    zero = mx == 0
+    lo = max(_SAFE_LO, scale / FP32_MAX)
+    need = (mx < lo) | (mx > _SAFE_HI)
+    # one device → host transfer for the three checks (each bool() would synchronise a CUDA stream)
+    any_bad, any_zero, any_need = torch.stack([bad_finite.any(), zero.any(), need.any()]).tolist()
+    if any_bad:
         i = int(torch.nonzero(bad_finite)[0, 0])
         raise ValueError(f"{name} has non-finite values (first in row {i})")
     if not normalize:
         return x, torch.full((x.shape[0],), scale, dtype=torch.float32, device=x.device)
-    zero = mx == 0
-    if bool(zero.any()):
+    if any_zero:
         i = int(torch.nonzero(zero)[0, 0])
         raise ValueError(f"{name} row {i} has zero norm: it cannot be L2-normalised (pass normalize=False or drop it)")
-    lo = max(_SAFE_LO, scale / FP32_MAX)
-    need = (mx < lo) | (mx > _SAFE_HI)
-    if bool(need.any()):
+    if any_need:
         _, exp = torch.frexp(mx[need])
         # x · 2^(1-e) in float64 (exact: a power of two; the factor itself may exceed the fp32 range)
         factor = torch.pow(2.0, (1 - exp).double())
