@@ -70,6 +70,7 @@ __all__ = [
     "as_labels",
     "threshold_at_tpr",
     "encode_images",
+    "encode_images_grad",
     "pre_projection",
 ]
 
@@ -255,6 +256,13 @@ def check_array_input(images: Any, name: str = "images") -> None:
 def encode_images(model: nn.Module, pixels: Tensor, *, device: torch.device, amp: bool,
                   feature_space: str = "projection") -> Tensor:
     """(B, 3, H, W) pixels → (B, D) float32 raw (not normalised) image features on ``device``."""
+    return encode_images_grad(model, pixels, device=device, amp=amp, feature_space=feature_space)
+
+
+def encode_images_grad(model: nn.Module, pixels: Tensor, *, device: torch.device, amp: bool,
+                       feature_space: str = "projection") -> Tensor:
+    """:func:`encode_images` under the caller's grad mode: the autograd graph to ``pixels`` is kept when
+    grad is enabled (adversarial attacks differentiate through the image tower)."""
     check_pixels(model, pixels)
     pixels = pixels.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
@@ -441,6 +449,33 @@ class Detector:
         """(B,) float32 scores of ``images`` (``on_error``, ``skipped``, ``progress``, ``batch_size`` as in :meth:`features`)."""
         self._check_fitted()
         return self.score_features(self.features(images, **kw))
+
+    def _score_for_grad(self, features: Tensor) -> Tensor:
+        """Hook: the (B,) score that attacks differentiate (default ``_score_features``); stateful
+        detectors return it without updating their state (e.g. InterNeg's frozen test-time bank)."""
+        return self._score_features(features)[0]
+
+    def score_pixels(self, pixels: Tensor) -> Tensor:
+        """Differentiable (B,) float32 scores of (B, 3, H, W) pixels in [0, 1] at the model's input size.
+
+        ``S(x) = score(f((x − μ)/σ))`` with the preprocess's per-channel mean ``μ`` / std ``σ``
+        applied inside the autograd graph, so ``∂S/∂x`` is taken in pixel space (used by
+        :mod:`fastood.attacks`); the graph is kept when grad is enabled (the caller's grad mode).
+        fp16 autocast on CUDA when ``amp``. Does not update streaming state.
+        """
+        from fastood.images import preprocess_config
+
+        self._check_fitted()
+        clip = self._require_model()
+        if not isinstance(pixels, Tensor) or not pixels.dtype.is_floating_point:
+            raise TypeError(f"pixels must be a floating tensor (B, 3, H, W) in [0, 1], got "
+                            f"{getattr(pixels, 'dtype', type(pixels).__name__)}")
+        cfg = preprocess_config(clip)
+        mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(cfg["std"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        x = (pixels.to(self.device, torch.float32) - mean) / std
+        feats = encode_images_grad(clip.model, x, device=self.device, amp=self.amp, feature_space=self.feature_space)
+        return self._score_for_grad(self._prepare(feats)).float()
 
     def outlier_score_features(self, features: Tensor) -> Tensor:
         """``−score_features``: higher = more out-of-distribution (OpenOOD / pytorch-ood convention)."""
@@ -629,6 +664,9 @@ class ZeroShotDetector(Detector):
 
     def _score_features(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.head(features)
+
+    def _score_for_grad(self, features: Tensor) -> Tensor:
+        return self.head(features)[0]  # the current bank, no test-time update (InterNeg's bank stays frozen)
 
     def _repr_extra(self) -> str:
         return f", num_id={self.num_id}, bank={tuple(self.bank.embeddings.shape)}, temperature={self.temperature:g}"

@@ -232,11 +232,25 @@ class KNN(Detector):
         q = self._transform(features, "features")
         vals, idx = max_cosine(q, self.train_features, k=self.k, block_bytes=self.block_bytes)
         labels = None if self.train_labels is None else self.train_labels[idx[:, 0]]
+        return self._rule(vals), labels
+
+    def _rule(self, vals: Tensor) -> Tensor:
+        """(B, k) top-k cosines (descending) → (B,) score per ``rule``."""
         if self.rule == "mean_exp":
             # mean_i exp(c_i/T) = exp(LSE_i(c_i/T) − log k), float64 so a small T cannot overflow
             lse = torch.logsumexp(vals.double() / self.temperature, dim=1)
-            return torch.exp(lse - math.log(self.k)), labels
-        return vals[:, -1].contiguous(), labels
+            return torch.exp(lse - math.log(self.k))
+        return vals[:, -1].contiguous()
+
+    def _score_for_grad(self, features: Tensor) -> Tensor:
+        """The same score with an autograd graph to ``features`` (attacks): the top-k neighbours are found
+        without grad (``max_cosine`` writes into buffers), then their cosines ``q·x_j`` are recomputed
+        differentiably; the top-k set is piecewise constant in ``q``, so this is the score's gradient."""
+        q = self._transform(features, "features")
+        with torch.no_grad():
+            _, idx = max_cosine(q.detach(), self.train_features, k=self.k, block_bytes=self.block_bytes)
+        vals = (q.unsqueeze(1) * self.train_features[idx].float()).sum(dim=2)  # (B, k)
+        return self._rule(vals).float()
 
     def _repr_extra(self) -> str:
         n = None if self.train_features is None else tuple(self.train_features.shape)
