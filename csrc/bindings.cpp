@@ -116,6 +116,69 @@ void segment_lse_reduce(const py::array& logits, const py::array& offsets, py::a
   fastood::cpu::segment_lse_block(blk, num_threads, which);
 }
 
+// Backward of segment_lse_reduce on a block of recomputed logits (see csrc/cpu/segment_lse_bwd.cpp).
+template <typename T>
+void segment_lse_bwd_weights_t(py::array& logits, const py::array& offsets, const py::array& lse, const py::array& g,
+                               py::object arg0, py::object h, int num_threads) {
+  check_array<T>(logits, "logits", 2, true);
+  check_array<int64_t>(offsets, "offsets", 1, false);
+  check_array<T>(lse, "lse", 2, false);
+  check_array<T>(g, "g", 2, false);
+  const int64_t rows = logits.shape(0), n_cols = logits.shape(1), S = offsets.shape(0) - 1;
+  if (S < 1) throw py::value_error("offsets must have at least 2 entries (S+1 for S segments)");
+  for (const py::array* a : {&lse, &g})
+    if (a->shape(0) != rows || a->shape(1) != S)
+      throw py::value_error("lse and g must have shape (rows, S) = (" + std::to_string(rows) + ", " + std::to_string(S) + ")");
+  if (n_cols > 1 && rows > 0 && elem_stride(logits, 1, "logits") != 1)
+    throw py::value_error("logits must have unit stride along columns");
+  if (S > 1 && rows > 0 && (elem_stride(lse, 1, "lse") != 1 || elem_stride(g, 1, "g") != 1))
+    throw py::value_error("lse and g must have unit stride along segments");
+  if (elem_stride(offsets, 0, "offsets") != 1) throw py::value_error("offsets must be contiguous");
+  const auto* off = static_cast<const int64_t*>(offsets.data());
+  if (off[0] != 0 || off[S] != n_cols)
+    throw py::value_error("offsets must start at 0 and end at the number of logits columns (" + std::to_string(n_cols) + ")");
+  for (int64_t s = 0; s < S; ++s)
+    if (off[s + 1] < off[s]) throw py::value_error("offsets must be non-decreasing");
+
+  fastood::cpu::SegmentLseBwdBlock<T> blk;
+  blk.logits = static_cast<T*>(logits.mutable_data());
+  blk.rows = rows;
+  blk.n_cols = n_cols;
+  blk.logits_row_stride = rows > 1 ? elem_stride(logits, 0, "logits") : 0;
+  blk.offsets = off;
+  blk.n_segments = S;
+  blk.lse = static_cast<const T*>(lse.data());
+  blk.lse_row_stride = rows > 1 ? elem_stride(lse, 0, "lse") : 0;
+  blk.g = static_cast<const T*>(g.data());
+  blk.g_row_stride = rows > 1 ? elem_stride(g, 0, "g") : 0;
+  py::array a0, hh;  // kept alive while the GIL is released
+  if (arg0.is_none() != h.is_none()) throw py::value_error("arg0 and h must both be given or both be None");
+  if (!arg0.is_none()) {
+    a0 = py::reinterpret_borrow<py::array>(arg0);
+    hh = py::reinterpret_borrow<py::array>(h);
+    check_array<int64_t>(a0, "arg0", 1, false);
+    check_array<T>(hh, "h", 1, false);
+    if (a0.shape(0) != rows || hh.shape(0) != rows) throw py::value_error("arg0 and h must have shape (rows,)");
+    if (rows > 1 && (elem_stride(a0, 0, "arg0") != 1 || elem_stride(hh, 0, "h") != 1))
+      throw py::value_error("arg0 and h must be contiguous");
+    const auto* a = static_cast<const int64_t*>(a0.data());
+    for (int64_t r = 0; r < rows; ++r)
+      if (a[r] < 0 || a[r] >= n_cols) throw py::value_error("arg0 has an index outside [0, n_cols)");
+    blk.arg0 = a;
+    blk.h = static_cast<const T*>(hh.data());
+  }
+  py::gil_scoped_release nogil;
+  fastood::cpu::segment_lse_bwd_weights<T>(blk, num_threads);
+}
+
+void segment_lse_bwd_weights(py::array& logits, const py::array& offsets, const py::array& lse, const py::array& g,
+                             py::object arg0, py::object h, int num_threads) {
+  if (logits.dtype().equal(py::dtype::of<double>()))
+    segment_lse_bwd_weights_t<double>(logits, offsets, lse, g, arg0, h, num_threads);
+  else
+    segment_lse_bwd_weights_t<float>(logits, offsets, lse, g, arg0, h, num_threads);
+}
+
 bool cuda_available() {
 #ifdef FASTOOD_WITH_CUDA
   return true;
@@ -353,6 +416,11 @@ lse (R, S) float32 out: log sum exp per segment (-inf if empty); max0 (R,) float
 segment 0 (-inf if empty); argmax0 (R,) int64 out or None: first index of that max (0 if empty).
 NaN propagates (torch semantics). num_threads <= 0 uses the OpenMP default. isa: 'auto',
 'generic' or 'avx2'. Releases the GIL.)doc");
+  m.def("segment_lse_bwd_weights", &segment_lse_bwd_weights, py::arg("logits"), py::arg("offsets"), py::arg("lse"),
+        py::arg("g"), py::arg("arg0") = py::none(), py::arg("h") = py::none(), py::arg("num_threads") = 0,
+        R"doc(Backward of segment_lse_reduce, in place: logits (R, N) float32 or float64 become
+G[r, j] = g[r, s(j)] * exp(logits[r, j] - lse[r, s(j)]) (+ h[r] at j = arg0[r]); lse, g (R, S) and h (R,)
+in the logits' dtype, arg0 (R,) int64 or None. Releases the GIL.)doc");
   m.def("cuda_available", &cuda_available, "True when this build contains the CUDA kernels.");
   m.def("openmp_threads", &openmp_threads, "omp_get_max_threads() (1 without OpenMP).");
   m.def("build_info", &build_info, "Compiler, OpenMP, CUDA and SIMD facts of this build.");

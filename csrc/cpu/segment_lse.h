@@ -47,5 +47,27 @@ struct SegmentLseBlock {
 // Does not touch the Python interpreter: call it with the GIL released.
 void segment_lse_block(const SegmentLseBlock& blk, int num_threads, Isa isa);
 
+// Backward (csrc/cpu/segment_lse_bwd.cpp): overwrite a block of logits L (T = float or
+// double) with G[r, j] = g[r, s(j)] · exp(L[r, j] − lse[r, s(j)]), plus h[r] at
+// j = arg0[r] when arg0 is given (the subgradient of max0). Offsets validated as above.
+template <typename T>
+struct SegmentLseBwdBlock {
+  T* logits = nullptr;  // rows × n_cols, unit column stride, overwritten
+  int64_t rows = 0;
+  int64_t n_cols = 0;
+  int64_t logits_row_stride = 0;
+  const int64_t* offsets = nullptr;  // n_segments + 1
+  int64_t n_segments = 0;
+  const T* lse = nullptr;  // rows × n_segments, unit column stride
+  int64_t lse_row_stride = 0;
+  const T* g = nullptr;  // rows × n_segments, unit column stride
+  int64_t g_row_stride = 0;
+  const int64_t* arg0 = nullptr;  // rows (contiguous) or nullptr
+  const T* h = nullptr;           // rows (contiguous), with arg0
+};
+
+template <typename T>
+void segment_lse_bwd_weights(const SegmentLseBwdBlock<T>& blk, int num_threads);
+
 }  // namespace cpu
 }  // namespace fastood

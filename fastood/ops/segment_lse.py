@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from fastood.ops._dispatch import as_offsets, run_segment_lse
+from fastood.ops._dispatch import as_offsets, resolve_backend, run_segment_lse
+from fastood.ops._segment_lse_backward import register as _register_backward, segment_lse_float64
 
 __all__ = ["segment_lse", "segment_lse_max"]
 
@@ -24,15 +25,20 @@ __all__ = ["segment_lse", "segment_lse_max"]
 def _segment_lse_op(
     x: Tensor, bank: Tensor, offsets: Tensor, scale: float, normalize: bool, want_argmax: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if x.dtype == torch.float64 or bank.dtype == torch.float64:
+        # the fused forward kernels are fp32-only: float64 (gradient checks) is chunked torch in float64
+        resolve_backend(backend, x.device)
+        return segment_lse_float64(x, bank, offsets, scale, normalize, want_argmax)
     return run_segment_lse(x, bank, offsets, scale, normalize, want_argmax, backend)
 
 
 @_segment_lse_op.register_fake
 def _(x, bank, offsets, scale, normalize, want_argmax, backend):
     B, S = x.shape[0], offsets.shape[0] - 1
+    out = torch.float64 if torch.float64 in (x.dtype, bank.dtype) else torch.float32
     return (
-        x.new_empty((B, S), dtype=torch.float32),
-        x.new_empty((B,), dtype=torch.float32),
+        x.new_empty((B, S), dtype=out),
+        x.new_empty((B,), dtype=out),
         x.new_empty((B if want_argmax else 0,), dtype=torch.int64),
     )
 
@@ -78,7 +84,12 @@ def segment_lse(
     Mixed input dtypes compute in ``torch.promote_types(x.dtype, bank.dtype)``.
     Non-finite values in ``x`` raise ``ValueError``; non-finite values in
     ``bank`` are not checked here (that would read the whole bank on every call)
-    and propagate as NaN/inf. Not differentiable.
+    and propagate as NaN/inf.
+
+    Differentiable with respect to ``x`` (``bank`` is a constant: one that requires grad
+    is refused), by a fused backward pass that never forms the B×N logits
+    (``fastood.ops._segment_lse_backward``). float64 inputs give a float64 result (forward
+    in chunked float64 torch on every backend, for gradient checks).
     """
     off = _offsets_tensor(offsets, bank)
     lse, _, _ = _segment_lse_op(x, bank, off, float(scale), bool(normalize), False, backend)
@@ -102,3 +113,6 @@ def segment_lse_max(
     """
     off = _offsets_tensor(offsets, bank)
     return _segment_lse_op(x, bank, off, float(scale), bool(normalize), bool(want_argmax), backend)
+
+
+_register_backward(_segment_lse_op)  # the fused backward (d/dx; the bank is constant)
