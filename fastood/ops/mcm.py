@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 
 from fastood.ops._dispatch import check_pair, check_temperature, run_segment_lse
+from fastood.ops.neglabel import _wants_grad_path
+from fastood.ops.segment_lse import segment_lse_max
 
 __all__ = ["mcm_score"]
 
@@ -54,8 +56,19 @@ def mcm_score(
             is an error, as is any inf / NaN).
         return_pred: also return ``argmax_k cos_k`` (int64).
         backend: see :func:`fastood.ops.segment_lse`.
+
+    Differentiable with respect to ``x`` when ``x.requires_grad`` (the fused backward; at
+    tied maxima the subgradient of the first maximiser). float64 inputs give float64 scores.
     """
-    check_pair(x, id_bank, "x", "id_bank")
+    if not (isinstance(x, Tensor) and isinstance(id_bank, Tensor) and torch.float64 in (x.dtype, id_bank.dtype)):
+        check_pair(x, id_bank, "x", "id_bank")
     check_temperature("temperature", temperature)
+    if _wants_grad_path(x, id_bank):
+        # differentiable (or float64): exp(max0 − lse_0) by autograd over the segment_lse op's
+        # fused backward (max0: the subgradient at the first argmax)
+        lse, max0, pred = segment_lse_max(x, id_bank, [0, id_bank.shape[0]], scale=1.0 / float(temperature),
+                                          normalize=normalize, want_argmax=bool(return_pred), backend=backend)
+        score = torch.exp(max0 - lse[:, 0])
+        return (score, pred) if return_pred else score
     score, pred = _mcm_op(x, id_bank, float(temperature), bool(normalize), bool(return_pred), backend)
     return (score, pred) if return_pred else score

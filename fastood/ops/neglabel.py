@@ -19,6 +19,14 @@ import torch
 from torch import Tensor
 
 from fastood.ops._dispatch import check_int, check_pair, check_temperature, run_segment_lse
+from fastood.ops.segment_lse import segment_lse_max
+
+
+def _wants_grad_path(x: Tensor, bank: Tensor) -> bool:
+    """True when the score must be differentiable in ``x`` (or the inputs are float64)."""
+    if not (isinstance(x, Tensor) and isinstance(bank, Tensor)):
+        return False  # the op's checks name the bad argument
+    return (torch.float64 in (x.dtype, bank.dtype)) or (torch.is_grad_enabled() and x.requires_grad)
 
 __all__ = ["neglabel_score", "neglabel_offsets"]
 
@@ -84,10 +92,21 @@ def neglabel_score(
 
     Returns:
         scores (B,) float32, or ``(scores, pred)`` with ``return_pred``.
+
+    Differentiable with respect to ``x`` when ``x.requires_grad``: the fused
+    ``segment_lse`` backward (never the B×N logits) and autograd through
+    ``mean_g sigmoid(L_id − L_g)``. float64 inputs give float64 scores (gradient checks).
     """
     if not isinstance(bank, Tensor) or bank.dim() != 2:
         check_pair(x, bank)
-    neglabel_offsets(num_id, bank.shape[0], groups)  # argument errors before the op
+    off = neglabel_offsets(num_id, bank.shape[0], groups)  # argument errors before the op
     check_temperature("temperature", temperature)
+    if _wants_grad_path(x, bank):
+        # differentiable (or float64): the segment_lse op, whose fused backward gives d lse / dx,
+        # then autograd through the cheap (B, S) formula
+        lse, _, pred = segment_lse_max(x, bank[: off[-1]], off, scale=1.0 / float(temperature), normalize=normalize,
+                                       want_argmax=bool(return_pred), backend=backend)
+        score = torch.sigmoid(lse[:, :1] - lse[:, 1:]).mean(dim=1)
+        return (score, pred) if return_pred else score
     score, pred = _neglabel_op(x, bank, num_id, groups, float(temperature), bool(normalize), bool(return_pred), backend)
     return (score, pred) if return_pred else score
