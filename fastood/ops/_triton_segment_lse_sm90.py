@@ -17,72 +17,63 @@ pass (select, max, argmax, subtract, exp2, sum: ≈ 14 instructions per element 
 segment ≈ 3,600 clk), serialised after the MMA in the same warps, and its nested
 (column, D) loops refill the load pipeline on every tile.
 
-This kernel:
+Three kernels (one launch each; plus the portable module's merge kernel for split-N):
 
-1. **One flat, pipelined loop** over (column tile, D chunk): the loads of the next
-   tile are in flight while a tile's epilogue runs (no refill per tile; Triton's
-   software pipeliner sees one loop, like its persistent-matmul tutorial).
+* **hot** ``_sm90_segment_lse_fwd_kernel`` — segments 1..S-1, the fast path only;
+* **segment 0** ``_sm90_segment0_kernel`` — lse, max and first argmax of segment 0 over
+  columns [0, end0) with its exact running max (⌈end0/BLOCK_N⌉ tiles per row block: 8 of
+  90 at the headline shape; the hot kernel skips all of them but the boundary tile);
+* **exact** ``_sm90_segment_lse_exact_kernel`` — redoes, with per-segment maxima, the row
+  blocks the hot kernel flagged; every other row block exits at once.
+
+The hot kernel, per 128×128 tile:
+
+1. **MMA**: the inner loop over D chunks (TMA loads, 3 stages, async wgmma).
 2. **One shared reference per row and tile, one FFMA + one MUFU per logit**:
-   ``M_i = r_i·log2(e) · max_j acc_ij`` (one FMNMX per element; r > 0 is the
-   dispatcher's contract, so the max of the scaled logits is the scaled max) and
-   ``p_ij = exp2(fma(acc_ij, c_i, −M_i))`` with ``c_i = r_i·log2(e)``: τ, the row norm
-   and log2(e) are folded into c, p ∈ (0, 1].
-3. **Per-segment sums on the tensor cores**: the sums over the (≤ 16) segments that
-   intersect the tile are ``σ = p @ H`` with the one-hot ``H[j, k] = 1`` iff column j is
-   in the tile's k-th segment (BLOCK_N × 16, exact in bf16). fp32 accuracy is kept by
-   splitting p = p_hi + p_lo into two bf16 (round-to-nearest each; bf16 has fp32's
-   range): |p − p_hi − p_lo| ≤ 2⁻¹⁸·p, so σ's relative error is ≤ 4·10⁻⁶ plus fp32
-   accumulation. Cost: ≈ 3 instructions per element for the split (two packed cvt,
-   one unpack, one subtract) and 2 × 128 clk of extra MMA, independent of how many
-   segments meet the tile — versus 2 instructions per element *per segment* for masked
-   sums (select + add) and none of their per-segment control flow.
-4. **Segment bookkeeping per tile, not per element**: a column → segment table
-   (``colseg``, int32, N entries, built once per call by ``searchsorted``) gives the
-   one-hot; the state carried between tiles is (m, l) of the one open segment. A
-   segment's state uses the shared reference: ``l = Σ exp2(t − m)`` with m an upper
-   bound of its logits, merged as usual (``m' = max(m, M)``,
-   ``l' = l·2^(m−m') + σ·2^(M−m')``).
-5. **The one hazard of a shared reference**: a segment whose logits are all more than
-   ~96 (log2 units) below the tile's max underflows. Detected exactly where it matters
-   (σ_k < 2⁻⁹⁶ for a segment with columns in the tile, in some row of the block) →
-   that tile is recomputed with per-segment maxima as references (a rare, block-uniform
-   branch; 16 masked max passes). With σ ≥ 2⁻⁹⁶ every flushed term (< 2⁻¹²⁶, ≤ 128 of
-   them) costs < 2⁻²³ relative, and ``l ≥ 2⁻⁹⁶`` holds for every carried state, so the
-   merge kernel's clamp (1e-30) never bites. At τ = 0.01 (logits = 100·cos) this needs
-   two segments of one tile whose best cosines differ by > 0.66: never seen on CLIP.
-6. **Argmax and the segment-0 max only in tiles that meet segment 0** (≈ 9 % of tiles
-   for 1,000 ID columns out of 11,400): a block-uniform branch, masked max + first
-   maximiser. Segment 0's state is converted to its true max when written
-   (``l·2^(m − max0)``), so the split-N merge kernel of the fallback module is reused.
-7. **Empty segments** are never visited: ``lse`` and ``max0`` are pre-filled with -inf
-   (B·S·4 bytes, ≈ 10 µs at the target shape), ``colseg`` only names non-empty segments.
+   ``M_i = c_i · max_j acc_ij`` (one FMNMX per element; c_i = r_i·log2(e) > 0 by the
+   dispatcher's contract, so the scaled max is the max of the scaled logits) and
+   ``p_ij = exp2(fma(acc_ij, c_i, −M_i)) ∈ (0, 1]``: τ, the row norm and log2(e) folded.
+3. **Per-segment sums on the tensor cores**: ``σ = p @ H`` with the one-hot
+   ``H[j, k] = 1`` iff column j is in the tile's k-th segment (BLOCK_N × 8, exact in
+   bf16). fp32 accuracy from two bf16 MMAs, p = p_hi + p_lo (round-to-nearest each; bf16
+   has fp32's range): |p − p_hi − p_lo| ≤ 2⁻¹⁸·p, σ's relative error ≤ 4·10⁻⁶ plus fp32
+   accumulation. Cost: ≈ 3 instructions per element for the split and 2 × 128 clk of
+   MMA, whatever the number of segments in the tile — masked sums cost 2 instructions
+   per element *per segment* (select + add) plus per-segment control flow.
+4. **Segment bookkeeping per tile**: a column → segment table (``colseg``, int32, N
+   entries, ``searchsorted`` once per call) gives H; the state carried between tiles is
+   (m, l) of the one open segment, with the shared reference as m (an upper bound of
+   the segment's logits): ``m' = max(m, M)``, ``l' = l·2^(m−m') + σ·2^(M−m')``. Closing
+   segments (usually 1–3 per tile) are written one [BLOCK_B] column at a time.
+5. **The hazard of a shared reference**: a segment more than ~126 (log2) below the tile
+   max underflows. The tile's per-row spread ``c·(max − min)`` is tested (one more FMNMX
+   per element): if some row spreads over > 96, or the tile meets more than 8 segments,
+   the tile is skipped and its row block flagged for the exact kernel (block-uniform,
+   rare: at τ = 0.01 a spread of 96 log2 units is a cosine range of 0.66 inside 128
+   columns; never seen on CLIP). With spread ≤ 96 every segment has σ ≥ 2⁻⁹⁶, a flushed
+   term (< 2⁻¹²⁶, ≤ 128 of them) costs < 2⁻²³ relative, and every carried ``l ≥ 2⁻⁹⁶``
+   (the merge kernel's 1e-30 clamp never bites).
+6. **Empty segments** are never visited: ``lse`` / ``max0`` are pre-filled with -inf
+   (B·S·4 bytes, ≈ 10 µs at B = 65,536), ``colseg`` names non-empty segments only.
 
-Per-tile budget (128×128, D = 512): MMA 4,096 + 256 (one-hot) clk; epilogue ≈ 6 issue
-slots per element (FMNMX, FFMA, MUFU, split) ≈ 770 issue clk, MUFU pipe 1,024 + 128 (lg2)
-clk → ≈ 1,200 clk, serialised with the MMA inside one block.
+Registers and residency (ptxas of Triton 3.8 for sm_90a, no GPU): the hot kernel on the
+TMA path compiles to 128 registers with ``maxnreg=128`` and 0 spill bytes, 98 KB of
+shared memory → **two blocks per SM**, so one block's epilogue (FP32/MUFU pipes) overlaps
+the other's wgmma (tensor pipe). Getting there: Triton's loop-invariant code motion
+hoisted [BLOCK_B, W]-shaped address/mask tensors out of the tile loop (live across the
+MMA: ``disable_licm``), 2-D masked stores of the closing segments (per-column stores
+instead), the segment-0 max/argmax in the hot loop (~100 B of spill: its own kernel),
+a 16-wide one-hot (8). The pointer path (layouts TMA cannot take) keeps 176–178
+registers, one block per SM. Triton 3.8 does not apply ``warp_specialize`` to this loop
+on sm_90 (no ``setmaxnreg``, no partitions in the PTX), ``num_ctas=2`` (cluster, TMA
+multicast) fails in its PlanCTA pass, and FA3's in-block ping-pong is not expressible in
+Triton: two resident blocks are the overlap.
 
-Warp organisation — as designed vs as compiled (ptxas of Triton 3.8, sm_90a, no GPU):
-the design was 8 warps on a 128×128 tile at ≤ 128 registers so that two blocks share an
-SM and one block's epilogue overlaps the other's wgmma. As compiled, 128×128 takes 255
-registers and spills ~100 B (the one-hot operands in dot layout plus the segment-0
-branch), so the shipped tile is **128×64 (8 warps, 229–240 registers, 0 spill, 82 KB
-shared memory, one block per SM)**: the epilogue is serialised after its tile's MMA in
-the same warps; only the TMA loads of the next tile overlap it. Triton 3.8's
-``warp_specialize`` is not applied on sm_90 to this loop (checked: no ``setmaxnreg``, no
-partitions in the PTX), and FA3's in-block ping-pong is not expressible in Triton.
-Hand count per 128×64 tile: MMA 2,048 + 128 clk, epilogue ≈ 600 clk (MUFU-bound) →
-≈ 2,800 clk (≈ 73 % of the tensor peak if nothing else limits). Operands are loaded by
-TMA (host ``TensorDescriptor``) when the layout allows it (unit inner stride, 16-byte
-aligned rows and base), else by pointer loads (``cp.async``), the same kernel body
-selected by the ``USE_TMA`` constexpr — the pointer path is what Triton's CPU
-interpreter runs in the tests.
-
-L2 → SM traffic per tile: X (128×512) + bank (64×512) fp16 = 192 KB; X is re-read per
-tile (it does not fit in shared memory next to a pipelined bank tile at D = 512). At
-bench/sol.py's 48 B/clk/SM that is 4,096 clk per tile: **L2-bound at ≈ 50 % of peak**,
-below the 60 % target. The way up is a 128×128 tile without spills (L2 5,461 clk vs
-MMA 4,096: ≈ 75 % cap) or X resident in shared memory (needs BLOCK_D-chunked residency
-that Triton cannot index dynamically).
+Hand count of the hot tile (SASS, TMA path, bench/sol.py's rates): MMA 4,224 clk
+(incl. the one-hot), issue ≈ 3,700 clk, MUFU 1,088, L2 → SM (128 + 128)·512·2 B at
+48 B/clk = 5,461 clk. Serial chain ≈ 8,500 clk per block; with two blocks ≈ 4,250 per
+tile, so the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor peak** (X is re-read
+per tile: 128 KB of X does not fit next to two blocks' pipelines at D = 512).
 """
 
 from __future__ import annotations
@@ -106,9 +97,7 @@ SEG_WINDOW = 8
 # Below this a segment's partial sum is recomputed with its own max (2^-96, see 5.).
 UNDERFLOW_SUM = 2.0**-96
 
-# (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages). Measured by ptxas (Triton 3.8, sm_90a,
-# TMA path, argmax): 128×128 uses 255 registers and spills ~100 B; 128×64 uses 237 and spills
-# nothing (82 KB shared memory) → one block per SM. See the module docstring.
+# (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages) of the hot and segment-0 kernels.
 CUDA_CONFIG = (128, 128, 64, 8, 3)
 MAXNREG_TMA = 128
 # The exact kernel (segment 0, flagged row blocks): same BLOCK_B (it reads the hot kernel's
@@ -120,11 +109,11 @@ _INTERPRET_BLOCKS = (16, 32, 16)
 WARP_ORGANISATION = {
     "kernel": "_sm90_segment_lse_fwd_kernel",
     "warps_per_block": CUDA_CONFIG[3],
-    "blocks_per_sm": 1,               # 237 registers (ptxas): the 2-blocks/SM design is not reached
-    "mma_async": True,                # wgmma, loads by TMA, 3-stage pipeline over the flat loop
-    # The epilogue runs in the MMA warps after the tile's last wgmma: serialised with the MMA
-    # of its own tile; only the TMA loads of the next tile overlap it.
-    "epilogue_overlaps_mma": False,
+    "blocks_per_sm": 2,               # TMA path: 128 registers (maxnreg), 98 KB shared memory
+    "mma_async": True,                # wgmma, loads by TMA, 3-stage pipeline over the K loop
+    # Within a block the epilogue follows its tile's MMA (serial chain); the other
+    # resident block's MMA overlaps it.
+    "epilogue_overlaps_mma": "across blocks",
     "tile": {"BLOCK_B": CUDA_CONFIG[0], "BLOCK_N": CUDA_CONFIG[1], "BLOCK_D": CUDA_CONFIG[2]},
     "per_tile_extra_mma_flops": 2 * 2 * CUDA_CONFIG[0] * CUDA_CONFIG[1] * SEG_WINDOW,  # p_hi @ H, p_lo @ H
 }
@@ -732,8 +721,11 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
     return specs
 
 
-# Warp organisation for bench/sol.py (keyed by the spec name before "["): one chain (the
-# epilogue is serialised after its tile's MMA in the same warps), no per-tile refill (one
-# flat pipelined loop over (tile, D chunk): TMA loads of the next tile are in flight while
-# the epilogue runs), both operands re-read per tile.
-SOL_KERNELS = {"segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False}}
+# Warp organisation for bench/sol.py (keyed by the spec name before "["): one chain per
+# block (the epilogue follows its tile's MMA in the same warps; the second resident block is
+# the overlap, which the model takes from blocks/SM), the K pipeline refills per tile
+# (nested loop), both operands re-read per tile.
+SOL_KERNELS = {
+    "segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False},
+    "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False},
+}
