@@ -784,6 +784,8 @@ def _eval(args: argparse.Namespace) -> int:
     from fastood.outputs import write_rows
     from fastood.report import write_report
 
+    if getattr(args, "benchmark", None) and getattr(args, "attack", None):
+        raise SystemExit("fastood eval: --attack works with --id / --ood, not with --benchmark")
     if getattr(args, "benchmark", None):  # a paper's protocol: fastood.benchmarks finds the sets
         from fastood.benchmarks import run_eval
 
@@ -795,6 +797,17 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.convention not in CONVENTIONS:
         raise SystemExit(f"--convention must be one of {CONVENTIONS}")
+    if getattr(args, "attack", None):
+        from fastood.attacks import parse_eps_list
+
+        try:
+            args.eps_list = parse_eps_list(args.eps, "--eps")
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"fastood eval: {exc}")
+        if args.steps < 1:
+            raise SystemExit(f"fastood eval: --steps must be >= 1, got {args.steps}")
+        if args.attack == "feature" and args.attack_norm != "linf":
+            raise SystemExit("fastood eval: --attack feature is defined in the L∞ ball (--attack-norm linf)")
     out = Path(args.out)
     _check_out_writable(out, "eval", directory=True)
     list_skipped: list[tuple[str, str]] = []
@@ -856,6 +869,18 @@ def _eval(args: argparse.Namespace) -> int:
             threshold = float(det.calibrate(id_scores, tpr=args.tpr))
         except (TypeError, ValueError):
             threshold = None
+    robust = None
+    if getattr(args, "attack", None):
+        from fastood.robust import robust_evaluate
+
+        try:
+            robust = robust_evaluate(det, id_names, ood_names, attack=args.attack, eps=args.eps_list, steps=args.steps,
+                                     target=args.attack_target or ("both" if args.attack == "pgd" else "id"),
+                                     norm=args.attack_norm, seed=args.seed, convention=args.convention, tpr=args.tpr,
+                                     aupr_method=args.aupr, batch_size=args.batch_size, save_adv=args.save_adv,
+                                     progress=not args.quiet)
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"fastood eval --attack {args.attack}: {exc}")
     info = _run_info(args, det, classes)
     info.update(device=device, calibrated_threshold=threshold)
     id_info = {"dir": args.id, "num_images": len(id_names), "num_classes": len(folders), "folders": folders,
@@ -864,7 +889,7 @@ def _eval(args: argparse.Namespace) -> int:
                            metrics=metrics, id_info=id_info, run_info=info, skipped=skipped,
                            timing={"images": n_images, "seconds": seconds,
                                    "images_per_s": n_images / seconds if seconds > 0 else None},
-                           threshold=threshold, plots=not args.no_plots)
+                           threshold=threshold, plots=not args.no_plots, robust=robust)
     # every score, for your own analysis
     rows = []
 
@@ -892,6 +917,16 @@ def _eval(args: argparse.Namespace) -> int:
               f"{100 * r['aupr_in']:>8.2f} {100 * r['aupr_out']:>8.2f}")
     print(f"{'average':<20} {a['num_ood']:>7} {100 * a['fpr95']:>7.2f} {100 * a['auroc']:>7.2f} "
           f"{100 * a['aupr_in']:>8.2f} {100 * a['aupr_out']:>8.2f}")
+    if robust is not None:
+        print(f"attack {robust['attack']} ({robust['norm']}, {robust['steps']} steps, target {robust['target']}): "
+              "average over OOD sets")
+        print(f"{'eps':<8} {'FPR95':>7} {'AUROC':>7} {'success OOD->ID':>16} {'success ID->OOD':>16}")
+        rows_ = [("clean", robust["clean"]["average"], {})] + [
+            (r["eps_label"], r["metrics"]["average"], r["success_rate"]) for r in robust["per_eps"]]
+        for lab, m, sr in rows_:
+            o2i, i2o = sr.get("ood_to_id"), sr.get("id_to_ood")
+            print(f"{lab:<8} {100 * m['fpr95']:>7.2f} {100 * m['auroc']:>7.2f} "
+                  f"{'-' if o2i is None else f'{100 * o2i:.2f}':>16} {'-' if i2o is None else f'{100 * i2o:.2f}':>16}")
     if info.get("random_weights"):
         print("RANDOM WEIGHTS: these numbers are meaningless.")
     print(f"skipped {len(skipped)} unreadable file(s); wrote {', '.join(str(p) for p in written.values())}, "
@@ -1138,6 +1173,20 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--tpr", type=float, default=0.95, help="TPR level of the FPR metric (default 0.95)")
     ev.add_argument("--aupr", default="ap", choices=["ap", "trapezoid"], help="AUPR integration (default ap)")
     ev.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    adv = ev.add_argument_group("adversarial robustness (fastood.robust)")
+    adv.add_argument("--attack", default=None, choices=["pgd", "feature"],
+                     help="also evaluate on attacked images: pgd (end-to-end on the detector's score) or feature "
+                          "(feature-based manipulation toward paired images); adds the robust table and robust.png")
+    adv.add_argument("--eps", default="1/255,2/255,4/255,8/255",
+                     help="attack radii in [0, 1] pixel scale, comma-separated, fractions allowed "
+                          "(default 1/255,2/255,4/255,8/255)")
+    adv.add_argument("--steps", type=int, default=10, help="attack steps (default 10; step size 2.5·eps/steps)")
+    adv.add_argument("--attack-target", default=None, choices=["id", "ood", "both"],
+                     help="id: OOD images made to look ID; ood: ID images made to look OOD; both "
+                          "(default: both for pgd, id for feature)")
+    adv.add_argument("--attack-norm", default="linf", choices=["linf", "l2"], help="PGD ball (default linf)")
+    adv.add_argument("--save-adv", default=None, metavar="DIR",
+                     help="write the adversarial images as PNG under DIR/eps_<k>-255/<id|set>/")
     _add_model_args(ev, classes_default=None)
     from fastood.benchmarks import add_cli_args as _add_benchmark_args  # --benchmark / --data-root / --published
 

@@ -177,6 +177,7 @@ def write_report(
     timing: dict[str, Any] | None = None,
     threshold: float | None = None,
     plots: bool = True,
+    robust: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and (with matplotlib) ``roc.png`` / ``hist.png``.
 
@@ -184,6 +185,7 @@ def write_report(
         metrics: the output of :func:`fastood.metrics.evaluate_many`.
         id_info: ``dir``, ``num_images``, ``num_classes``, ``label_mapping``, ``accuracy``.
         run_info: method, model, pretrained, device, random_weights, …
+        robust: the output of :func:`fastood.robust.robust_evaluate` (adds its section and ``robust.png``).
     Returns the paths written, by kind.
     """
     out = Path(out_dir)
@@ -201,6 +203,11 @@ def write_report(
             written["roc"] = plot_roc(out / "roc.png", id_scores, ood_scores, aurocs)
             written["hist"] = plot_histograms(out / "hist.png", id_scores, ood_scores, threshold)
             plot_files = {"ROC curves": "roc.png", "score histograms": "hist.png"}
+            if robust is not None:
+                from fastood.robust import plot_robust
+
+                written["robust"] = plot_robust(out / "robust.png", robust)
+                plot_files["AUROC vs attack radius"] = "robust.png"
     report = {
         "metrics": metrics,
         "convention_text": CONVENTION_TEXT[metrics["average"]["convention"]],
@@ -210,8 +217,14 @@ def write_report(
         "timing": timing or {},
         "plots": plot_files,
     }
+    if robust is not None:
+        report["robust"] = robust
     written["json"] = write_json_atomic(out / "report.json", report)
     md = _markdown(report)
+    if robust is not None:
+        from fastood.robust import robust_markdown
+
+        md += "\n" + robust_markdown(robust)
     # the one atomic writer; a file name that is not UTF-8 keeps its bytes (as in scores.csv)
     written["md"] = atomic_write_bytes(out / "report.md", md.encode("utf-8", errors="surrogateescape"))
     return written
