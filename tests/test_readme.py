@@ -110,6 +110,17 @@ def readme_blocks(text: str) -> list[Block]:
 BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
 
 
+#: what may justify skipping a README example: what CI machines do not have
+SKIP_JUSTIFIED = re.compile(r"GPU|CUDA|sm_\d+|TensorRT|network|download|real weights|pretrained weights", re.I)
+
+
+def test_skips_name_a_missing_resource():
+    """A skip marker must say which resource CI lacks (GPU, TensorRT, network, real
+    weights), not just silence a broken example."""
+    bad = [(b.line, b.skip) for b in BLOCKS if b.skip is not None and not SKIP_JUSTIFIED.search(b.skip)]
+    assert not bad, f"README blocks skipped without naming a missing GPU / TensorRT / network / weights: {bad}"
+
+
 def test_harness_finds_the_blocks():
     # the README has had 7+ python examples since the detectors section existed; finding
     # none would mean the parser broke and every example went untested
