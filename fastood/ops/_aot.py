@@ -315,14 +315,31 @@ def compile_spec(spec: Any, arch: int, *, dtype: str = "", module: str = "", wan
 
 def _worker(jobs: list[dict]) -> list[dict]:
     """Compile ``jobs`` ({module, arch, dtype, full, name, want_sass}) in this (non-interpreter) process."""
-    cache: dict[tuple, dict[str, Any]] = {}
+    cache: dict[tuple, dict[str, Any] | str] = {}
     out = []
     for j in jobs:
         key = (j["module"], j["arch"], j["dtype"], j["full"])
         if key not in cache:
-            cache[key] = {s.name: s for _, s in collect(j["arch"], j["dtype"], full=j["full"], modules=[j["module"]])}
-        spec = cache[key][j["name"]]
-        rep = compile_spec(spec, j["arch"], dtype=j["dtype"], module=j["module"], want_sass=j.get("want_sass", False))
+            try:
+                cache[key] = {s.name: s for _, s in collect(j["arch"], j["dtype"], full=j["full"],
+                                                            modules=[j["module"]])}
+            except Exception as e:  # noqa: BLE001 - a module that cannot declare its specs fails its jobs, not all
+                cache[key] = f"{j['module']}.aot_specs failed: {type(e).__name__}: {e}"
+        specs = cache[key]
+        spec = specs.get(j["name"]) if isinstance(specs, dict) else None
+        if spec is None:
+            err = specs if isinstance(specs, str) else f"{j['module']} no longer declares {j['name']!r}"
+            out.append(asdict(StaticReport(name=j["name"], module=j["module"], arch=j["arch"], dtype=j["dtype"],
+                                           num_warps=0, num_stages=0, intended_mma="none", main_loop=False,
+                                           error=err)))
+            continue
+        try:
+            rep = compile_spec(spec, j["arch"], dtype=j["dtype"], module=j["module"],
+                               want_sass=j.get("want_sass", False))
+        except Exception as e:  # noqa: BLE001 - a malformed spec is reported as that spec's error
+            rep = StaticReport(name=spec.name, module=j["module"], arch=j["arch"], dtype=j["dtype"],
+                               num_warps=spec.num_warps, num_stages=spec.num_stages, intended_mma=spec.intended_mma,
+                               main_loop=spec.main_loop, error=f"{type(e).__name__}: {e}")
         out.append(asdict(rep))
     return out
 
