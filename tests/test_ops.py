@@ -114,9 +114,11 @@ def test_mcm_score_matches_float64_reference(backend):
             baseline = R.mcm_score(xq.float().cpu(), bq.float().cpu(), temperature=temperature)
             # fp32 baseline on rounded inputs: the kernels accumulate in fp32 too
             # s = exp(max/T − LSE): a logit error δ moves s by ≤ δ·s; fp32 accumulation gives
-            # δ ≈ (1/T)·√D·2⁻²⁴ ≲ 1e-5 at T = 0.01, and the kernel's max and LSE need not
-            # share torch's rounding, hence ε = 1e-5 there (1e-6 at T = 1)
-            assert_error_budget(score.cpu(), truth, baseline, 1e-6 if temperature == 1.0 else 1e-5)
+            # δ ≈ (1/T)·√D·2⁻²⁴ ≲ 1e-5 at T = 0.01. For fp16/bf16 inputs the kernels take
+            # another multiplication path (tl.dot on the low dtype) than torch's fp32 GEMM, so
+            # their rounding is not torch's: ε = 1e-5 there (measured 2.6e-6), 1e-6 otherwise
+            low = dtype != torch.float32 and temperature != 1.0
+            assert_error_budget(score.cpu(), truth, baseline, 1e-5 if low else 1e-6)
             assert_pred_matches(pred, xq.double().cpu(), bq.double().cpu(), 1e-3 if dtype != torch.float32 else 1e-6)
 
 
