@@ -88,9 +88,10 @@ def test_low_precision_matches_float64_of_rounded_inputs(dtype, splits):
 def test_underflow_fallback_segments_far_below_the_tile_max(splits):
     """One tile holds a segment whose logits are ~190 (log2) below the tile max: with one
     shared reference its exp2 sum would flush to 0 (lse = -inf or garbage); the spread
-    test sends the tile to per-segment references and the result stays exact."""
+    test flags that row block and the exact kernel redoes it, while the other row blocks
+    (rows 16.. here: 16-row blocks in the interpreter) stay on the fast path."""
     gen = torch.Generator().manual_seed(23)
-    B, N, D = 5, 64, 32
+    B, N, D = 40, 64, 32
     offsets = [0, 10, 20, 40, 64]            # segments 1 and 2 share the first 32-column tile
     x = unit_rows(B, D, gen).float()
     bank = unit_rows(N, D, gen).float()
@@ -148,6 +149,19 @@ def test_non_contiguous_inputs(layout):
     row_scale = torch.full((B,), 50.0)
     out = run(xk.to(DEVICE), bk.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=2)
     check(out, x, bank, offsets, row_scale)
+
+
+def test_split_heuristic_fills_two_blocks_per_sm(monkeypatch):
+    """Hand-computed: 132 SMs → 264 programs wanted; B = 4096 gives 32 row blocks of 128 →
+    9 splits; B = 65,536 (512 row blocks) needs none; the 64 MB workspace bound caps S."""
+    import fastood.ops._triton_segment_lse_sm90 as m
+
+    monkeypatch.setattr(m, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert m._choose_splits_sm90(4096, 11400, 101, cuda, False, 128, 128) == 9
+    assert m._choose_splits_sm90(65536, 11400, 101, cuda, False, 128, 128) == 1
+    assert m._choose_splits_sm90(4096, 11400, 5000, cuda, False, 128, 128) == 1  # 64 MB / (4096·5000·8) < 1
+    assert m._choose_splits_sm90(300, 256, 3, cuda, False, 128, 128) == 2       # at most one split per tile
 
 
 def test_column_segments_names_only_nonempty_segments():

@@ -85,7 +85,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastood.ops._triton_segment_lse import _choose_splits, _segment_lse_merge_kernel
+from fastood.ops._triton_segment_lse import _segment_lse_merge_kernel, _sm_count
 
 __all__ = ["segment_lse_triton_sm90", "sm90_supported", "aot_specs", "WARP_ORGANISATION"]
 
@@ -516,6 +516,21 @@ def _tma_ok(t: Tensor) -> bool:
     return t.stride(1) == 1 and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and t.shape[1] * es >= 16
 
 
+def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreting: bool, bb: int, bn: int) -> int:
+    """Column splits (1 = none): enough programs for two resident blocks on every SM when
+    the row blocks alone are fewer, at least one tile per split, and a split workspace
+    (m and l per split, segment and row) of at most 64 MB."""
+    if interpreting:
+        return 1  # one program at a time anyway; tests force splits explicitly
+    b_blocks = triton.cdiv(B, bb)
+    target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if b_blocks >= target:
+        return 1
+    splits = min(triton.cdiv(target, b_blocks), triton.cdiv(N, bn))
+    splits = min(splits, max(1, (64 * 2**20) // (B * S * 8)))
+    return max(1, splits)
+
+
 def column_segments(offsets: Tensor, N: int) -> Tensor:
     """``colseg[j]`` = the segment holding column j (int32, N entries): the number of
     segment ends ``offsets[1:]`` that are ≤ j. Empty segments are never named."""
@@ -572,7 +587,7 @@ def segment_lse_triton_sm90(
     if blocks is None:
         blocks = _INTERPRET_BLOCKS if interpreting else CUDA_CONFIG[:3]
     bb, bn, bd = blocks
-    splits = num_splits if num_splits is not None else _choose_splits(B, N, S, device, interpreting, bn)
+    splits = num_splits if num_splits is not None else _choose_splits_sm90(B, N, S, device, interpreting, bb, bn)
     if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
         raise ValueError(f"num_splits must be an int >= 1, got {splits!r}")
     chunk = triton.cdiv(triton.cdiv(N, splits), bn) * bn   # split bounds on tile bounds
