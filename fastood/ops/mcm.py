@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fastood.ops._dispatch import check_pair, check_temperature, run_segment_lse
 from fastood.ops.neglabel import _wants_grad_path
-from fastood.ops.segment_lse import segment_lse_max
+from fastood.ops.segment_lse import _segment_lse_op
 
 __all__ = ["mcm_score"]
 
@@ -66,8 +66,8 @@ def mcm_score(
     if _wants_grad_path(x, id_bank):
         # differentiable (or float64): exp(max0 − lse_0) by autograd over the segment_lse op's
         # fused backward (max0: the subgradient at the first argmax)
-        lse, max0, pred = segment_lse_max(x, id_bank, [0, id_bank.shape[0]], scale=1.0 / float(temperature),
-                                          normalize=normalize, want_argmax=bool(return_pred), backend=backend)
+        lse, max0, pred = _segment_lse_op(x, id_bank, torch.tensor([0, id_bank.shape[0]], dtype=torch.int64),
+                                          1.0 / float(temperature), bool(normalize), bool(return_pred), backend)
         score = torch.exp(max0 - lse[:, 0])
         return (score, pred) if return_pred else score
     score, pred = _mcm_op(x, id_bank, float(temperature), bool(normalize), bool(return_pred), backend)

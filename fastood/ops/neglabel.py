@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fastood.ops._dispatch import check_int, check_pair, check_temperature, run_segment_lse
-from fastood.ops.segment_lse import segment_lse_max
+from fastood.ops.segment_lse import _segment_lse_op
 
 
 def _wants_grad_path(x: Tensor, bank: Tensor) -> bool:
@@ -104,8 +104,10 @@ def neglabel_score(
     if _wants_grad_path(x, bank):
         # differentiable (or float64): the segment_lse op, whose fused backward gives d lse / dx,
         # then autograd through the cheap (B, S) formula
-        lse, _, pred = segment_lse_max(x, bank[: off[-1]], off, scale=1.0 / float(temperature), normalize=normalize,
-                                       want_argmax=bool(return_pred), backend=backend)
+        # the op itself (not segment_lse_max): its offsets are checked inside the op, so
+        # torch.compile traces no data-dependent .item() here
+        lse, _, pred = _segment_lse_op(x, bank[: off[-1]], torch.tensor(off, dtype=torch.int64),
+                                       1.0 / float(temperature), bool(normalize), bool(return_pred), backend)
         score = torch.sigmoid(lse[:, :1] - lse[:, 1:]).mean(dim=1)
         return (score, pred) if return_pred else score
     score, pred = _neglabel_op(x, bank, num_id, groups, float(temperature), bool(normalize), bool(return_pred), backend)
