@@ -54,6 +54,7 @@ BLOCK_THREADS = {
     "segment_lse_fwd_half": 128,
     "segment_lse_fwd_f32": 128,
     "segment_lse_merge": 128,
+    "split_starts_kernel": 128,
     "offsets_kernel": 128,
     "row_scale_kernel": 256,
     "score_kernel": 128,

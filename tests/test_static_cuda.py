@@ -31,8 +31,8 @@ from bench import static_cuda as sc
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
 needs_cuobjdump = pytest.mark.skipif(sc.find_tool("cuobjdump") is None, reason="no cuobjdump (CUDA toolkit or Triton)")
 
-EXPECTED_KERNELS = {"segment_lse_fwd_half", "segment_lse_fwd_f32", "segment_lse_merge", "offsets_kernel",
-                    "row_scale_kernel", "score_kernel"}
+EXPECTED_KERNELS = {"segment_lse_fwd_half", "segment_lse_fwd_f32", "segment_lse_merge", "split_starts_kernel",
+                    "offsets_kernel", "row_scale_kernel", "score_kernel"}
 FWD = ("segment_lse_fwd_half", "segment_lse_fwd_f32")
 
 
