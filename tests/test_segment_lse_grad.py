@@ -11,6 +11,8 @@ returned gradient to ``x.dtype`` (autograd returns it in ``x``'s dtype): see
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -274,9 +276,12 @@ def test_cpu_weights_binding_checks_arguments():
 def test_bench_grad_runs_on_a_tiny_shape(tmp_path):
     from bench.grad import run
 
-    rows = run(batch=8, n_bank=40, groups=3, dim=16, repeats=1, backends=("torch",), out=tmp_path / "grad.json")
-    assert {r["method"] for r in rows} == {"fused[torch]", "autograd_full_logits"}
+    rows = run(batch=8, n_bank=40, groups=3, dim=16, repeats=1, budget_s=0.01, backends=("torch",),
+               out=tmp_path / "grad.json")
+    assert [r["method"] for r in rows] == ["fused[torch]", "autograd_full_logits"]
     for r in rows:
-        assert r["seconds"] > 0 and r["peak_bytes"] > 0
-    assert rows[0]["max_abs_grad_diff_vs_autograd"] < 1e-4
-    assert (tmp_path / "grad.json").exists()
+        assert r["seconds"] > 0 and (r["peak_bytes"] is None or r["peak_bytes"] >= 0)
+    # the bench's own correctness column: the fused gradient is the autograd one (fp32)
+    assert rows[0]["grad_scale"] > 1e-3
+    assert rows[0]["max_abs_grad_diff_vs_autograd"] <= 1e-4 * rows[0]["grad_scale"]
+    assert json.loads((tmp_path / "grad.json").read_text())[0]["method"] == "fused[torch]"
