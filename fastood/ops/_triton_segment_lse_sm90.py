@@ -100,6 +100,17 @@ UNDERFLOW_SUM = 2.0**-96
 # (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages) of the hot and segment-0 kernels.
 CUDA_CONFIG = (128, 128, 64, 8, 3)
 MAXNREG_TMA = 128
+
+
+def _triton_version() -> tuple[int, int]:
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+# The 128-register cap of the hot kernel's TMA path: 0 spill bytes with Triton 3.8 (ptxas,
+# sm_90a), but 64–88 bytes with Triton 3.6 (uncapped there: 145–147 registers, 0 spill,
+# one block per SM). Only applied where it was checked spill-free.
+CAP_REGISTERS = _triton_version() >= (3, 8)
 # The exact kernel (segment 0, flagged row blocks): same BLOCK_B (it reads the hot kernel's
 # per-row-block flags), a tile that fits its heavier epilogue without spills.
 EXACT_CONFIG = (128, 64, 64, 8, 3)
@@ -622,7 +633,7 @@ def segment_lse_triton_sm90(
     warps, stages = (4, 1) if interpreting else (CUDA_CONFIG[3], CUDA_CONFIG[4])
     # TMA path: capped at 128 registers (0 spill per ptxas) → two blocks per SM. The pointer
     # path would spill under the cap: it keeps its natural count (one block per SM).
-    extra = {"maxnreg": MAXNREG_TMA} if (use_tma and not interpreting) else {}
+    extra = {"maxnreg": MAXNREG_TMA} if (use_tma and CAP_REGISTERS and not interpreting) else {}
     _sm90_segment_lse_fwd_kernel[(n_blocks, splits)](
         x_arg, b_arg, colseg, offsets, row_scale, flag,
         lse, ws_m, ws_l,
@@ -699,7 +710,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                 constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "SPLIT": split, "IEEE_FP32": False,
                             "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
                 num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
-                extra_options={"maxnreg": MAXNREG_TMA} if tma else {},
+                extra_options={"maxnreg": MAXNREG_TMA} if (tma and CAP_REGISTERS) else {},
             ))
         for argmax in (False, True):
             sig = {
