@@ -19,8 +19,9 @@ fp16/bf16. float64 operands (only in the interpreter, for the gradient checks) k
 everything in float64.
 
 Cost: the logits of a tile are recomputed once per block of output columns
-(``ceil(D / BLOCK_DO)`` times, 2 at D = 512 with ``BLOCK_DO = 256``) — the price of an
-fp32 accumulator that fits in registers.
+(``ceil(D / BLOCK_DO)`` times: 8 at D = 512 with the spill-free ``BLOCK_DO = 64``) — the
+price of an fp32 accumulator that fits in registers next to the SIMT fp32 ``G @ t`` dot.
+A tensor-core ``G @ t`` (G split into two fp16 halves) is the obvious next step.
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ from torch import Tensor
 
 __all__ = ["segment_lse_grad_u_triton", "aot_specs"]
 
-# (BLOCK_B, BLOCK_N, BLOCK_D, BLOCK_DO, num_warps, num_stages) on CUDA; the first is the default
-_CUDA_CONFIGS = [(64, 64, 64, 128, 8, 2), (64, 32, 64, 256, 8, 2), (32, 64, 64, 128, 4, 2)]
+# (BLOCK_B, BLOCK_N, BLOCK_D, BLOCK_DO, num_warps, num_stages) on CUDA. Picked by the ptxas
+# report (fastood.ops._aot, Triton 3.8, fp16/bf16, sm_80 / sm_90): this tile compiles with 0 spills
+# (186–204 / 142–186 registers) and the intended mma / wgmma logits GEMM; 64×64×64×128 w8, 64×32×64×128 w4/w8 and
+# 32×64×32×64 w4 spill kilobytes per thread (the fp32 IEEE ``G @ t`` dot is SIMT), and
+# 32×32×64×64 w4 loses wgmma on sm_90. The price: at D = 512 each logits tile is
+# recomputed 8 times (BLOCK_DO = 64). Not yet run on a GPU.
+_CUDA_CONFIGS = [(64, 32, 64, 64, 4, 2)]
 _INTERPRET_BLOCKS = (16, 16, 16, 16)
 
 
