@@ -91,11 +91,13 @@ __all__ = ["segment_lse_triton_sm90", "sm90_supported", "aot_specs", "WARP_ORGAN
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-# Segments per one-hot window (tl.dot needs N >= 16); a tile that meets more non-empty
-# segments (all narrower than 8 columns on average) loops over windows.
+# Segments per one-hot window (the one-hot's width: the n of its wgmma). A hot tile that
+# meets more non-empty segments (narrower than BLOCK_N / 8 on average) is flagged, and the
+# exact kernel walks it window by window. 8 rather than 16: 8 fewer registers (ptxas).
 SEG_WINDOW = 8
-# Below this a segment's partial sum is recomputed with its own max (2^-96, see 5.).
-UNDERFLOW_SUM = 2.0**-96
+# A row whose logits spread over more than this (log2 units) in one tile flags its row
+# block: every segment then keeps σ ≥ 2^-96 against the shared reference (docstring, 5.).
+MAX_SPREAD = tl.constexpr(96.0)
 
 # (BLOCK_B, BLOCK_N, BLOCK_D, num_warps, num_stages) of the hot and segment-0 kernels.
 CUDA_CONFIG = (128, 128, 64, 8, 3)
@@ -111,7 +113,7 @@ def _triton_version() -> tuple[int, int]:
 # sm_90a), but 64–88 bytes with Triton 3.6 (uncapped there: 145–147 registers, 0 spill,
 # one block per SM). Only applied where it was checked spill-free.
 CAP_REGISTERS = _triton_version() >= (3, 8)
-# The exact kernel (segment 0, flagged row blocks): same BLOCK_B (it reads the hot kernel's
+# The exact kernel (flagged row blocks only): same BLOCK_B (it reads the hot kernel's
 # per-row-block flags), a tile that fits its heavier epilogue without spills.
 EXACT_CONFIG = (128, 64, 64, 8, 3)
 _INTERPRET_BLOCKS = (16, 32, 16)
@@ -365,7 +367,7 @@ def _sm90_segment_lse_fwd_kernel(
         amax = tl.max(acc, axis=1)
         spread = (amax - tl.min(acc, axis=1)) * c
         M = amax * c
-        if (tl.max(tl.where(row_ok & (spread > 96.0), 1, 0), axis=0) > 0) | (s_last - s_first >= W):
+        if (tl.max(tl.where(row_ok & (spread > MAX_SPREAD), 1, 0), axis=0) > 0) | (s_last - s_first >= W):
             tl.store(flag_ptr + pid_b, 1)   # benign race: every writer stores 1
         else:
             # p = exp2(acc·c − M) ∈ (0, 1]: one FFMA and one MUFU per logit; then bf16 hi + lo.
