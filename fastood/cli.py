@@ -808,6 +808,13 @@ def _eval(args: argparse.Namespace) -> int:
             raise SystemExit(f"fastood eval: --steps must be >= 1, got {args.steps}")
         if args.attack == "feature" and args.attack_norm != "linf":
             raise SystemExit("fastood eval: --attack feature is defined in the L∞ ball (--attack-norm linf)")
+        if args.save_adv:  # checked before hours of attacks, not after
+            try:
+                Path(args.save_adv).mkdir(parents=True, exist_ok=True)
+                if not os.access(args.save_adv, os.W_OK):
+                    raise PermissionError("not writable")
+            except OSError as exc:
+                raise SystemExit(f"fastood eval: cannot write --save-adv {args.save_adv!r}: {exc.strerror or exc}")
     out = Path(args.out)
     _check_out_writable(out, "eval", directory=True)
     list_skipped: list[tuple[str, str]] = []

@@ -231,7 +231,8 @@ def robust_markdown(robust: Mapping[str, Any]) -> str:
              f"- success rate: fraction of decisions flipped at the clean-ID threshold θ = {robust['threshold']:.6g} "
              f"(keeps {100 * robust['tpr']:g} % of clean ID images).",
              "- clean row: the pixels the attack starts from (the model's input size, 1/255 steps).", "",
-             "| ε | FPR ↓ (%) | AUROC ↑ (%) | AUPR-In ↑ (%) | AUPR-Out ↑ (%) | success OOD→ID (%) | success ID→OOD (%) |",
+             "| ε | FPR ↓ (%) | AUROC ↑ (%) | AUPR-In ↑ (%) | AUPR-Out ↑ (%) | success OOD→ID (%) "
+             "| success ID→OOD (%) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     c = robust["clean"]["average"]
     lines.append(f"| clean | {_pct(c['fpr95'])} | {_pct(c['auroc'])} | {_pct(c['aupr_in'])} | {_pct(c['aupr_out'])} "

@@ -253,6 +253,16 @@ def test_feature_match_moves_embeddings_toward_the_pairs(clip, sets):
     assert int((r.images.int() - sets["ood"][:4].int()).abs().max()) <= 8
 
 
+def test_progress_lines(clip, sets, monkeypatch, capsys):
+    det = fitted("mahalanobis", clip, sets)
+    monkeypatch.setenv("FASTOOD_PROGRESS", "log")
+    attacks.pgd(det, sets["ood"][:2], eps=1 / 255, steps=1, progress=True, batch_size=1)
+    err = capsys.readouterr().err
+    assert "PGD" in err and "2/2" in err
+    attacks.pgd(det, sets["ood"][:2], eps=1 / 255, steps=1)
+    assert "PGD" not in capsys.readouterr().err  # off by default
+
+
 # --------------------------------------------------------------------- bad input
 class _NumpyDetector(Detector):
     """A user detector that scores through numpy: no gradient reaches the pixels."""

@@ -46,7 +46,8 @@ def setup():
     det = DETECTORS["mahalanobis"](clip, device="cpu")
     with pytest.warns(RuntimeWarning):
         det.fit(colour_images(16, RED, 1), torch.arange(16) % 2)
-    return det, colour_images(4, RED, 2), {"blue": colour_images(3, BLUE, 3), "green": colour_images(3, (0.3, 0.8, 0.3), 4)}
+    ood = {"blue": colour_images(3, BLUE, 3), "green": colour_images(3, (0.3, 0.8, 0.3), 4)}
+    return det, colour_images(4, RED, 2), ood
 
 
 def test_robust_table_is_evaluate_many_per_eps(setup, tmp_path):
@@ -89,7 +90,8 @@ def test_target_id_leaves_id_scores_clean(setup):
     rob = robust_evaluate(det, id_x, {"blue": ood["blue"]}, eps=[4 / 255], steps=1, target="id")
     r = rob["per_eps"][0]
     assert r["success_rate"]["id_to_ood"] is None and r["metrics"]["per_set"]["blue"]["num_id"] == 4
-    want = evaluate_many(det.score(id_x), {"blue": det.score(attacks.pgd(det, ood["blue"], eps=4 / 255, steps=1).images)})
+    adv = attacks.pgd(det, ood["blue"], eps=4 / 255, steps=1)
+    want = evaluate_many(det.score(id_x), {"blue": det.score(adv.images)})
     assert r["metrics"]["average"]["auroc"] == pytest.approx(want["average"]["auroc"], abs=1e-9)
 
 
@@ -178,6 +180,7 @@ def test_cli_eval_attack_end_to_end(folders, tmp_path, capsys):
     (["--eps", "1/255,x"], "--eps must be a number"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--attack-norm", "l2", "--attack", "feature"], "L∞"),
+    (["--save-adv", "/proc/adv"], "cannot write --save-adv '/proc/adv'"),
 ])
 def test_cli_attack_bad_flags(folders, tmp_path, flags, message):
     root, common = folders
