@@ -44,12 +44,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["AttackResult", "pgd", "feature_match", "parse_eps", "load_pixels", "NORMS", "TARGETS"]
+__all__ = ["AttackResult", "pgd", "feature_match", "embed_targets", "parse_eps", "parse_eps_list", "load_pixels",
+           "iter_pixels", "save_png", "NORMS", "TARGETS"]
 
 NORMS = ("linf", "l2")
 TARGETS = ("id", "ood")
@@ -128,9 +129,9 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _check_batch(batch_size: Any) -> int:
+def _check_batch(batch_size: Any, name: str = "batch_size") -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        raise ValueError(f"{name} must be an int >= 1, got {batch_size!r}")
     return batch_size
 
 
@@ -165,16 +166,18 @@ def _pil_to_01(preprocess: Any, cfg: dict[str, Any]) -> Callable[[Any], Tensor]:
     return fallback
 
 
-def load_pixels(clip: Any, images: Any, *, name: str = "images") -> tuple[Tensor, list[str]]:
-    """``images`` → ((B, 3, h, w) uint8 pixels at the model's input size, names).
+def iter_pixels(clip: Any, images: Any, *, chunk: int = 1024, name: str = "images") -> Iterator[tuple[Tensor, list[str]]]:
+    """``images`` → chunks of ((b, 3, h, w) uint8 pixels at the model's input size, names), b ≤ ``chunk``.
 
     Accepts a uint8 tensor (B, 3, H, W) / (3, H, W) (resized / center-cropped as the model's
     preprocess does), a float tensor of pixels in [0, 1] at the model's size (rounded to 1/255),
-    or paths / directories / PIL images (the model's preprocess without its normalisation).
-    A float tensor outside [0, 1] is refused: it looks already normalised, and the attack needs pixels.
+    or paths / directories / PIL images / iterables of them (the model's preprocess without its
+    normalisation). A float tensor outside [0, 1] is refused: it looks already normalised, and
+    the attack needs pixels.
     """
     from fastood.images import iter_image_batches, preprocess_config, preprocess_uint8
 
+    chunk = _check_batch(chunk, "chunk")
     cfg = preprocess_config(clip)
     size = tuple(cfg["size"])
     if isinstance(images, Tensor):
@@ -183,40 +186,52 @@ def load_pixels(clip: Any, images: Any, *, name: str = "images") -> tuple[Tensor
             raise ValueError(f"{name} must be (B, 3, H, W) or (3, H, W) pixels, got shape {tuple(images.shape)}")
         if x.shape[0] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(images.shape)})")
-        names = [f"<input {i}>" for i in range(x.shape[0])]
-        if x.dtype == torch.uint8:
-            plain = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-            x01 = preprocess_uint8(x, plain) if tuple(x.shape[-2:]) != size else x.float() / 255.0
-            return (x01 * 255.0).round().clamp(0, 255).to(torch.uint8), names
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"{name} must be uint8 pixels or float pixels in [0, 1], got a {x.dtype} tensor")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} has non-finite values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"{name} is a float tensor with values in [{lo:.3g}, {hi:.3g}]: it looks already normalised "
-                "(the model's mean/std applied); the attack needs raw pixels in [0, 1] (float) or uint8 [0, 255], "
-                "because the ε-ball and the [0, 1] box are defined on pixels")
-        if tuple(x.shape[-2:]) != size:
-            raise ValueError(f"{name}: float pixels must be at the model's input size {size[0]}×{size[1]}, got "
-                             f"{x.shape[-2]}×{x.shape[-1]}; pass uint8 pixels or files to have them resized")
-        return (x.detach().float().cpu() * 255.0).round().to(torch.uint8), names
+        if x.dtype != torch.uint8:
+            if not x.dtype.is_floating_point:
+                raise TypeError(f"{name} must be uint8 pixels or float pixels in [0, 1], got a {x.dtype} tensor")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} has non-finite values")
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(
+                    f"{name} is a float tensor with values in [{lo:.3g}, {hi:.3g}]: it looks already normalised "
+                    "(the model's mean/std applied); the attack needs raw pixels in [0, 1] (float) or uint8 "
+                    "[0, 255], because the ε-ball and the [0, 1] box are defined on pixels")
+            if tuple(x.shape[-2:]) != size:
+                raise ValueError(f"{name}: float pixels must be at the model's input size {size[0]}×{size[1]}, got "
+                                 f"{x.shape[-2]}×{x.shape[-1]}; pass uint8 pixels or files to have them resized")
+        plain = {**cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+        for i in range(0, x.shape[0], chunk):
+            part = x[i : i + chunk]
+            if part.dtype == torch.uint8:
+                x01 = preprocess_uint8(part, plain) if tuple(part.shape[-2:]) != size else part.float() / 255.0
+            else:
+                x01 = part.detach().float()
+            yield ((x01.cpu() * 255.0).round().clamp(0, 255).to(torch.uint8),
+                   [f"<input {j}>" for j in range(i, i + part.shape[0])])
+        return
     to01 = _pil_to_01(getattr(clip, "preprocess", None), cfg)
-    pixels, names = [], []
-    for batch in iter_image_batches(images, to01, batch_size=64, on_error="raise"):
+    seen = False
+    for batch in iter_image_batches(images, to01, batch_size=chunk, on_error="raise"):
         p = batch.pixels
         if float(p.min()) < 0.0 or float(p.max()) > 1.0:
             raise ValueError(f"{name}: the preprocess produced float input outside [0, 1]: it looks already "
                              "normalised; the attack needs raw pixels (uint8 or [0, 1])")
-        pixels.append((p * 255.0).round().clamp(0, 255).to(torch.uint8))
-        names += batch.names
-    if not pixels:
+        if tuple(p.shape[-2:]) != size:
+            raise ValueError(f"{name}: images came out {p.shape[-2]}×{p.shape[-1]}, the model takes {size}")
+        seen = True
+        yield (p * 255.0).round().clamp(0, 255).to(torch.uint8), list(batch.names)
+    if not seen:
         raise ValueError(f"{name} is empty")
-    out = torch.cat(pixels)
-    if tuple(out.shape[-2:]) != size:
-        raise ValueError(f"{name}: images came out {out.shape[-2]}×{out.shape[-1]}, the model takes {size}")
-    return out, names
+
+
+def load_pixels(clip: Any, images: Any, *, name: str = "images") -> tuple[Tensor, list[str]]:
+    """All of ``images`` as ((B, 3, h, w) uint8 pixels at the model's input size, names); see :func:`iter_pixels`."""
+    pixels, names = [], []
+    for px, nm in iter_pixels(clip, images, name=name):
+        pixels.append(px)
+        names += nm
+    return torch.cat(pixels), names
 
 
 # --------------------------------------------------------------------- PGD kernel
@@ -426,20 +441,37 @@ def feature_match(
     """
     eps = parse_eps(eps)
     steps = _check_steps(steps)
-    alpha = _check_step_size(step_size, eps, steps)
-    clip, embed, device, default_bs = _embedder(model)
+    clip, _, _, default_bs = _embedder(model)
     batch_size = _check_batch(default_bs if batch_size is None else batch_size)
     x0, names = load_pixels(clip, ood_images, name="ood_images")
-    y, _ = load_pixels(clip, id_images, name="id_images")
+    targets = embed_targets(model, id_images, batch_size=batch_size, name="id_images")
+    return _feature_match(model, x0, names, targets, eps=eps, steps=steps, step_size=step_size,
+                          random_start=random_start, seed=seed, batch_size=batch_size, progress=progress)
+
+
+def embed_targets(model: Any, images: Any, *, batch_size: int | None = None, name: str = "id_images") -> Tensor:
+    """(n, D) unit embeddings of ``images`` (no grad) in ``model``'s feature space: feature_match's targets."""
+    clip, embed, _, default_bs = _embedder(model)
+    bs = _check_batch(default_bs if batch_size is None else batch_size)
+    out = []
     with torch.no_grad():
-        ty = torch.cat([embed(y[i : i + batch_size].float() / 255.0) for i in range(0, y.shape[0], batch_size)])
-        ty = torch.nn.functional.normalize(ty, dim=1)
-    pair = torch.arange(x0.shape[0]) % y.shape[0]
-    pair = pair.to(ty.device)
+        for px, _ in iter_pixels(clip, images, chunk=bs, name=name):
+            out.append(torch.nn.functional.normalize(embed(px.float() / 255.0), dim=1))
+    return torch.cat(out)
+
+
+def _feature_match(model: Any, x0: Tensor, names: list[str], targets: Tensor, *, eps: float, steps: int,
+                   step_size: float | None, random_start: bool, seed: int, batch_size: int, progress: bool,
+                   offset: int = 0) -> AttackResult:
+    """feature_match on uint8 pixels ``x0`` whose image ``i`` targets ``targets[(offset + i) mod n]``."""
+    alpha = _check_step_size(step_size, eps, steps)
+    _, embed, device, _ = _embedder(model)
+    targets = targets.to(device)
+    pair = ((torch.arange(x0.shape[0]) + offset) % targets.shape[0]).to(device)
 
     def cosine(x: Tensor, rows: slice) -> Tensor:
         f = torch.nn.functional.normalize(embed(x), dim=1)
-        return (f * ty[pair[rows]]).sum(dim=1)
+        return (f * targets[pair[rows]]).sum(dim=1)
 
     adv = _run_pgd(cosine, x0, eps=eps, steps=steps, alpha=alpha, norm="linf", random_start=random_start, seed=seed,
                    batch_size=batch_size, device=device, progress=progress, desc=f"feature match ε={eps:.4g}")

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastood.attacks import NORMS, _check_steps, _scores_of, feature_match, load_pixels, parse_eps_list, pgd, save_png
+from fastood.attacks import (NORMS, _check_steps, _feature_match, _scores_of, embed_targets, iter_pixels, parse_eps_list,
+                             pgd, save_png)
 
 __all__ = ["ATTACKS", "ROBUST_TARGETS", "robust_evaluate", "success_rate", "plot_robust", "robust_markdown",
            "eps_label"]
@@ -72,16 +73,17 @@ def success_rate(clean: Tensor, attacked: Tensor, threshold: float, direction: s
     return None if n == 0 else float((base & flipped).sum()) / n
 
 
-def _file_stems(names: Sequence[str]) -> list[str]:
-    return [f"{i:05d}_{Path(n).stem if not n.startswith('<') else 'input'}.png" for i, n in enumerate(names)]
+def _file_names(names: Sequence[str], offset: int) -> list[str]:
+    """``NNNNN_<stem>.png`` with the image's index in its set (names repeat across folders)."""
+    return [f"{offset + i:05d}_{Path(n).stem if not n.startswith('<') else 'input'}.png" for i, n in enumerate(names)]
 
 
-def _save(out: Path | None, eps: float, set_name: str, images: Tensor, names: Sequence[str]) -> None:
+def _save(out: Path | None, eps: float, set_name: str, images: Tensor, names: Sequence[str], offset: int) -> None:
     if out is None:
         return
     d = out / ("eps_" + eps_label(eps).replace("/", "-")) / set_name
     d.mkdir(parents=True, exist_ok=True)
-    save_png(images, [str(d / f) for f in _file_stems(names)])
+    save_png(images, [str(d / f) for f in _file_names(names, offset)])
 
 
 def robust_evaluate(
@@ -102,6 +104,7 @@ def robust_evaluate(
     batch_size: int | None = None,
     save_adv: str | os.PathLike | None = None,
     progress: bool = False,
+    chunk: int = 1024,
 ) -> dict[str, Any]:
     """Clean vs attacked metrics per ε (see the module docstring).
 
@@ -115,6 +118,9 @@ def robust_evaluate(
         target: ``"id"`` (attack OOD images), ``"ood"`` (attack ID images) or ``"both"``.
         convention, tpr, aupr_method: as :func:`fastood.metrics.evaluate_many`.
         save_adv: write the adversarial PNGs to ``save_adv/eps_8-255/<id|set>/NNNNN_<stem>.png``.
+        chunk: images held in memory at once (as uint8 at the model's size); every ε is run on a
+            chunk before the next is read, and only scores are kept. The random start of chunk
+            ``k`` is seeded with ``seed + k``.
 
     Returns:
         ``{"attack", "norm", "steps", "step_size", "target", "seed", "threshold", "tpr",
@@ -142,49 +148,66 @@ def robust_evaluate(
     detector._check_fitted()
     bs = detector.batch_size if batch_size is None else batch_size
     out = None if save_adv is None else Path(save_adv)
-
-    # pixels once (uint8 at the model's size): every ε starts from the same clean images
-    id_px, id_names = load_pixels(clip, id_images, name="id_images")
-    ood_px: dict[str, tuple[Tensor, list[str]]] = {k: load_pixels(clip, v, name=f"ood_sets[{k!r}]")
-                                                    for k, v in ood_sets.items()}
-    id_clean = _scores_of(detector, id_px, bs)
-    ood_clean = {k: _scores_of(detector, px, bs) for k, (px, _) in ood_px.items()}
     kw = dict(convention=convention, tpr=tpr, aupr_method=aupr_method)
+    # feature attack: the partners' unit embeddings, computed once (image i ↔ partner i mod n, globally)
+    id_targets = ood_targets = None
+    if attack == "feature":
+        if target in ("id", "both"):
+            id_targets = embed_targets(detector, id_images, batch_size=bs, name="id_images")
+        if target in ("ood", "both"):
+            ood_targets = torch.cat([embed_targets(detector, v, batch_size=bs, name=f"ood_sets[{k!r}]")
+                                     for k, v in ood_sets.items()])
+
+    def attack_chunk(px: Tensor, e: float, tgt: str, partners: Tensor | None, offset: int, k: int) -> Tensor:
+        s = seed + k  # one seeded stream per chunk: deterministic for (seed, chunk, batch size)
+        if attack == "pgd":
+            return pgd(detector, px, eps=e, steps=steps, step_size=step_size, norm=norm, target=tgt, seed=s,
+                       batch_size=bs, progress=progress).images
+        assert partners is not None
+        return _feature_match(detector, px, [], partners, eps=e, steps=steps, step_size=step_size,
+                              random_start=True, seed=s, batch_size=bs, progress=progress, offset=offset).images
+
+    def run_set(images: Any, set_name: str, what: str, tgt: str | None, partners: Tensor | None
+                ) -> tuple[Tensor, list[Tensor]]:
+        """Clean scores and, per ε, attacked scores (the clean ones when this side is not attacked)."""
+        clean, att = [], [[] for _ in radii]
+        offset = 0
+        for k, (px, names) in enumerate(iter_pixels(clip, images, chunk=chunk, name=what)):
+            c = _scores_of(detector, px, bs)
+            clean.append(c)
+            for j, e in enumerate(radii):
+                if tgt is None:
+                    att[j].append(c)
+                    continue
+                adv = attack_chunk(px, e, tgt, partners, offset, k)
+                att[j].append(_scores_of(detector, adv, bs))
+                _save(out, e, set_name, adv, names, offset)
+            offset += px.shape[0]
+        return torch.cat(clean), [torch.cat(a) for a in att]
+
+    id_clean, id_att = run_set(id_images, "id", "id_images", "ood" if target in ("ood", "both") else None,
+                               ood_targets)
+    ood_clean, ood_att = {}, {}
+    for k, v in ood_sets.items():
+        ood_clean[k], ood_att[k] = run_set(v, k, f"ood_sets[{k!r}]", "id" if target in ("id", "both") else None,
+                                           id_targets)
     clean = evaluate_many(id_clean, ood_clean, **kw)
     theta = threshold_at_tpr(id_clean, tpr)
-    all_ood = torch.cat([px for px, _ in ood_px.values()])
-
-    def run(images: Tensor, e: float, tgt: str, partner: Tensor) -> Tensor:
-        if attack == "pgd":
-            return pgd(detector, images, eps=e, steps=steps, step_size=step_size, norm=norm, target=tgt, seed=seed,
-                       batch_size=bs, progress=progress).images
-        return feature_match(detector, images, partner, eps=e, steps=steps, step_size=step_size, seed=seed,
-                             batch_size=bs, progress=progress).images
-
+    all_clean = torch.cat(list(ood_clean.values()))
     rows = []
-    for e in radii:
-        id_att, ood_att = id_clean, dict(ood_clean)
-        if target in ("ood", "both"):
-            adv = run(id_px, e, "ood", all_ood)
-            id_att = _scores_of(detector, adv, bs)
-            _save(out, e, "id", adv, id_names)
-        if target in ("id", "both"):
-            for k, (px, names) in ood_px.items():
-                adv = run(px, e, "id", id_px)
-                ood_att[k] = _scores_of(detector, adv, bs)
-                _save(out, e, k, adv, names)
+    for j, e in enumerate(radii):
+        ood_e = {k: ood_att[k][j] for k in ood_sets}
         attacked_ood = target in ("id", "both")
-        per_set = {k: success_rate(ood_clean[k], ood_att[k], theta, "ood_to_id") if attacked_ood else None
-                   for k in ood_px}
-        o2i = success_rate(torch.cat(list(ood_clean.values())), torch.cat(list(ood_att.values())), theta,
-                           "ood_to_id") if attacked_ood else None
-        i2o = success_rate(id_clean, id_att, theta, "id_to_ood") if target in ("ood", "both") else None
-        rows.append({"eps": e, "eps_label": eps_label(e), "metrics": evaluate_many(id_att, ood_att, **kw),
+        per_set = {k: success_rate(ood_clean[k], ood_e[k], theta, "ood_to_id") if attacked_ood else None
+                   for k in ood_sets}
+        o2i = success_rate(all_clean, torch.cat(list(ood_e.values())), theta, "ood_to_id") if attacked_ood else None
+        i2o = success_rate(id_clean, id_att[j], theta, "id_to_ood") if target in ("ood", "both") else None
+        rows.append({"eps": e, "eps_label": eps_label(e), "metrics": evaluate_many(id_att[j], ood_e, **kw),
                      "success_rate": {"ood_to_id": o2i, "id_to_ood": i2o}, "success_rate_per_set": per_set})
     return {"attack": attack, "norm": norm, "steps": steps,
             "step_size": "2.5·eps/steps" if step_size is None else float(step_size), "target": target,
-            "seed": seed, "threshold": theta, "tpr": tpr, "num_id": int(id_px.shape[0]),
-            "num_ood": {k: int(px.shape[0]) for k, (px, _) in ood_px.items()}, "clean": clean, "per_eps": rows,
+            "seed": seed, "threshold": theta, "tpr": tpr, "num_id": int(id_clean.numel()),
+            "num_ood": {k: int(v.numel()) for k, v in ood_clean.items()}, "clean": clean, "per_eps": rows,
             "save_adv": None if out is None else str(out)}
 
 

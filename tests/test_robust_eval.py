@@ -85,6 +85,22 @@ def test_robust_table_is_evaluate_many_per_eps(setup, tmp_path):
     assert rob["per_eps"][-1]["metrics"]["average"]["auroc"] < rob["clean"]["average"]["auroc"]
 
 
+def test_chunks_stream_the_images(setup, tmp_path):
+    """chunk=2: each chunk is attacked for every ε with seed + chunk index; files keep their set index."""
+    det, id_x, ood = setup
+    rob = robust_evaluate(det, id_x, {"blue": ood["blue"]}, eps=[8 / 255], steps=1, target="ood", seed=5, chunk=2,
+                          save_adv=tmp_path)
+    adv = torch.cat([attacks.pgd(det, id_x[i : i + 2], eps=8 / 255, steps=1, target="ood", seed=5 + k).images
+                     for k, i in enumerate(range(0, 4, 2))])
+    want = evaluate_many(det.score(adv), {"blue": det.score(ood["blue"])})
+    assert rob["per_eps"][0]["metrics"]["average"]["auroc"] == pytest.approx(want["average"]["auroc"], abs=1e-9)
+    files = sorted((tmp_path / "eps_8-255" / "id").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:05d}_input.png" for i in range(4)]
+    torch.testing.assert_close(det.score([str(f) for f in files]), det.score(adv), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk"):
+        robust_evaluate(det, id_x, {"blue": ood["blue"]}, eps=[8 / 255], steps=1, chunk=0)
+
+
 def test_target_id_leaves_id_scores_clean(setup):
     det, id_x, ood = setup
     rob = robust_evaluate(det, id_x, {"blue": ood["blue"]}, eps=[4 / 255], steps=1, target="id")
