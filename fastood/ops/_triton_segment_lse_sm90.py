@@ -122,7 +122,9 @@ _INTERPRET_BLOCKS = (16, 32, 16)
 WARP_ORGANISATION = {
     "kernel": "_sm90_segment_lse_fwd_kernel",
     "warps_per_block": CUDA_CONFIG[3],
-    "blocks_per_sm": 2,               # TMA path: 128 registers (maxnreg), 98 KB shared memory
+    # TMA path: 128 registers (maxnreg) and 98 KB shared memory → 2 (Triton >= 3.8); 145-147
+    # registers uncapped → 1 (Triton 3.6). The pointer path: 1.
+    "blocks_per_sm": 2 if CAP_REGISTERS else 1,
     "mma_async": True,                # wgmma, loads by TMA, 3-stage pipeline over the K loop
     # Within a block the epilogue follows its tile's MMA (serial chain); the other
     # resident block's MMA overlaps it.
