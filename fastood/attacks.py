@@ -166,7 +166,8 @@ def _pil_to_01(preprocess: Any, cfg: dict[str, Any]) -> Callable[[Any], Tensor]:
     return fallback
 
 
-def iter_pixels(clip: Any, images: Any, *, chunk: int = 1024, name: str = "images") -> Iterator[tuple[Tensor, list[str]]]:
+def iter_pixels(clip: Any, images: Any, *, chunk: int = 1024,
+                name: str = "images") -> Iterator[tuple[Tensor, list[str]]]:
     """``images`` → chunks of ((b, 3, h, w) uint8 pixels at the model's input size, names), b ≤ ``chunk``.
 
     Accepts a uint8 tensor (B, 3, H, W) / (3, H, W) (resized / center-cropped as the model's
@@ -289,7 +290,7 @@ def _run_pgd(objective: Callable[[Tensor, slice], Tensor], x0_u8: Tensor, *, eps
                         raise TypeError("the attacked score has no gradient with respect to the pixels")
                     (grad,) = torch.autograd.grad(obj.sum(), delta)  # images are independent: Σ gives each its own
                     with torch.no_grad():
-                        grad = grad.float()
+                        grad = torch.nan_to_num(grad.float(), nan=0.0, posinf=0.0, neginf=0.0)  # fp16 overflow: no step
                         if norm == "linf":
                             step = alpha * grad.sign()
                         else:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastood.attacks import (NORMS, _check_steps, _feature_match, _scores_of, embed_targets, iter_pixels, parse_eps_list,
-                             pgd, save_png)
+from fastood.attacks import (NORMS, _check_steps, _feature_match, _scores_of, embed_targets, iter_pixels,
+                             parse_eps_list, pgd, save_png)
 
 __all__ = ["ATTACKS", "ROBUST_TARGETS", "robust_evaluate", "success_rate", "plot_robust", "robust_markdown",
            "eps_label"]
