@@ -202,3 +202,39 @@ def test_numpy_float_batch_error_names_its_shape(tiny_det):
     u8 = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     want = tiny_det.score(torch.from_numpy(u8).permute(0, 3, 1, 2).contiguous())
     torch.testing.assert_close(tiny_det.score(u8), want)  # a uint8 batch is still fine
+
+
+@pytest.mark.parametrize("factor", [1e30, 2.0**40, 1e-30, 1e-41])
+@pytest.mark.parametrize("rule", ["kth", "mean_exp"])
+def test_knn_without_standardisation_handles_the_fp32_range(factor, rule):
+    """KNN(standardize=False) L2-normalises raw features itself: x·1e-30 is not "zero",
+    x·1e30 not "non-finite"; scores equal those of x (cosines are scale-free)."""
+    from fastood.detectors import KNN
+
+    g = torch.Generator().manual_seed(5)
+    train = torch.randn(20, D, generator=g)
+    x = torch.randn(4, D, generator=g)
+    det = KNN(k=3, rule=rule, standardize=False, device="cpu").fit_features(train)
+    ref = det.score_features(x)
+    got = det.score_features(x * factor)
+    # truth: cosines of the rounded inputs in float64 (normalisation has no range problem there)
+    xd, td = (x * factor).double(), train.double()
+    cos = (xd / xd.norm(dim=1, keepdim=True)) @ (td / td.norm(dim=1, keepdim=True)).T  # no eps clamp
+    top = cos.topk(3, dim=1).values
+    truth = top[:, -1] if rule == "kth" else torch.exp(top / 0.02).mean(dim=1)
+    torch.testing.assert_close(got.double(), truth, rtol=2e-5, atol=1e-6)
+    if factor >= 1e-30:  # not subnormal: the scaled input holds x exactly up to rounding
+        torch.testing.assert_close(got.double(), ref.double(), rtol=2e-5, atol=1e-6)
+
+
+def test_knn_without_standardisation_rejects_zero_and_nonfinite_rows():
+    from fastood.detectors import KNN
+
+    det = KNN(k=1, standardize=False, device="cpu").fit_features(torch.randn(5, D))
+    x = torch.randn(3, D)
+    x[1] = 0
+    with pytest.raises(ValueError, match="row 1 is zero"):
+        det.score_features(x)
+    x[1] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        det.score_features(x)

@@ -205,10 +205,23 @@ class KNN(Detector):
         """``(x − μ)/σ`` (when standardising), then unit rows; float32. Zero rows are an error."""
         if self.standardize:
             x = (x.float() - self.mean.float()) / self.std.float()
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        if bool((norms == 0).any()):
-            i = int(torch.nonzero(norms[:, 0] == 0)[0, 0])
+        else:
+            x = x.float()
+        mx = torch.amax(x.abs(), dim=1)
+        if not bool(torch.isfinite(mx).all()):
+            i = int(torch.nonzero(~torch.isfinite(mx))[0, 0])
+            raise ValueError(f"{what} row {i} has non-finite values")
+        if bool((mx == 0).any()):
+            i = int(torch.nonzero(mx == 0)[0, 0])
             raise ValueError(f"{what} row {i} is zero after standardisation: its cosine is undefined")
+        # ||x||² over/underflows fp32 for max-abs outside ~[1e-19, 1e18]: bring such rows to
+        # max-abs in [1, 2) by an exact power of two first (in-range rows keep exact results).
+        need = (mx < 2.0**-32) | (mx > 2.0**32)
+        if bool(need.any()):
+            _, e = torch.frexp(mx[need])
+            x = x.clone()
+            x[need] = (x[need].double() * torch.pow(2.0, (1 - e).double())[:, None]).float()
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
         return x / norms
 
     def _fit_features(self, features: Tensor, labels: Tensor | None) -> None:
