@@ -285,3 +285,39 @@ def test_bench_grad_runs_on_a_tiny_shape(tmp_path):
     assert rows[0]["grad_scale"] > 1e-3
     assert rows[0]["max_abs_grad_diff_vs_autograd"] <= 1e-4 * rows[0]["grad_scale"]
     assert json.loads((tmp_path / "grad.json").read_text())[0]["method"] == "fused[torch]"
+
+
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cpu") if backends()[b]])
+@pytest.mark.parametrize("kind", ["neglabel", "mcm"])
+def test_forward_fused_gradient_blocks_and_scores(backend, kind):
+    """cpu / torch compute v = Σ_j ∂S/∂L_ij t_j in the forward, per row block: 1-row blocks give the
+    one-block result, the score and prediction are the non-differentiable op's, v is the autograd truth."""
+    from fastood.ops._segment_lse_backward import run_score_with_grad
+
+    B, D, K, N, G = 7, 12, 4, 28, 3
+    bank = _bank(N, D, 17, torch.float32)
+    # halfway between two competing rows (an ID and a negative; two ID rows for MCM): off saturation
+    other = K + torch.arange(B) * 3 if kind == "neglabel" else (torch.arange(B) + 1) % K
+    x = (bank[torch.arange(B) % K] + bank[other] + 0.002 * _x(B, D, 18, torch.float32))
+    off = F.neglabel_offsets(K, N, G) if kind == "neglabel" else [0, K]
+    kept = bank[: off[-1]]
+    offt = torch.tensor(off)
+    s1, p1, v1 = run_score_with_grad(x, kept, offt, 100.0, True, True, backend, kind)
+    s2, p2, v2 = run_score_with_grad(x, kept, offt, 100.0, True, True, backend, kind, max_block_bytes=1)
+    # BLAS may round a 1-row GEMM differently: logits move by ~1 ulp at 100 (≈ u32·scale), scores by that × S
+    tol = 4 * torch.finfo(torch.float32).eps * 100
+    assert torch.equal(p1, p2) and (s1 - s2).abs().max() <= tol and (v1 - v2).abs().max() <= tol * v1.abs().max()
+    if kind == "neglabel":
+        ref_s, ref_p = F.neglabel_score(x, bank, K, groups=G, temperature=0.01, return_pred=True, backend=backend)
+    else:
+        ref_s, ref_p = F.mcm_score(x, kept, temperature=0.01, return_pred=True, backend=backend)
+    assert torch.equal(p1, ref_p) and (s1 - ref_s).abs().max() <= tol
+    # v_i is ∂S_i/∂x̂_i / scale: check against float64 autograd through the reference in x̂
+    xh = torch.nn.functional.normalize(x.double(), dim=1).requires_grad_()
+    ref = (R.neglabel_score(xh, bank.double(), K, groups=G, temperature=0.01, normalize=False) if kind == "neglabel"
+           else R.mcm_score(xh, kept.double(), temperature=0.01, normalize=False))
+    want, = torch.autograd.grad(ref.sum(), xh)
+    _budget = 4 * torch.finfo(torch.float32).eps * 100 * want.abs().max().item()
+    assert (100.0 * v1.double() - want).abs().max().item() <= _budget
+    with pytest.raises(ValueError, match="kind must be one of"):
+        run_score_with_grad(x, kept, offt, 100.0, True, True, backend, "msp")

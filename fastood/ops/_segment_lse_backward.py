@@ -223,6 +223,8 @@ def run_segment_lse_backward(
     if wide:
         x_used, rs = prepare_rows_float64(x, scale, normalize)
         dtype = torch.float64
+        if name == "triton" and x.device.type == "cuda":
+            name = "torch"  # the GPU Triton kernels are compiled for fp16/bf16/fp32 only
     else:
         x_used, rs = prepare_rows(x, scale, normalize)
         dtype = torch.promote_types(x.dtype, bank.dtype)
@@ -281,3 +283,172 @@ def _backward(ctx, g_lse, g_max0, _g_arg0):
 def register(op) -> None:
     """Attach the fused backward to the forward custom op ``fastood::segment_lse``."""
     op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------- scores with the gradient fused into the forward
+# NegLabel and MCM are fixed functions S(lse, max0) of the primitive, so ∂S_i/∂lse_{i,s} and
+# ∂S_i/∂max0_i are known as soon as a row block's lse is: the weights pass and the GEMM
+# with the bank can run on the logits block still in memory (as Liger's fused linear
+# cross-entropy does), instead of recomputing it in the backward. The backward is then
+# O(B·D): ∂ℓ/∂x_i = ∂ℓ/∂S_i · (normalisation backward of v_i), v_i = Σ_j ∂S_i/∂L_ij · t_j.
+# Used for the cpu and torch backends (where a GEMM dominates the cost); one extra GEMM in
+# the forward when x requires grad and backward is never called.
+SCORE_KINDS = ("neglabel", "mcm")
+
+
+def score_from_lse(kind: str, lse: Tensor, max0: Tensor) -> Tensor:
+    """NegLabel ``mean_g sigmoid(lse_0 − lse_g)`` or MCM ``exp(max0 − lse_0)`` (the ops' formulas)."""
+    if kind == "neglabel":
+        return torch.sigmoid(lse[:, :1] - lse[:, 1:]).mean(dim=1)
+    return torch.exp(max0 - lse[:, 0])
+
+
+def score_partials(kind: str, lse: Tensor, max0: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """``(c, h)``: ``c_{i,s} = ∂S_i/∂lse_{i,s}`` (B, S), ``h_i = ∂S_i/∂max0_i`` (B,) or None.
+
+    NegLabel, ``σ_g = sigmoid(lse_0 − lse_g)``: ``c_0 = mean_g σ_g(1 − σ_g)``,
+    ``c_g = −σ_g(1 − σ_g)/G``. MCM, ``S = exp(max0 − lse_0)``: ``c_0 = −S``, ``h = S``.
+    """
+    if kind == "neglabel":
+        sig = torch.sigmoid(lse[:, :1] - lse[:, 1:])
+        d = sig * (1 - sig) / sig.shape[1]
+        return torch.cat([d.sum(dim=1, keepdim=True), -d], dim=1), None
+    s = torch.exp(max0 - lse[:, 0])
+    return (-s)[:, None], s
+
+
+def run_score_with_grad(
+    x: Tensor, bank: Tensor, offsets: Tensor, scale: float, normalize: bool, want_pred: bool, backend: str,
+    kind: str, *, max_block_bytes: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(score (B,), pred, v (B, D))`` in one pass over row blocks (cpu or torch backend).
+
+    Per block: logits ``= (x_blk · r) @ bankᵀ`` (BLAS), the segmented reduction (C++ on the cpu
+    backend, torch otherwise), ``(c, h)`` from :func:`score_partials`, the weights
+    ``c_{i,s(j)} w_ij + h_i [j = argmax0_i]`` written over the logits (C++ / torch), and
+    ``v_blk = weights @ bank``. float64 inputs compute in float64 (torch reductions).
+    """
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"kind must be one of {SCORE_KINDS}, got {kind!r}")
+    wide = x.dtype == torch.float64 or bank.dtype == torch.float64
+    if wide:
+        check_float64_pair(x, bank)
+        scale = check_scale("scale", scale)
+        x_used, rs = prepare_rows_float64(x, scale, normalize)
+    else:
+        from fastood.ops._dispatch import check_pair
+
+        check_pair(x, bank)
+        scale = check_scale("scale", scale)
+        x_used, rs = prepare_rows(x, scale, normalize)
+    off = as_offsets(offsets, bank.shape[0])
+    name = resolve_backend(backend, x.device)
+    if name not in ("cpu", "torch"):
+        raise ValueError(f"the forward-fused gradient runs on the cpu and torch backends, got {name!r}")
+    use_c = name == "cpu" and not wide
+    acc = torch.float64 if wide else torch.float32
+    B, D, N = x.shape[0], x.shape[1], bank.shape[0]
+    S = off.numel() - 1
+    t = bank.to(acc)
+    if use_c:
+        from fastood.ops._cpu_segment_lse import MAX_BLOCK_BYTES, _bank_operand, _ext, block_rows_for
+
+        ext = _ext()
+        t = _bank_operand(bank)  # fp32, BLAS layout (an fp16/bf16 bank's copy is cached as in the forward)
+        rows = block_rows_for(B, N, None, MAX_BLOCK_BYTES if max_block_bytes is None else max_block_bytes)
+    else:
+        cap = MAX_CHUNK_BYTES if max_block_bytes is None else max_block_bytes
+        rows = max(1, min(B, cap // (acc.itemsize * max(N, 1))))
+    seg = segment_of_columns(off.to(x.device), N)
+    o = off.tolist()
+    score = torch.empty(B, dtype=acc, device=x.device)
+    pred = torch.zeros(B if want_pred else 0, dtype=torch.int64, device=x.device)
+    v = torch.empty(B, D, dtype=acc, device=x.device)
+    buf = torch.empty(rows, N, dtype=acc, device=x.device)
+    lse = torch.empty(rows, S, dtype=acc, device=x.device)
+    max0 = torch.empty(rows, dtype=acc, device=x.device)
+    arg0 = torch.zeros(rows, dtype=torch.int64, device=x.device)
+    with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+        for r0 in range(0, B, rows):
+            r1 = min(B, r0 + rows)
+            n = r1 - r0
+            L = buf[:n]
+            torch.mm(x_used[r0:r1].to(acc) * rs[r0:r1, None].to(acc), t.T, out=L)
+            lb, mb, ab = lse[:n], max0[:n], arg0[:n]
+            if use_c:
+                ext.segment_lse_reduce(L.numpy(), off.numpy(), lb.numpy(), mb.numpy(), ab.numpy(), torch.get_num_threads(),
+                                       "auto")
+            else:
+                for s in range(S):
+                    if o[s + 1] > o[s]:
+                        lb[:, s] = torch.logsumexp(L[:, o[s]: o[s + 1]], dim=1)
+                    else:
+                        lb[:, s] = float("-inf")
+                ab.copy_(torch.argmax(L[:, : o[1]], dim=1))  # first maximiser
+                mb.copy_(L[:, : o[1]].gather(1, ab[:, None])[:, 0])
+            score[r0:r1] = score_from_lse(kind, lb, mb)
+            if want_pred:
+                pred[r0:r1] = ab
+            c, h = score_partials(kind, lb, mb)
+            if use_c:
+                ext.segment_lse_bwd_weights(L.numpy(), off.numpy(), lb.contiguous().numpy(), c.contiguous().numpy(),
+                                            None if h is None else ab.numpy(),
+                                            None if h is None else h.contiguous().numpy(), torch.get_num_threads())
+            else:
+                L.sub_(lb[:, seg]).exp_().mul_(c[:, seg])
+                if h is not None:
+                    L.scatter_add_(1, ab[:, None], h[:, None])
+            torch.mm(L, t, out=v[r0:r1])
+    out_dtype = torch.float64 if wide else torch.float32
+    return score.to(out_dtype), pred, v
+
+
+@torch.library.custom_op("fastood::score_with_grad", mutates_args=())
+def score_with_grad(
+    x: Tensor, bank: Tensor, offsets: Tensor, scale: float, normalize: bool, want_pred: bool, backend: str, kind: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """NegLabel / MCM score with ``v = Σ_j ∂S/∂L_ij t_j`` computed in the same pass (see above)."""
+    return run_score_with_grad(x, bank, offsets, scale, normalize, want_pred, backend, kind)
+
+
+@score_with_grad.register_fake
+def _(x, bank, offsets, scale, normalize, want_pred, backend, kind):
+    wide = torch.float64 in (x.dtype, bank.dtype)
+    dt = torch.float64 if wide else torch.float32
+    B = x.shape[0]
+    return (x.new_empty((B,), dtype=dt), x.new_empty((B if want_pred else 0,), dtype=torch.int64),
+            x.new_empty((B, x.shape[1]), dtype=dt))
+
+
+def _score_setup(ctx, inputs, output) -> None:
+    x, bank, offsets, scale, normalize, want_pred, backend, kind = inputs
+    if isinstance(bank, Tensor) and bank.requires_grad:
+        raise ValueError("bank requires grad, but the fused scores differentiate with respect to x only "
+                         "(the text bank is a constant): pass bank.detach()")
+    ctx.save_for_backward(x, output[2])
+    ctx.scale, ctx.normalize = scale, normalize
+
+
+@torch.library.custom_op("fastood::score_with_grad_backward", mutates_args=())
+def score_with_grad_backward(x: Tensor, v: Tensor, g_score: Tensor, scale: float, normalize: bool) -> Tensor:
+    """``∂ℓ/∂x`` from the forward's ``v``: the normalisation backward of ``g_score_i · v_i`` (O(B·D))."""
+    if x.dtype == torch.float64:
+        x_used, rs = prepare_rows_float64(x, scale, normalize)
+    else:
+        x_used, rs = prepare_rows(x, scale, normalize)
+    return normalization_backward(x, x_used, rs, g_score.to(v.dtype)[:, None] * v, normalize)
+
+
+@score_with_grad_backward.register_fake
+def _(x, v, g_score, scale, normalize):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _score_backward(ctx, g_score, _g_pred, _g_v):
+    x, v = ctx.saved_tensors
+    if not ctx.needs_input_grad[0] or g_score is None:
+        return (None,) * 8
+    return (score_with_grad_backward(x, v, g_score, ctx.scale, ctx.normalize),) + (None,) * 7
+
+
+score_with_grad.register_autograd(_score_backward, setup_context=_score_setup)

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from fastood.ops._dispatch import check_pair, check_temperature, run_segment_lse
-from fastood.ops.neglabel import _wants_grad_path
+from fastood.ops._segment_lse_backward import score_with_grad
+from fastood.ops.neglabel import _forward_fused_grad, _wants_grad_path
 from fastood.ops.segment_lse import _segment_lse_op
 
 __all__ = ["mcm_score"]
@@ -64,6 +65,12 @@ def mcm_score(
         check_pair(x, id_bank, "x", "id_bank")
     check_temperature("temperature", temperature)
     if _wants_grad_path(x, id_bank):
+        if _forward_fused_grad(backend, x):
+            # CPU / chunked torch: the gradient pass fused into the forward (one logits GEMM per block)
+            score, pred, _ = score_with_grad(x, id_bank, torch.tensor([0, id_bank.shape[0]], dtype=torch.int64),
+                                             1.0 / float(temperature), bool(normalize), bool(return_pred), backend,
+                                             "mcm")
+            return (score, pred) if return_pred else score
         # differentiable (or float64): exp(max0 − lse_0) by autograd over the segment_lse op's
         # fused backward (max0: the subgradient at the first argmax)
         lse, max0, pred = _segment_lse_op(x, id_bank, torch.tensor([0, id_bank.shape[0]], dtype=torch.int64),

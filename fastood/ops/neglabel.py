@@ -19,7 +19,15 @@ import torch
 from torch import Tensor
 
 from fastood.ops._dispatch import check_int, check_pair, check_temperature, run_segment_lse
+from fastood.ops._segment_lse_backward import score_with_grad
 from fastood.ops.segment_lse import _segment_lse_op
+
+
+def _forward_fused_grad(backend: object, x: Tensor) -> bool:
+    """The cpu / torch backends (``auto`` on CPU tensors is one of them) compute the score's
+    gradient in the forward pass; Triton / CUDA run the fused backward after it. Decided from
+    the arguments alone (no backend probing), so torch.compile traces it; the op validates."""
+    return backend in ("cpu", "torch") or (backend == "auto" and x.device.type == "cpu")
 
 
 def _wants_grad_path(x: Tensor, bank: Tensor) -> bool:
@@ -102,6 +110,12 @@ def neglabel_score(
     off = neglabel_offsets(num_id, bank.shape[0], groups)  # argument errors before the op
     check_temperature("temperature", temperature)
     if _wants_grad_path(x, bank):
+        if _forward_fused_grad(backend, x):
+            # CPU / chunked torch: the gradient pass fused into the forward (one logits GEMM per block)
+            score, pred, _ = score_with_grad(x, bank[: off[-1]], torch.tensor(off, dtype=torch.int64),
+                                             1.0 / float(temperature), bool(normalize), bool(return_pred), backend,
+                                             "neglabel")
+            return (score, pred) if return_pred else score
         # differentiable (or float64): the segment_lse op, whose fused backward gives d lse / dx,
         # then autograd through the cheap (B, S) formula
         # the op itself (not segment_lse_max): its offsets are checked inside the op, so
