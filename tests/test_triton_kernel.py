@@ -403,3 +403,23 @@ def test_misaligned_operands_are_routed_to_the_aligned_variant(monkeypatch, layo
     for name in aot.aligned:
         assert spec[name] == "D", (name, spec[name])
     assert spec["stride_xd"] == spec["stride_bd"] == "constexpr"
+
+
+def test_autotuner_offers_only_the_configs_that_compile_without_spills_on_the_gpus_arch(monkeypatch):
+    """The sm_80 spilling tiles (bench/results/static-sm80.md) are pruned by device capability;
+    the AOT specs of each arch are exactly the configs the pruner keeps there."""
+    import fastood.ops._triton_cma as C
+    import fastood.ops._triton_segment_lse as K
+
+    x = torch.zeros(2, 16)
+    for arch, dropped in ((80, K._SM80_SPILLING), (90, set())):
+        monkeypatch.setattr(K, "_arch_of", lambda t, arch=arch: arch)
+        kept = K._prune_for_arch(K._CUDA_CONFIGS, {"x_ptr": x})
+        tiles = {(c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_D"], c.num_warps, c.num_stages)
+                 for c in kept}
+        assert tiles.isdisjoint(dropped) and len(kept) == len(K._CUDA_CONFIGS) - len(dropped)
+        names = {s.name for s in K.aot_specs(arch, torch.float16, full=True) if s.name.startswith("segment_lse_fwd[")}
+        assert names == {f"segment_lse_fwd[{b}x{n}x{d} w{w} s{st}{sp}{am}]" for b, n, d, w, st in tiles
+                         for sp in ("", " split") for am in ("", " argmax")}
+    assert len(C.bwd_configs_for_arch(80)) == len(C._CUDA_BWD_CONFIGS) - len(C._SM80_BWD_SPILLING)
+    assert C.bwd_configs_for_arch(90) == C._CUDA_BWD_CONFIGS

@@ -92,6 +92,27 @@ _CUDA_BWD_CONFIGS = [
         (64, 64, 32, 256, 8, 3),
     ]
 ]
+# Backward configs that spill on sm_80 in the labels row pass (56-112 B/thread with Triton 3.8,
+# bench/results/static-sm80.md): not offered to the autotuner there.
+_SM80_BWD_SPILLING = {(64, 64, 64, 128, 4, 3), (128, 64, 64, 128, 8, 3)}
+
+
+def _bwd_key(c: "triton.Config") -> tuple:
+    k = c.kwargs
+    return (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_D"], k["BLOCK_DO"], c.num_warps, c.num_stages)
+
+
+def bwd_configs_for_arch(arch: int) -> list:
+    """The backward autotune configs offered on compute capability ``arch``: no spills there."""
+    return [c for c in _CUDA_BWD_CONFIGS if arch >= 90 or _bwd_key(c) not in _SM80_BWD_SPILLING]
+
+
+def _prune_bwd_for_arch(configs: list, named_args: dict, **kwargs) -> list:
+    major, minor = torch.cuda.get_device_capability(named_args["a_ptr"].device)
+    keep = {_bwd_key(c) for c in bwd_configs_for_arch(10 * major + minor)}
+    return [c for c in configs if _bwd_key(c) in keep]
+
+
 _CHUNK_ALIGN = 128  # split chunks are multiples of every BLOCK_N: no tile straddles two splits
 # One small fixed config in Triton's CPU interpreter (autotuning there is pointless).
 _INTERPRET_FWD_BLOCKS = (16, 16, 16)  # BLOCK_M, BLOCK_N, BLOCK_D
@@ -327,7 +348,8 @@ def _cma_bwd_kernel(
 # (_launch_tuned with size_bucket(M), size_bucket(N)): a new batch size reuses its bucket's config.
 _cma_fwd_tuned = triton.autotune(configs=_CUDA_FWD_CONFIGS, key=["M", "N", "D", "WANT_COL", "LABELS"])(_cma_fwd_kernel)
 _cma_bwd_tuned = triton.autotune(
-    configs=_CUDA_BWD_CONFIGS, key=["M", "N", "D", "OWN_LSE", "OTH_LSE", "TARGET"]
+    configs=_CUDA_BWD_CONFIGS, key=["M", "N", "D", "OWN_LSE", "OTH_LSE", "TARGET"],
+    prune_configs_by={"early_config_prune": _prune_bwd_for_arch},
 )(_cma_bwd_kernel)
 
 
@@ -597,7 +619,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                "lab_ptr": "*fp32" if target == 0 else "*i64", "out_ptr": "*fp32",
                "M": "i32", "N": "i32", "D": "i32", "chunk": "i32", "alpha": "fp32", "beta": "fp32", "g_tgt": "fp32",
                **strides}
-        for cfg in sample(_CUDA_BWD_CONFIGS):
+        for cfg in sample(bwd_configs_for_arch(arch)):
             kw = cfg.kwargs
             specs.append(AotSpec(
                 name=(f"cma_bwd[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_D']} do{kw['BLOCK_DO']} w{cfg.num_warps} "

@@ -67,6 +67,9 @@ _CUDA_CONFIGS = [
         (64, 64, 32, 4, 4),
     ]
 ]
+# Configs that spill on sm_80 (its mma.sync fragments take more registers than wgmma's; 40-128
+# B/thread with Triton 3.8, bench/results/static-sm80.md): not offered to the autotuner there.
+_SM80_SPILLING = {(128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (64, 128, 64, 4, 3)}
 _CUDA_CHUNK_ALIGN = 128
 _CUDA_MIN_BLOCK_B = 64
 # One small fixed config in Triton's CPU interpreter (autotuning there is pointless).
@@ -236,10 +239,37 @@ def _segment_lse_merge_kernel(
         tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=row_ok & (s == 0))
 
 
+def _cfg_key(c: "triton.Config") -> tuple:
+    return (*(c.kwargs[k] for k in sorted(c.kwargs)), c.num_warps, c.num_stages)
+
+
+def configs_for_arch(arch: int) -> list:
+    """The autotune configs offered on a GPU of compute capability ``arch`` (80, 86, 90, ...):
+    those that compile without spills there (tests/test_static_compile.py checks exactly these)."""
+    if arch < 90:
+        bad = {_cfg_key(triton.Config({"BLOCK_B": b, "BLOCK_N": n, "BLOCK_D": d}, num_warps=w, num_stages=st))
+               for b, n, d, w, st in _SM80_SPILLING}
+        return [c for c in _CUDA_CONFIGS if _cfg_key(c) not in bad]
+    return list(_CUDA_CONFIGS)
+
+
+def _arch_of(t: Tensor) -> int:
+    major, minor = torch.cuda.get_device_capability(t.device)
+    return 10 * major + minor
+
+
+def _prune_for_arch(configs: list, named_args: dict, **kwargs) -> list:
+    """``early_config_prune``: keep the configs of ``configs_for_arch`` for the inputs' GPU."""
+    keep = {_cfg_key(c) for c in configs_for_arch(_arch_of(named_args["x_ptr"]))}
+    return [c for c in configs if _cfg_key(c) in keep]
+
+
 # The autotuner's key has no WANT_ARGMAX: the config is tuned on the plain variant and the
 # argmax variant reuses it (see _launch_tuned), so lse and max0 are the same bits with and
 # without argmax (same tiles, same reduction order).
-_segment_lse_fwd_tuned = triton.autotune(configs=_CUDA_CONFIGS, key=["D", "SPLIT"])(_segment_lse_fwd_kernel)
+_segment_lse_fwd_tuned = triton.autotune(configs=_CUDA_CONFIGS, key=["D", "SPLIT"],
+                                         prune_configs_by={"early_config_prune": _prune_for_arch})(
+    _segment_lse_fwd_kernel)
 
 # (kernel, size buckets, flags, dtype, device) → the triton.Config tuned for it.
 _TUNED: dict[tuple, "triton.Config"] = {}
@@ -456,7 +486,8 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
         raise TypeError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
     el = ptr(dtype)
     mma = _mma_path(arch, dtype)
-    configs = _CUDA_CONFIGS if (full or dtype != torch.float32) else _CUDA_CONFIGS[:1] + _CUDA_CONFIGS[-1:]
+    configs = configs_for_arch(arch)
+    configs = configs if (full or dtype != torch.float32) else configs[:1] + configs[-1:]
     specs = []
     for split in (False, True):
         for argmax in (False, True):
