@@ -263,6 +263,22 @@ def test_progress_lines(clip, sets, monkeypatch, capsys):
     assert "PGD" not in capsys.readouterr().err  # off by default
 
 
+@pytest.mark.gpu
+def test_pgd_on_cuda_with_amp(sets):
+    """On a GPU: fp16 autocast through the tower (the detector's default amp on CUDA); the ball holds and
+    the attack still lowers the AUROC of the constructed case."""
+    clip = tiny_clip(0)  # its own copy: the detector moves the model to the GPU
+    det = DETECTORS["mahalanobis"](clip, device="cuda")
+    assert det.amp
+    with pytest.warns(RuntimeWarning):
+        det.fit(sets["train"], torch.arange(16) % 2)
+    clean = auroc(det.score(sets["id"]), det.score(sets["ood"]))
+    up = attacks.pgd(det, sets["ood"], eps=8 / 255, steps=5, target="id")
+    down = attacks.pgd(det, sets["id"], eps=8 / 255, steps=5, target="ood")
+    assert int((up.images.int() - sets["ood"].int()).abs().max()) <= 8
+    assert auroc(det.score(down.images), det.score(up.images)) < clean
+
+
 # --------------------------------------------------------------------- bad input
 class _NumpyDetector(Detector):
     """A user detector that scores through numpy: no gradient reaches the pixels."""
