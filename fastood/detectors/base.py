@@ -8,6 +8,7 @@ and exposes the same surface:
     calibrate(id_images_or_scores, tpr=0.95)               sets and returns .threshold
     outlier_score(images) / outlier_score_features(f)      = −score (higher = more OOD)
     fit(images_or_loader, labels=None) / fit_features(features, labels=None)
+    score_pixels(pixels01)                                 (B,) differentiable, pixels in [0, 1] (attacks)
     to(device), reset()
 
 ``images`` is anything :func:`fastood.images.iter_image_batches` accepts (paths,
@@ -28,7 +29,10 @@ body is registered in :data:`fastood.detectors.DETECTORS`), and implement the ho
   (``labels`` is a (B,) int64 tensor on ``self.device`` or ``None``); set ``self.fitted = True``
   is done for you after it returns;
 - optionally ``feature_dim`` (the expected width) and ``_to(device)`` (move state
-  that is not a plain tensor attribute; tensor attributes are moved automatically).
+  that is not a plain tensor attribute; tensor attributes are moved automatically);
+- optionally ``_score_for_grad(features) -> (B,) scores`` with an autograd graph to ``features``
+  when ``_score_features`` is not differentiable as written (default: ``_score_features``'s
+  scores; :mod:`fastood.attacks` differentiates it through :meth:`Detector.score_pixels`).
 
 The public methods validate, move and dispatch; subclasses may also override them
 (e.g. a streaming detector overriding ``score_features`` and ``reset``).
