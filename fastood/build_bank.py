@@ -11,7 +11,8 @@ SPEC §6 (CSP): the ``csp`` corpus encoded with prompt ensembles (mean of the un
 embeddings, renormalised), candidates with max cos > 0.95 to an ID label
 excluded, then NegMining. SPEC §4 (InterNeg): the ``interneg`` corpus (class names
 removed), InterNeg's prompts, the inter-modal criterion against visual prototypes
-and the deviation ranking (M = 2000), laid out in G = 5 groups.
+and the deviation ranking (M = 2000), stored as one group (the InterNeg scorer regroups
+into G = 5 at test time).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ from fastood.models import ClipBundle, encode_texts
 __all__ = ["build_bank", "bank_for", "BANK_METHODS", "DEFAULT_GROUPS"]
 
 BANK_METHODS = ("neglabel", "csp", "interneg")
-DEFAULT_GROUPS = {"neglabel": 100, "csp": 100, "interneg": 5}
+# InterNeg: one group at build time. The published scorer regroups [static | test-time bank]
+# into G = 5 on every pass (grouping="official", the default), and needs every mined negative;
+# grouping="fixed" builds its own G-group layout from the mined order.
+DEFAULT_GROUPS = {"neglabel": 100, "csp": 100, "interneg": 1}
 # (ID template, noun templates, adjective templates) per method; several = an ensemble
 TEMPLATES = {
     "neglabel": (NEGLABEL_ID_TEMPLATE, (NEGLABEL_NOUN_TEMPLATE,), (NEGLABEL_ADJ_TEMPLATE,)),
@@ -119,7 +123,8 @@ def build_bank(
         mining_precision: NegMining's ranking precision, ``"float64"`` or ``"float32"`` (the
             NegLabel reference's CPU ranking; see :func:`fastood.labels.mine_neglabel`).
         num_negatives: InterNeg's M.
-        groups: G (default 100, or 5 for InterNeg); the last ``M mod G`` are dropped.
+        groups: G (default 100; 1 for InterNeg, whose scorer regroups at test time); the last
+            ``M mod G`` are dropped.
         seed / permutation: the grouping permutation (see :meth:`TextBank.from_mined`).
         templates: ``(id, noun templates, adjective templates)`` override.
     """

@@ -1213,7 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
     mine.add_argument("--percentile", type=float, default=0.95)
     mine.add_argument("--ratio", type=float, default=0.15)
     mine.add_argument("--num-negatives", type=int, default=2000, help="interneg: M")
-    mine.add_argument("--groups", type=int, default=None, help="G (default 100; 5 for interneg)")
+    mine.add_argument("--groups", type=int, default=None,
+                      help="G (default 100; 1 for interneg: its scorer regroups into G=5 at test time)")
     mine.add_argument("--seed", type=int, default=0, help="seed of the grouping permutation")
     mine.add_argument("--permutation", default=None, metavar="FILE",
                       help="explicit grouping permutation (.pt / .npy / .txt of ints, a permutation of range(n_kept)), "

@@ -82,9 +82,20 @@ def test_interneg_bank(clip, small_corpus):
     feats = id_emb[labels] + 0.05 * torch.randn(30, 32, generator=torch.Generator().manual_seed(0))
     protos = image_prototypes(feats, labels)
     bank = build_bank(clip, CLASSES, method="interneg", prototypes=protos, corpus=small_corpus,
-                      num_negatives=40, progress=False)
+                      num_negatives=40, groups=5, progress=False)
     assert bank.groups == 5 and bank.num_neg % 5 == 0 and bank.num_neg <= 40
     assert bank.meta["mining"]["m"] == 40
+    # default: one group, nothing dropped, so the published scorer (grouping="official") can regroup
+    # every mined negative at test time, whatever M is (37 is not a multiple of G = 5)
+    bank1 = build_bank(clip, CLASSES, method="interneg", prototypes=protos, corpus=small_corpus,
+                       num_negatives=37, progress=False)
+    assert bank1.groups == 1 and not int(bank1.meta.get("dropped", 0) or 0)
+    from fastood.detectors import InterNeg
+
+    det = InterNeg(clip=clip, bank=bank1, prototypes=protos, progress=False)
+    assert det.grouping == "official"
+    s = det.score_features(feats[:4])
+    assert s.shape == (4,) and bool(torch.isfinite(s).all())
     with pytest.raises(ValueError, match="prototypes"):
         build_bank(clip, CLASSES, method="interneg", corpus=small_corpus, progress=False)
 
