@@ -25,6 +25,10 @@ attention-backward style) and never holds more than a bounded slice of them. The
 ``(B, D)`` epilogue is cheap and shared; it runs in float64 (the ``1/||x||`` factor of
 a row rescaled by :func:`~fastood.ops._dispatch.prepare_rows` may exceed the fp32 range).
 
+NegLabel / MCM on the cpu and torch backends compute ``v_i = Σ_j ∂S_i/∂L_ij t_j`` inside the
+forward's row loop instead (``score_with_grad``, at the end of this file): two logits GEMMs
+for forward + backward instead of three.
+
 float64 inputs: the fused forward kernels are fp32-only, so a float64 call computes
 its forward with :func:`segment_lse_float64` (chunked torch in float64) on every
 backend; the backward runs on the chosen backend in float64 (triton: in the
