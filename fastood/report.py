@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fastood._io import atomic_write_bytes
+from fastood._io import atomic_write, atomic_write_bytes
 from fastood.outputs import write_json_atomic
 
 __all__ = ["CONVENTION_TEXT", "write_report", "plot_roc", "plot_histograms", "roc_curve"]
@@ -59,6 +59,14 @@ def _figure(width: float = 6.0, height: float = 4.5):
     return fig
 
 
+def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """``fig.savefig`` through the atomic writer (a crash never leaves a truncated image; the
+    file follows the umask); the format comes from the name's suffix (PNG without one)."""
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt))
+
+
 def plot_roc(path: str | os.PathLike, id_scores: Any, ood_sets: Mapping[str, Any],
              aurocs: Mapping[str, float] | None = None, title: str = "ROC (ID positive)") -> Path:
     """One ROC curve per OOD set (x = FPR on that OOD set, y = TPR on ID); PNG."""
@@ -77,9 +85,7 @@ def plot_roc(path: str | os.PathLike, id_scores: Any, ood_sets: Mapping[str, Any
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_histograms(path: str | os.PathLike, id_scores: Any, ood_sets: Mapping[str, Any],
@@ -103,9 +109,7 @@ def plot_histograms(path: str | os.PathLike, id_scores: Any, ood_sets: Mapping[s
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def _pct(x: float | None) -> str:

@@ -401,3 +401,34 @@ def test_eval_report_keeps_a_non_utf8_name(tiny_run, tmp_path):
 def test_a_numpy_float_image_is_refused_by_its_shape():
     with pytest.raises(ValueError, match=r"uint8 .* got float32 \(5, 6, 3\)"):
         list(iter_image_batches(np.zeros((5, 6, 3), np.float32), None))
+
+
+def test_report_images_are_written_atomically(tmp_path, monkeypatch):
+    """roc.png / hist.png go through the atomic writer: a failing save leaves the previous
+    image intact and no temporary file; a new image follows the umask like every output."""
+    import matplotlib.figure
+
+    from fastood.report import plot_histograms, plot_roc
+
+    ids, oods = [0.9, 0.8, 0.7], {"ood": [0.1, 0.75, 0.2]}
+    old = os.umask(0o022)
+    try:
+        roc = plot_roc(tmp_path / "roc.png", ids, oods)
+        hist = plot_histograms(tmp_path / "hist.png", ids, oods)
+    finally:
+        os.umask(old)
+    for p in (roc, hist):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    before = roc.read_bytes()
+
+    def broken(self, fname, *a, **k):
+        with open(fname, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        plot_roc(tmp_path / "roc.png", ids, oods)
+    assert roc.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hist.png", "roc.png"]
