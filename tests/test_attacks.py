@@ -76,9 +76,10 @@ def test_pgd_lowers_auroc_on_a_separable_case(name, clip, sets):
     torch.testing.assert_close(ood_adv.clean_scores, det.score(sets["ood"]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["knn", "msp", "rmd"])
-def test_pgd_moves_the_score_for_other_detectors(name, clip, sets):
-    det = fitted(name, clip, sets)
+@pytest.mark.parametrize("name, kw", [("knn", {}), ("msp", {}), ("rmd", {}),
+                                      ("plp", {"classes": ["red thing", "blue thing"]})])
+def test_pgd_moves_the_score_for_other_detectors(name, kw, clip, sets):
+    det = fitted(name, clip, sets, **kw)
     up = attacks.pgd(det, sets["ood"][:3], eps=8 / 255, steps=3, target="id")
     down = attacks.pgd(det, sets["ood"][:3], eps=8 / 255, steps=3, target="ood")
     assert bool((up.scores > down.scores).all())
