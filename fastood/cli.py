@@ -701,12 +701,19 @@ def _image_folder(root: str, what: str, skipped: list[tuple[str, str]] | None = 
     if not folders:
         raise SystemExit(f"fastood eval: {what} {root!r} must be an ImageFolder: one subfolder of images per class")
     files, labels = [], []
+    empty = []
     for i, name in enumerate(folders):
+        n0 = len(files)
         for f in _list_files([str(path / name)], skipped):
             files.append(f)
             labels.append(i)
+        if len(files) == n0:
+            empty.append(name)
     if not files:
         raise SystemExit(f"fastood eval: no image files under {what} {root!r}")
+    if empty:  # the folder still defines a class (its index), but no image evaluates it
+        shown = ", ".join(repr(e) for e in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        print(f"fastood eval: warning: {what} class folder(s) with no images: {shown}", file=sys.stderr)
     return folders, files, labels
 
 

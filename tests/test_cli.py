@@ -472,3 +472,19 @@ def test_export_and_train_are_forwarded_subcommands(tmp_path, capsys):
         main(["train", "--help"])
     assert exc.value.code == 0
     assert "python -m fastood.train" in capsys.readouterr().out
+
+
+def test_eval_warns_about_an_empty_id_class_folder(data, tmp_path, capsys):
+    """An empty ImageFolder class still defines a class index but no image evaluates it:
+    say so, naming the folder, instead of a silent class."""
+    import shutil
+
+    root, common = data
+    id_dir = tmp_path / "id"
+    shutil.copytree(root / "id", id_dir)
+    (id_dir / "zebra").mkdir()
+    out = tmp_path / "rep"
+    assert main(["eval", "--id", str(id_dir), "--ood", f"blobs={root / 'blobs'}", "--out", str(out), *common]) == 0
+    err = capsys.readouterr().err
+    assert "class folder(s) with no images: 'zebra'" in err
+    assert json.loads((out / "report.json").read_text())["id"]["num_classes"] == 3
