@@ -34,6 +34,18 @@ def _x(b: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     return (torch.randn(b, d, generator=g, dtype=torch.float64) * 3).to(dtype)
 
 
+#: the device each backend runs on: Triton on the GPU when there is one (else the interpreter)
+_DEVICE = {"triton": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def _call(fn, backend, x, bank, *args, **kw):
+    """``fn(x, bank, *args, backend=backend)`` on the backend's device, results back on the CPU
+    (the copies are differentiable, so gradients reach the CPU leaf)."""
+    dev = _DEVICE.get(backend, "cpu")
+    out = fn(x.to(dev), bank.to(dev), *args, backend=backend, **kw)
+    return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+
+
 def _ref_lse_max(x, bank, off, scale):
     """float64 reference (lse, max0 at the first maximiser of segment 0) with autograd."""
     lse = R.segment_lse(x, bank, off, scale=scale)
@@ -54,7 +66,7 @@ def test_gradcheck_float64(backend):
     off = [0, 3, 3, 7, 11]
 
     def f(x):
-        lse, max0, _ = F.segment_lse_max(x, bank, off, scale=4.0, want_argmax=False, backend=backend)
+        lse, max0, _ = _call(F.segment_lse_max, backend, x, bank, off, scale=4.0, want_argmax=False)
         return lse[:, [0, 2, 3]], max0  # the empty segment is -inf: no finite difference
 
     x = _x(3, 5, 2).requires_grad_()
@@ -85,8 +97,7 @@ def test_segment_lse_grad_matches_float64_reference(backend, case):
     g[:, 1] = 0.0
     h = torch.randn(B, generator=gen, dtype=torch.float64)
 
-    lse, max0, _ = F.segment_lse_max(x, bank, off, scale=scale, normalize=normalize, want_argmax=False,
-                                     backend=backend)
+    lse, max0, _ = _call(F.segment_lse_max, backend, x, bank, off, scale=scale, normalize=normalize, want_argmax=False)
     got, = torch.autograd.grad(_loss(lse, max0, g, h), x)
     xr = x0.detach().clone().requires_grad_()
     if normalize:
@@ -110,12 +121,12 @@ def test_neglabel_and_mcm_grad_float64(backend, groups):
     bank = _bank(N, D, 6)
     # each x halfway between an ID row and a negative row: scores off saturation at τ = 0.01
     x = (bank[torch.arange(B) % K] + bank[K + torch.arange(B) * 3] + 0.02 * _x(B, D, 7)).requires_grad_()
-    got, = torch.autograd.grad(F.neglabel_score(x, bank, K, groups=groups, temperature=0.01, backend=backend).sum(), x)
+    got, = torch.autograd.grad(_call(F.neglabel_score, backend, x, bank, K, groups=groups, temperature=0.01).sum(), x)
     want, = torch.autograd.grad(R.neglabel_score(x, bank, K, groups=groups, temperature=0.01).sum(), x)
     assert want.abs().max().item() > 1e-6
     assert (got - want).abs().max().item() <= 1e-10 * max(1.0, want.abs().max().item())
     w = torch.linspace(-1, 1, B, dtype=torch.float64)
-    got, = torch.autograd.grad((F.mcm_score(x, bank[:K], temperature=0.05, backend=backend) * w).sum(), x)
+    got, = torch.autograd.grad((_call(F.mcm_score, backend, x, bank[:K], temperature=0.05) * w).sum(), x)
     want, = torch.autograd.grad((R.mcm_score(x, bank[:K], temperature=0.05) * w).sum(), x)
     assert want.abs().max().item() > 1e-3
     assert (got - want).abs().max().item() <= 1e-10 * max(1.0, want.abs().max().item())
@@ -129,7 +140,7 @@ def test_tied_max_takes_first_maximiser(backend):
     base = _bank(4, D, 8)
     bank = base[[0, 1, 1, 2, 3, 1]]  # rows 1, 2, 5 identical; segment 0 = rows 0..2, segment 1 = rows 3..5
     x = (base[1] * 2.0 + 0.01 * base[0]).reshape(1, D).clone().requires_grad_()  # closest to row 1
-    _, max0, arg = F.segment_lse_max(x, bank, [0, 3, 6], scale=10.0, backend=backend)
+    _, max0, arg = _call(F.segment_lse_max, backend, x, bank, [0, 3, 6], scale=10.0)
     assert int(arg[0]) == 1  # ties at columns 1 and 2: first one
     got, = torch.autograd.grad(max0.sum(), x)
     xd = x.detach()[0]
@@ -138,7 +149,7 @@ def test_tied_max_takes_first_maximiser(backend):
     want = 10.0 * (t - xh * (xh @ t)) / xd.norm()
     assert (got[0] - want).abs().max().item() <= 1e-12
     # the segment softmax weights split evenly over the tie: lse gradient also by hand
-    lse = F.segment_lse(x, bank, [0, 3, 6], scale=10.0, backend=backend)
+    lse = _call(F.segment_lse, backend, x, bank, [0, 3, 6], scale=10.0)
     got, = torch.autograd.grad(lse[0, 1], x)
     L = 10.0 * (xh @ bank[3:].T)
     w = torch.softmax(L, 0)
@@ -183,7 +194,7 @@ def test_grad_low_precision_within_fp32_budget(backend, dtype):
     bank = _bank(N, D, 9, dtype)
     b64 = bank.double()
     x = (b64[torch.arange(B) % K] + b64[K + torch.arange(B) * 2] + 0.02 * _x(B, D, 10)).to(dtype).requires_grad_()
-    got, = torch.autograd.grad(F.neglabel_score(x, bank, K, groups=G, temperature=0.01, backend=backend).sum(), x)
+    got, = torch.autograd.grad(_call(F.neglabel_score, backend, x, bank, K, groups=G, temperature=0.01).sum(), x)
     assert got.dtype == dtype
 
     def ref(xx, dt):
@@ -193,7 +204,7 @@ def test_grad_low_precision_within_fp32_budget(backend, dtype):
 
     off = [0, 7, 7, 40]
     gw = torch.linspace(-1, 2, 3)
-    lse = F.segment_lse(x, bank, off, scale=100.0, backend=backend)
+    lse = _call(F.segment_lse, backend, x, bank, off, scale=100.0)
     got, = torch.autograd.grad((torch.where(torch.isinf(lse), 0.0, lse) * gw).sum(), x)
 
     def ref2(xx, dt):
@@ -221,8 +232,13 @@ def test_torch_backward_chunks_agree():
 def test_bank_requiring_grad_is_refused():
     x = _x(2, 4, 13).requires_grad_()
     bank = _bank(5, 4, 14).requires_grad_()
-    with pytest.raises(ValueError, match="bank requires grad"):
-        F.segment_lse(x, bank, [0, 2, 5], backend="torch")
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="bank requires grad"):
+            _call(F.segment_lse, backend, x, bank, [0, 2, 5])
+        with pytest.raises(ValueError, match="bank requires grad"):
+            _call(F.neglabel_score, backend, x, bank, 2, groups=3)
+        with pytest.raises(ValueError, match="bank requires grad"):
+            _call(F.mcm_score, backend, x, bank)
 
 
 def test_compile_sees_one_forward_and_one_backward_op():
@@ -308,9 +324,9 @@ def test_forward_fused_gradient_blocks_and_scores(backend, kind):
     tol = 4 * torch.finfo(torch.float32).eps * 100
     assert torch.equal(p1, p2) and (s1 - s2).abs().max() <= tol and (v1 - v2).abs().max() <= tol * v1.abs().max()
     if kind == "neglabel":
-        ref_s, ref_p = F.neglabel_score(x, bank, K, groups=G, temperature=0.01, return_pred=True, backend=backend)
+        ref_s, ref_p = _call(F.neglabel_score, backend, x, bank, K, groups=G, temperature=0.01, return_pred=True)
     else:
-        ref_s, ref_p = F.mcm_score(x, kept, temperature=0.01, return_pred=True, backend=backend)
+        ref_s, ref_p = _call(F.mcm_score, backend, x, kept, temperature=0.01, return_pred=True)
     assert torch.equal(p1, ref_p) and (s1 - ref_s).abs().max() <= tol
     # v_i is ∂S_i/∂x̂_i / scale: check against float64 autograd through the reference in x̂
     xh = torch.nn.functional.normalize(x.double(), dim=1).requires_grad_()
