@@ -29,12 +29,18 @@ Model and assumptions (every one of them is a number to calibrate on a GPU):
    the MMAs) runs as many times as makes the tile's MMA FLOPs equal 2·BLOCK_B·BLOCK_N·D
    (this absorbs the pipeliner's peeled iterations), a nested loop without MMA is the
    segment walk and runs ``1 + BLOCK_N·(S − 1)/N`` times (the segments a tile
-   intersects, on average). An HGMMA.MxNxK instruction is one warpgroup operation
+   intersects, on average). Loops are natural loops (the target of the backward branch
+   dominates it): cold code that ptxas places after the body (``BRA.DIV`` handlers, mbarrier
+   retries) and that jumps back into a loop closes no loop. An HGMMA.MxNxK instruction is one warpgroup operation
    (2·M·N·K FLOP for the 4 warps that issue it); an HMMA.MxNxK is per warp.
    Per pipe p: ``T_p = Σ_warps count_p · 32 / rate_p`` (cycles of the SM per tile).
 4. **Warp organisation** (declared by the kernel module in ``SOL_KERNELS = {kernel: {...}}``,
    keyed by the spec name before ``[``; keys ``chains`` (default 1), ``refill`` (True),
-   ``a_resident`` (False: see 5), ``tile_rows`` / ``tile_cols`` (default BLOCK_B/BLOCK_N)):
+   ``a_resident`` (False: see 5), ``tile_rows`` / ``tile_cols`` (default BLOCK_B/BLOCK_N),
+   ``columns`` (``all``; ``segment0`` / ``after_segment0`` / ``flagged`` for a kernel that is
+   one part of an implementation: see ``column_tiles``; such parts are summed per module into
+   one implementation row), ``extra_mma_flops`` (MMA FLOPs per tile and block besides the
+   GEMM, e.g. one-hot segment sums: they are excluded when the K-loop trips are inferred)):
    ``chains`` = independent tile pipelines per block. Today's kernels run one: all
    warps do the MMA, then the softmax, in lock step (``serial``), and the K pipeline
    refills at every tile (``refill``: one L2 latency, 600 clk, exposed per tile). A
@@ -170,16 +176,60 @@ class Loop:
     children: list["Loop"] = field(default_factory=list)
 
 
-def find_loops(instrs: list[tuple[int, str, str, str]]) -> list[Loop]:
-    """Natural loops from backward branches (``BRA target`` with target <= its address), nested by interval."""
+def guarded_addresses(sass: str) -> set[int]:
+    """Addresses of predicated instructions (``@P0 BRA``, ``@!P1 EXIT``): they may fall through."""
+    return {int(a, 16) for a, pred, _, _, _ in _LINE.findall(sass) if pred}
+
+
+def _branch_target(op: str, ops: str) -> int | None:
+    if op != "BRA":
+        return None
+    m = re.search(r"0x([0-9a-f]+)", ops)
+    return int(m.group(1), 16) if m else None
+
+
+def _reachable(instrs, succ, start: int, avoid: int | None) -> set[int]:
+    seen, todo = set(), [start]
+    while todo:
+        a = todo.pop()
+        if a in seen or a == avoid:
+            continue
+        seen.add(a)
+        todo.extend(succ.get(a, ()))
+    return seen
+
+
+def find_loops(instrs: list[tuple[int, str, str, str]], guarded: set[int] | None = None) -> list[Loop]:
+    """Natural loops from backward branches (``BRA target`` with target < its address), nested by interval.
+
+    A backward branch is a loop's back edge only if its target dominates it (every path from
+    the kernel's entry to the branch passes through the target). ptxas places cold code after
+    the kernel's main body — a warp-divergence handler (``BRA.DIV``), an mbarrier retry — that
+    jumps back into the middle of a loop: such a branch closes no loop, and taking it for one
+    would make a span that overlaps the real tile loop and hides its K loop. ``guarded`` = the
+    predicated instructions' addresses (``guarded_addresses``); None treats every BRA/EXIT as
+    possibly falling through (more paths: never invents a loop).
+    """
+    order = [i[0] for i in instrs]
+    succ: dict[int, list[int]] = {}
+    for k, (addr, op, mods, ops) in enumerate(instrs):
+        nxt = order[k + 1] if k + 1 < len(order) else None
+        tgt = _branch_target(op, ops)
+        may_fall = guarded is None or addr in guarded or op not in ("BRA", "EXIT", "RET", "JMP")
+        if op == "BRA" and "," in ops:  # BRA.DIV UR8, tgt / BRA.U !UP0, tgt: a condition operand
+            may_fall = True
+        succ[addr] = ([tgt] if tgt is not None else []) + ([nxt] if (may_fall and nxt is not None) else [])
+    entry = order[0] if order else 0
+    live = _reachable(instrs, succ, entry, None)
     spans = []
     for addr, op, _, ops in instrs:
-        if op == "BRA":
-            m = re.search(r"0x([0-9a-f]+)", ops)
-            if m and int(m.group(1), 16) < addr:
-                spans.append((int(m.group(1), 16), addr))
-    # Drop the self-loop at the end of every kernel (``BRA <self>``: the trap after EXIT).
-    spans = sorted({s for s in spans if s[0] != s[1]}, key=lambda s: (s[0], -s[1]))
+        tgt = _branch_target(op, ops)
+        # Self-loops are spin waits (and the trap after EXIT): not tile loops.
+        if tgt is None or tgt >= addr or addr not in live:
+            continue
+        if addr not in _reachable(instrs, succ, entry, tgt):
+            spans.append((tgt, addr))
+    spans = sorted(set(spans), key=lambda s: (s[0], -s[1]))
     roots: list[Loop] = []
     stack: list[Loop] = []
     for lo, hi in spans:
@@ -226,7 +276,7 @@ def tile_loop(sass: str) -> tuple[list, Loop]:
     """The instructions and the tile loop: the outermost loop that contains MMA instructions
     (or, for kernels without MMA, the outermost loop)."""
     instrs = instructions(sass)
-    roots = find_loops(instrs)
+    roots = find_loops(instrs, guarded_addresses(sass))
     if not roots:
         raise ValueError("no loop in the SASS: nothing to model per tile")
     with_mma = [r for r in roots if _has_mma(r, instrs)]
@@ -362,13 +412,40 @@ class ConfigModel:
     desc: dict
 
 
+def segment0_end(N: int, G: int) -> int:
+    """Columns of segment 0 in the benchmark's NegLabel layout (``_measure``): 1,000 ID labels plus
+    the remainder that makes the G negative groups equal."""
+    return N - (N - 1000) // G * G if G > 1 else 1000
+
+
+def column_tiles(columns: str, N: int, S: int, bn: int, splits: int) -> int:
+    """Column tiles one program walks, by the column range the kernel declares (``columns``):
+    ``all`` (every column, split into ``splits`` chunks), ``segment0`` (columns [0, end0) only),
+    ``after_segment0`` (from the tile holding end0 to N), ``flagged`` (only row blocks flagged
+    by another kernel: none in the model, the launch alone)."""
+    end0 = segment0_end(N, S - 1)
+    if columns == "all":
+        return math.ceil(math.ceil(N / splits) / bn)
+    if columns == "segment0":
+        return math.ceil(end0 / bn)
+    if columns == "after_segment0":
+        return math.ceil(math.ceil((N - end0 // bn * bn) / splits) / bn)
+    if columns == "flagged":
+        return 0
+    raise ValueError(f"columns must be all | segment0 | after_segment0 | flagged, got {columns!r}")
+
+
 def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, elem_bytes: int = 2) -> dict:
     """Predicted time of one configuration at one shape."""
     bb = cm.desc.get("tile_rows", cm.constexprs.get("BLOCK_B", cm.constexprs.get("BLOCK_M", 128)))
     bn = cm.desc.get("tile_cols", cm.constexprs.get("BLOCK_N", 128))
     wpm = 4 if cm.mma == "wgmma" else 1
     seg = 1.0 + bn * max(0, S - 1) / N
-    tc = tile_counts(cm.sass, flop_per_tile=2.0 * bb * bn * D, warps=cm.warps, warps_per_mma=wpm, seg_trips=seg)
+    # MMA work a tile does besides its GEMM (e.g. a one-hot segment-sum MMA), declared by the kernel:
+    # without it the K-loop trip count would absorb it (the loop would seem to run fewer times).
+    extra = float(cm.desc.get("extra_mma_flops", 0.0))
+    tc = tile_counts(cm.sass, flop_per_tile=2.0 * bb * bn * D + extra, warps=cm.warps, warps_per_mma=wpm,
+                     seg_trips=seg)
     # Operand A (the row block) is re-read per tile unless the kernel keeps it in shared memory.
     l2 = ((0 if cm.desc.get("a_resident") else bb) + bn) * D * elem_bytes
 
@@ -378,7 +455,7 @@ def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, e
 
     splits = cm.desc.get("splits", None) or (_splits(B, N, bb, gpu) if "split" in cm.name else 1)
     programs = math.ceil(B / bb) * splits
-    tiles = math.ceil(math.ceil(N / splits) / bn)
+    tiles = column_tiles(cm.desc.get("columns", "all"), N, S, bn, splits)
     t = predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
     tp = predict_tile(tc, gpu, warps=cm.warps, warps_per_mma=wpm, mma_kind=cm.mma, l2_bytes=l2,
                       blocks_per_sm=cm.blocks_per_sm, chains=cm.desc.get("chains", 1),
@@ -470,6 +547,7 @@ def main(args) -> None:
         S = _segments(G)
         tc = torch_compile_time(gpu, B, N, D)
         meas = _measure(B, N, D, G) if measure else {}
+        impl: dict[str, list] = {}
         for kernel in kernels:  # one row per kernel: the autotuner's pick = the fastest predicted config
             preds = []
             for c in configs:
@@ -483,10 +561,24 @@ def main(args) -> None:
             if not preds:
                 continue
             best = min(preds, key=lambda p: p["time_s"])
+            module = next(c.module for c in configs if c.name == best["config"])
+            cols = next(c.desc.get("columns", "all") for c in configs if c.name == best["config"])
+            impl.setdefault(module, []).append(best)
+            if cols != "all":  # a part of an implementation, not a whole one
+                best = dict(best, config=f"{best['config']} (part: {cols} columns)")
             lines.append(f"| {B} | {N} | {D} | {G} | {ms(ideal_time(gpu, B, N, D))} | {best['config']} | "
                          f"{best['bound']} | {best['cycles_tile']:.0f} | {ms(best['time_s'])} | {best['pct_peak']:.0f} | "
                          f"{ms(tc)} | {tc / best['time_s']:.2f} | {ms(meas.get('fastood-triton'))} | "
                          f"{ms(meas.get('torch.compile'))} |")
+            print(lines[-1], flush=True)
+        for module, parts in impl.items():
+            if len(parts) < 2:
+                continue
+            # One launch per kernel, in sequence: the implementation's time is the sum of its kernels'.
+            t = sum(p["time_s"] for p in parts)
+            lines.append(f"| {B} | {N} | {D} | {G} | {ms(ideal_time(gpu, B, N, D))} | **{module.split('.')[-1]}: "
+                         f"all {len(parts)} kernels** | sum | — | {ms(t)} | {100 * ideal_time(gpu, B, N, D) / t:.0f} | "
+                         f"{ms(tc)} | {tc / t:.2f} | — | — |")
             print(lines[-1], flush=True)
     B, N, D, G = HEADLINE
     lines += ["", f"Per configuration at the headline shape B={B}, N={N}, D={D}, G={G} (SM cycles per tile by pipe):",

@@ -183,6 +183,54 @@ def test_bad_inputs_raise():
     assert not sm90_supported(x)  # CPU tensors never take the sm_90 route
 
 
+# ------------------------------------------------- how bench/sol reads this kernel (no GPU)
+def test_sol_finds_the_k_loop_past_cold_code_that_jumps_back():
+    """ptxas puts cold code (a BRA.DIV handler, an mbarrier retry) after the body, jumping
+    back into the K loop. That branch closes no loop; the tile loop keeps its K loop (the
+    hot kernel's SASS was read as K trips 1.0, MMA 640 clk instead of 4,224)."""
+    from bench import sol
+
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   BRA.DIV UR8, 0x90 ;
+        /*0020*/                   HGMMA.64x8x16.F32.BF16 R24, R28, gdesc[UR8], R24 ;
+        /*0030*/                   HGMMA.64x128x16.F32 R24, gdesc[UR8], R24 ;
+        /*0040*/              @P0 BRA 0x30 ;
+        /*0050*/                   MUFU.EX2 R3, R3 ;
+        /*0060*/              @P1 BRA 0x10 ;
+        /*0070*/                   EXIT ;
+        /*0080*/                   BRA 0x80;
+        /*0090*/                   MOV R2, R3 ;
+        /*00a0*/                   BRA 0x30 ;
+    """
+    ins = sol.instructions(sass)
+    roots = sol.find_loops(ins, sol.guarded_addresses(sass))
+    assert [(r.start, r.end) for r in roots] == [(0x10, 0x60)]
+    assert [(c.start, c.end) for c in roots[0].children] == [(0x30, 0x40)]
+    # One warpgroup, K = 64: four 64x128x16 K-loop trips; the one-hot 64x8x16 is declared extra.
+    gemm, extra = 2 * 64 * 128 * 64, 2 * 64 * 8 * 16
+    tc = sol.tile_counts(sass, flop_per_tile=gemm + extra, warps=4, warps_per_mma=4)
+    assert tc.k_trips == 4 and tc.per_warp["mma"] == 5 and tc.per_warp["mufu"] == 1
+    assert tc.mma_flop_per_warp == gemm + extra
+
+
+def test_sol_column_ranges_of_the_three_kernels():
+    """Headline shape N = 11,400, G = 100: segment 0 = 11,400 − 104·100 = 1,000 columns, so
+    the segment-0 kernel walks ⌈1000/128⌉ = 8 tiles, the hot kernel the 90 − ⌊1000/128⌋ = 83
+    from the boundary tile on, the exact kernel none (nothing flagged)."""
+    from bench import sol
+    from fastood.ops import _triton_segment_lse_sm90 as m
+
+    assert sol.segment0_end(11400, 100) == 1000
+    tiles = {k: sol.column_tiles(v.get("columns", "all"), 11400, 101, 128, 1) for k, v in m.SOL_KERNELS.items()}
+    assert tiles == {"segment_lse_sm90_fwd": 83, "segment_lse_sm90_seg0": 8, "segment_lse_sm90_exact": 0}
+    assert sol.column_tiles("all", 11400, 101, 128, 1) == 90
+    # The one-hot sums: p_hi @ H and p_lo @ H, [BB, BN] @ [BN, W] each.
+    assert m.SOL_KERNELS["segment_lse_sm90_fwd"]["extra_mma_flops"] == 2 * 2 * 128 * 128 * m.SEG_WINDOW
+    with pytest.raises(ValueError, match="columns"):
+        sol.column_tiles("some", 11400, 101, 128, 1)
+
+
 # ------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_SM90, reason="needs a compute-capability-9.x GPU")

@@ -754,8 +754,12 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
 # Warp organisation for bench/sol.py (keyed by the spec name before "["): one chain per
 # block (the epilogue follows its tile's MMA in the same warps; the second resident block is
 # the overlap, which the model takes from blocks/SM), the K pipeline refills per tile
-# (nested loop), both operands re-read per tile.
+# (nested loop), both operands re-read per tile. ``columns``: the part of the N columns each
+# kernel walks (the three kernels are one implementation: bench/sol sums them);
+# ``extra_mma_flops``: the one-hot segment sums, MMA work besides the GEMM.
 SOL_KERNELS = {
-    "segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False},
-    "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False},
+    "segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False, "columns": "after_segment0",
+                             "extra_mma_flops": WARP_ORGANISATION["per_tile_extra_mma_flops"]},
+    "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False, "columns": "segment0"},
+    "segment_lse_sm90_exact": {"chains": 1, "refill": True, "a_resident": False, "columns": "flagged"},
 }
