@@ -58,7 +58,7 @@ __all__ = [
     "MAX_CHUNK_BYTES",
 ]
 
-#: bytes of logits (and as many of weights) the torch backward holds at a time
+#: bytes of logits-sized temporaries (logits, gathered lse and g) the torch backward holds at a time
 MAX_CHUNK_BYTES = 32 * 2**20
 
 WIDE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -173,7 +173,7 @@ def segment_lse_grad_u_torch(
     The backward launcher contract (every backend): ``x`` (B, D) and ``bank`` (N, D) in one
     dtype, ``offsets`` (S+1,) int64, ``row_scale`` (B,), ``lse`` / ``g_lse`` (B, S),
     ``arg0`` / ``g_max0`` (B,) or None. Returns ``u`` (B, D) in fp32 (float64 for float64
-    inputs). Holds ≤ ``max_chunk_bytes`` of logits (and as much of weights) at a time.
+    inputs). Holds ≤ ``max_chunk_bytes`` of logits-sized temporaries at a time.
     """
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     B, N = x.shape[0], bank.shape[0]
@@ -182,7 +182,8 @@ def segment_lse_grad_u_torch(
         return u
     t = bank.to(acc)
     seg = segment_of_columns(offsets.to(x.device), N)
-    rows = max(1, max_chunk_bytes // (acc.itemsize * N))
+    # three chunk-sized tensors live at once (logits, the gathered lse, the gathered g)
+    rows = max(1, max_chunk_bytes // (3 * acc.itemsize * N))
     for r0 in range(0, B, rows):
         r1 = min(B, r0 + rows)
         logits = (x[r0:r1].to(acc) * row_scale[r0:r1, None].to(acc)) @ t.T
@@ -362,7 +363,8 @@ def run_score_with_grad(
         rows = block_rows_for(B, N, None, MAX_BLOCK_BYTES if max_block_bytes is None else max_block_bytes)
     else:
         cap = MAX_CHUNK_BYTES if max_block_bytes is None else max_block_bytes
-        rows = max(1, min(B, cap // (acc.itemsize * max(N, 1))))
+        # the logits block plus two gathered (lse, c) temporaries of its size
+        rows = max(1, min(B, cap // (3 * acc.itemsize * max(N, 1))))
     seg = segment_of_columns(off.to(x.device), N)
     o = off.tolist()
     score = torch.empty(B, dtype=acc, device=x.device)
