@@ -628,6 +628,14 @@ def _score(args: argparse.Namespace) -> int:
             done |= {O.path_key(r["path"]) for r in O.read_rows(out)}
         shard = files[rank::world]
         todo = [f for f in shard if O.path_key(f) not in done]
+        # Score in the uninterrupted run's batches: the shard cut into fixed batch_size chunks,
+        # a chunk with any row left re-encoded whole (only its missing rows written). The image
+        # tower's numerics depend on the batch it runs in, so this is what makes a resumed file
+        # byte-identical to an uninterrupted one. Flattening keeps the chunk boundaries: every
+        # chunk but the shard's last is full.
+        bs = args.batch_size
+        work = [f for i in range(0, len(shard), bs) for f in shard[i : i + bs]
+                if any(O.path_key(g) not in done for g in shard[i : i + bs])] if todo else []
         n_done = sum(dist.gather(len(shard) - len(todo)))
         if rank == 0:
             where = f" on {world} ranks (rank 0's progress shown)" if world > 1 else ""
@@ -641,11 +649,13 @@ def _score(args: argparse.Namespace) -> int:
             if todo:
                 pre = _preprocess_of(det)
                 seen_skipped = 0
-                for batch in iter_image_batches(todo, pre, batch_size=args.batch_size, on_error="skip",
+                for batch in iter_image_batches(work, pre, batch_size=bs, on_error="skip",
                                                 skipped=skipped, num_workers=args.num_workers):
                     scores, preds, is_ood = _predict_batch(det, batch.pixels)
                     rows = []
                     for i, name in enumerate(batch.names):
+                        if O.path_key(name) in done:
+                            continue  # already in the output: encoded again only to keep the batch
                         p = int(preds[i]) if preds is not None else None
                         rows.append({
                             "path": name,
