@@ -337,3 +337,29 @@ def test_forward_fused_gradient_blocks_and_scores(backend, kind):
     assert (100.0 * v1.double() - want).abs().max().item() <= _budget
     with pytest.raises(ValueError, match="kind must be one of"):
         run_score_with_grad(x, kept, offt, 100.0, True, True, backend, "msp")
+
+
+@pytest.mark.skipif(not backends()["triton"] or torch.cuda.is_available(), reason="the interpreter case")
+@pytest.mark.parametrize("split_tf32", [False, True])
+def test_triton_backward_kernel_variants_in_interpreter(split_tf32):
+    """Both ``G @ t`` variants of the Triton kernel (IEEE: sm_80; tf32x3: sm_90 — the interpreter
+    computes both in fp32) with the argmax term, rows and columns not multiples of the tile,
+    against the float64 formula ``u = Σ_j (g w_ij + h [j = arg]) t_j``."""
+    from fastood.ops._triton_segment_lse_bwd import segment_lse_grad_u_triton
+
+    x, bank = _x(21, 19, 19, torch.float32), _bank(35, 19, 20, torch.float32)
+    off = [0, 6, 6, 35]
+    rs = (8.0 / x.double().norm(dim=1)).float()
+    L = rs.double()[:, None] * (x.double() @ bank.double().T)
+    lse = torch.stack([torch.logsumexp(L[:, :6], 1), torch.full((21,), float("-inf"), dtype=torch.float64),
+                       torch.logsumexp(L[:, 6:], 1)], 1)
+    g = torch.randn(21, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    arg = L[:, :6].argmax(1)
+    h = torch.linspace(-1, 1, 21, dtype=torch.float64)
+    seg = torch.tensor([0] * 6 + [2] * 29)
+    G = g[:, seg] * torch.exp(L - lse[:, seg])
+    G[torch.arange(21), arg] += h
+    want = G @ bank.double()
+    got = segment_lse_grad_u_triton(x, bank, torch.tensor(off), rs, lse.float(), g.float(), arg, h.float(),
+                                    split_tf32=split_tf32)
+    assert (got.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()

@@ -14,14 +14,14 @@ Every program owns its output rows and columns: no atomics, deterministic.
 
 Precision: the logits GEMM uses the operands' dtype with fp32 accumulation (fp32
 operands: IEEE products, never TF32 — at τ = 0.01 a cosine error is multiplied by 100),
-the second GEMM ``G @ t`` runs in fp32 (IEEE) so the weights are never rounded to
-fp16/bf16. float64 operands (only in the interpreter, for the gradient checks) keep
+the second GEMM ``G @ t`` keeps fp32 weights (never rounded to fp16/bf16): IEEE fp32 on
+sm_80 and in the interpreter, 3×TF32 on tensor cores on sm_90 (``tf32x3``: each fp32
+operand split into tf32 hi + lo, ≈2^-22 relative, fp32's range). float64 operands (only in the interpreter, for the gradient checks) keep
 everything in float64.
 
 Cost: the logits of a tile are recomputed once per block of output columns
-(``ceil(D / BLOCK_DO)`` times: 8 at D = 512 with the spill-free ``BLOCK_DO = 64``) — the
-price of an fp32 accumulator that fits in registers next to the SIMT fp32 ``G @ t`` dot.
-A tensor-core ``G @ t`` (G split into two fp16 halves) is the obvious next step.
+(``ceil(D / BLOCK_DO)`` times at D = 512: 4 on sm_90, ``BLOCK_DO = 128``; 8 on sm_80,
+``BLOCK_DO = 64``) — the price of an fp32 accumulator that fits in registers.
 """
 
 from __future__ import annotations
@@ -36,13 +36,19 @@ from torch import Tensor
 
 __all__ = ["segment_lse_grad_u_triton", "aot_specs"]
 
-# (BLOCK_B, BLOCK_N, BLOCK_D, BLOCK_DO, num_warps, num_stages) on CUDA. Picked by the ptxas
-# report (fastood.ops._aot, Triton 3.8, fp16/bf16, sm_80 / sm_90): this tile compiles with 0 spills
-# (186–204 / 142–186 registers) and the intended mma / wgmma logits GEMM; 64×64×64×128 w8, 64×32×64×128 w4/w8 and
-# 32×64×32×64 w4 spill kilobytes per thread (the fp32 IEEE ``G @ t`` dot is SIMT), and
-# 32×32×64×64 w4 loses wgmma on sm_90. The price: at D = 512 each logits tile is
-# recomputed 8 times (BLOCK_DO = 64). Not yet run on a GPU.
-_CUDA_CONFIGS = [(64, 32, 64, 64, 4, 2)]
+# (BLOCK_B, BLOCK_N, BLOCK_D, BLOCK_DO, num_warps, num_stages, SPLIT_TF32) per GPU family, picked
+# by the ptxas report (fastood.ops._aot, Triton 3.8, fp16/bf16; no GPU measurement yet):
+# - sm_90: ``G @ t`` on tensor cores as 3×TF32 (``input_precision="tf32x3"``: fp32 split into
+#   tf32 hi + lo, ~2^-22 relative, fp32's exponent range) lets 128 output columns fit: 0 spills
+#   at ~200 registers with wgmma; the logits are recomputed 4× at D = 512.
+# - sm_80: tf32x3 spills there (384-860 B/thread at 64 or 128 columns), so ``G @ t`` stays
+#   IEEE fp32 SIMT with 64 output columns (0 spills, 186-204 registers, mma for the logits);
+#   the logits are recomputed 8× at D = 512. 64x64x64x128 w8 and 64x32x64x128 w4 spilled
+#   kilobytes per thread with the IEEE dot.
+_CUDA_CONFIGS = {
+    90: [(64, 64, 64, 128, 8, 2, True)],
+    80: [(64, 32, 64, 64, 4, 2, False)],
+}
 _INTERPRET_BLOCKS = (16, 16, 16, 16)
 
 
@@ -51,7 +57,7 @@ def _segment_lse_bwd_kernel(
     x_ptr, bank_ptr, seg_ptr, scale_ptr, lse_ptr, g_ptr, arg0_ptr, h_ptr, u_ptr,
     B, N, D, S,
     stride_xb, stride_xd, stride_bn, stride_bd,
-    HAS_MAX: tl.constexpr, IEEE_FP32: tl.constexpr, FP64: tl.constexpr,
+    HAS_MAX: tl.constexpr, IEEE_FP32: tl.constexpr, FP64: tl.constexpr, SPLIT_TF32: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -95,8 +101,16 @@ def _segment_lse_bwd_kernel(
             w += tl.where(cols[None, :] == amax[:, None], h[:, None], 0.0)
         to = tl.load(bank_ptr + cols64[:, None] * stride_bn + dout[None, :] * stride_bd,
                      mask=cmask[:, None] & dmask[None, :], other=0.0).to(acc_t)
-        acc = tl.dot(w, to, acc=acc, input_precision="ieee", out_dtype=acc_t)
+        if SPLIT_TF32:
+            acc = tl.dot(w, to, acc=acc, input_precision="tf32x3", out_dtype=acc_t)
+        else:
+            acc = tl.dot(w, to, acc=acc, input_precision="ieee", out_dtype=acc_t)
     tl.store(u_ptr + rows64[:, None] * D + dout[None, :], acc, mask=rmask[:, None] & dmask[None, :])
+
+
+def _family(device: torch.device) -> int:
+    """90 for compute capability ≥ 9.0 (Hopper and later), else 80 (the kernel needs sm_80+)."""
+    return 90 if torch.cuda.get_device_capability(device)[0] >= 9 else 80
 
 
 def _interpreting(x: Tensor) -> bool:
@@ -106,6 +120,7 @@ def _interpreting(x: Tensor) -> bool:
 def segment_lse_grad_u_triton(
     x: Tensor, bank: Tensor, offsets: Tensor, row_scale: Tensor, lse: Tensor, g_lse: Tensor,
     arg0: Optional[Tensor], g_max0: Optional[Tensor], *, blocks: tuple[int, int, int, int] | None = None,
+    split_tf32: bool | None = None,
 ) -> Tensor:
     """Backward launcher contract (see ``_segment_lse_backward.segment_lse_grad_u_torch``).
 
@@ -133,18 +148,23 @@ def segment_lse_grad_u_triton(
                                   output_size=N)
     has_max = g_max0 is not None and arg0 is not None
     dummy = torch.empty(1, dtype=acc, device=x.device)
-    if blocks is None:
-        blocks = _INTERPRET_BLOCKS if interpreting else _CUDA_CONFIGS[0][:4]
-        warps, stages = (4, 1) if interpreting else _CUDA_CONFIGS[0][4:]
+    split = False
+    if blocks is None and interpreting:
+        blocks, warps, stages = _INTERPRET_BLOCKS, 4, 1
+    elif blocks is None:
+        cfg = _CUDA_CONFIGS[_family(x.device)][0]
+        blocks, (warps, stages, split) = cfg[:4], cfg[4:]
     else:
         warps, stages = 4, 2
+    if split_tf32 is not None:
+        split = bool(split_tf32)
     bb, bn, bd, bdo = blocks
     grid = (triton.cdiv(B, bb), triton.cdiv(D, bdo))
     _segment_lse_bwd_kernel[grid](
         x, bank, seg, row_scale.to(acc).contiguous(), lse.to(acc).contiguous(), g_lse.to(acc).contiguous(),
         arg0.to(torch.int64).contiguous() if has_max else dummy, g_max0.to(acc).contiguous() if has_max else dummy,
         u, B, N, D, S, x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
-        HAS_MAX=has_max, IEEE_FP32=x.dtype == torch.float32, FP64=fp64,
+        HAS_MAX=has_max, IEEE_FP32=x.dtype == torch.float32, FP64=fp64, SPLIT_TF32=split,
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bdo, num_warps=warps, num_stages=stages,
     )
     return u
@@ -165,18 +185,19 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
     el = ptr(dtype)
     mma = "none" if dtype == torch.float32 else ("wgmma" if arch >= 90 else "mma")
     specs = []
-    for bb, bn, bd, bdo, w, st in (_CUDA_CONFIGS if full else _CUDA_CONFIGS[:1]):
+    configs = _CUDA_CONFIGS[90 if arch >= 90 else 80]
+    for bb, bn, bd, bdo, w, st, split in (configs if full else configs[:1]):
         for has_max in (False, True):
             sig = {"x_ptr": el, "bank_ptr": el, "seg_ptr": "*i32", "scale_ptr": "*fp32", "lse_ptr": "*fp32",
                    "g_ptr": "*fp32", "arg0_ptr": "*i64" if has_max else "*fp32", "h_ptr": "*fp32",
                    "u_ptr": "*fp32", "B": "i32", "N": "i32", "D": "i32", "S": "i32",
                    "stride_xb": "i32", "stride_bn": "i32"}
             aligned = tuple(k for k in sig if k.endswith("_ptr")) + ("D", "stride_xb", "stride_bn")
-            tag = f"{bb}x{bn}x{bd}x{bdo} w{w} s{st}{' max' if has_max else ''}"
+            tag = f"{bb}x{bn}x{bd}x{bdo} w{w} s{st}{' tf32x3' if split else ''}{' max' if has_max else ''}"
             specs.append(AotSpec(
                 name=f"segment_lse_bwd[{tag}]", fn=_segment_lse_bwd_kernel, signature=sig,
                 constexprs={"stride_xd": 1, "stride_bd": 1, "HAS_MAX": has_max,
-                            "IEEE_FP32": dtype == torch.float32, "FP64": False,
+                            "IEEE_FP32": dtype == torch.float32, "FP64": False, "SPLIT_TF32": split,
                             "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DO": bdo},
                 num_warps=w, num_stages=st, aligned=aligned, intended_mma=mma,
             ))
