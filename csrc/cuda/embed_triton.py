@@ -18,6 +18,15 @@ trailing pointers every Triton ≥ 3.3 kernel takes (global scratch, profile scr
 The list is taken from the signature and checked here against the PTX ``.entry``'s
 ``.param`` list (``ptx_params``); a mismatch stops the build.
 
+TMA descriptors (``tensordesc<fp16[128,64]>`` in a signature, Triton's host-side
+``TensorDescriptor``): with the ``tensordesc_meta`` the compiler records, Triton 3.8
+passes a rank-r descriptor as a 128-byte ``CUtensorMap`` by value (PTX
+``.param .align 64 .b8 p[128]``, a ``__grid_constant__``), then r i32 shapes and r i64
+strides (``triton/backends/driver.py``: ``expand_signature``). The header records, per
+descriptor, what Triton's launcher feeds ``cuTensorMapEncodeTiled``
+(``backends/nvidia/driver.py``: ``make_tensordesc_arg``): swizzle, element size, element
+type (mapped device → host enum as ``TMA_DTYPE_DEVICE_TO_HOST`` does) and block size.
+
     python csrc/cuda/embed_triton.py --module fastood.ops._triton_segment_lse \\
         --arch 90 --dtype float16 --spec "segment_lse_fwd[128x128x64 w8 s3]" \\
         --symbol segment_lse_fwd_sm90_fp16 --out build/triton_aot/segment_lse_fwd_sm90_fp16.h
@@ -43,6 +52,10 @@ from pathlib import Path
 _KINDS = {"i32": ("kI32", ".u32"), "u32": ("kI32", ".u32"), "i64": ("kI64", ".u64"), "u64": ("kI64", ".u64"),
           "fp32": ("kF32", ".f32")}
 _SCRATCH = ("kGlobalScratch", "kProfileScratch")
+# triton/backends/nvidia/driver.py: "The TMA dtype enum values are slightly different on
+# host vs device" — the device numbering in tensordesc_meta, the host's cuTensorMap enum.
+_TMA_DTYPE_DEVICE_TO_HOST = {**{i: i for i in range(16)}, 8: 10, 9: 8, 10: 9}
+_TENSORMAP_PTX = ".align 64 .b8[128]"
 
 
 @dataclass
@@ -62,6 +75,7 @@ class CompiledKernel:
     spec: str
     triton_version: str
     constexprs: dict = None  # the spec's constexpr values (BLOCK_B, BLOCK, ...)
+    tensordescs: list = None  # per descriptor argument: arg, rank, swizzle, elem_size, elem_type (host), block
 
     @property
     def cubin(self) -> bytes:
@@ -69,7 +83,8 @@ class CompiledKernel:
 
 
 def ptx_params(ptx: str, name: str) -> list[str]:
-    """Types of the ``.entry name(...)`` parameters: ``".u64 .ptr"``, ``".u32"``, ``".f32"``, ..."""
+    """Types of the ``.entry name(...)`` parameters: ``".u64 .ptr"``, ``".u32"``, ``".f32"``,
+    ``".align 64 .b8[128]"`` (a by-value byte array: a CUtensorMap), ..."""
     m = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\((?P<body>.*?)\)", ptx, re.S)
     if m is None:
         raise ValueError(f"no .entry {name} in the PTX")
@@ -78,22 +93,46 @@ def ptx_params(ptx: str, name: str) -> list[str]:
         p = p.strip()
         if not p:
             continue
-        t = re.match(r"\.param\s+(\.\w+)(\s+\.ptr)?", p)
+        t = re.match(r"\.param\s+(?:\.align\s+(\d+)\s+)?(\.\w+)(\s+\.ptr)?(?:\s+\.\w+(?:\s+\d+)?)*\s+\w+(\[\d+\])?$", p)
         if t is None:
             raise ValueError(f"cannot read PTX parameter {p!r}")
-        out.append(t.group(1) + (" .ptr" if t.group(2) else ""))
+        align, ty, is_ptr, array = t.groups()
+        if array:  # by-value aggregate: its alignment and size matter, not its pointer-ness
+            out.append(f".align {align or 1} {ty}{array}")
+        else:
+            out.append(ty + (" .ptr" if is_ptr else ""))
     return out
 
 
-def launch_params(spec) -> list[tuple[str, str]]:
+def descriptor_rank(ty: str) -> int:
+    """Rank of a ``tensordesc<fp16[128,64]>`` signature type (Triton's _parse_descriptor)."""
+    m = re.match(r"tensordesc<([^[>]*)\[([^\]]*)\]", ty)
+    if m is None:
+        raise ValueError(f"malformed tensor descriptor type {ty!r}")
+    r = re.search(r",input_rank=(\d+)", ty)
+    return int(r.group(1)) if r else m.group(2).count(",") + 1
+
+
+def launch_params(spec, has_tensordesc_meta: bool = True) -> list[tuple[str, str]]:
     """``(name, ParamKind)`` for every argument Triton passes, in order: the signature's
-    non-constexpr arguments, then the global and profile scratch pointers."""
+    non-constexpr arguments (a rank-r descriptor expanded to tensor map, r i32 shapes,
+    r i64 strides), then the global and profile scratch pointers."""
     out = []
     for arg in spec.fn.arg_names:
         if arg in spec.constexprs:
             continue
         ty = spec.signature[arg]
-        if ty.startswith("*"):
+        if ty.startswith("tensordesc"):
+            if not has_tensordesc_meta:
+                raise ValueError(f"{spec.name}: {arg} compiled without tensordesc metadata (a decomposed "
+                                 "descriptor: base, shape, strides, padding); the launcher cannot pass it")
+            if ty.startswith("tensordesc_im2col"):
+                raise ValueError(f"{spec.name}: im2col descriptors are not supported")
+            r = descriptor_rank(ty)
+            out.append((arg, "kTensorMap"))
+            out += [(f"{arg}.shape{i}", "kDescShape") for i in range(r)]
+            out += [(f"{arg}.stride{i}", "kDescStride") for i in range(r)]
+        elif ty.startswith("*"):
             out.append((arg, "kPointer"))
         elif ty in _KINDS:
             out.append((arg, _KINDS[ty][0]))
@@ -105,7 +144,8 @@ def launch_params(spec) -> list[tuple[str, str]]:
 def expected_ptx(params: list[tuple[str, str]]) -> list[str]:
     """The PTX parameter types ``params`` must compile to."""
     ptx_of = {"kPointer": ".u64 .ptr", "kI32": ".u32", "kI64": ".u64", "kF32": ".f32",
-              "kGlobalScratch": ".u64 .ptr", "kProfileScratch": ".u64 .ptr"}
+              "kGlobalScratch": ".u64 .ptr", "kProfileScratch": ".u64 .ptr", "kTensorMap": _TENSORMAP_PTX,
+              "kDescShape": ".u32", "kDescStride": ".u64"}
     return [ptx_of[k] for _, k in params]
 
 
@@ -133,21 +173,36 @@ def _compile_here(module: str, arch: int, dtype: str, spec_name: str) -> Compile
     kernel = triton.compile(ASTSource(spec.fn, sig, dict(spec.constexprs), attrs), target=GPUTarget("cuda", arch, 32),
                             options=options)
     md = kernel.metadata
-    params = launch_params(spec)
+    meta = getattr(md, "tensordesc_meta", None) or []
+    params = launch_params(spec, bool(meta))
     found = ptx_params(kernel.asm["ptx"], md.name)
     if found != expected_ptx(params):
         raise RuntimeError(f"{spec.name}: the PTX parameters {found} are not the launcher's {expected_ptx(params)}: "
                            "this Triton passes arguments differently (update launch_params)")
     if (getattr(md, "num_ctas", 1) != 1 or getattr(md, "tmem_size", 0) or getattr(md, "launch_pdl", False)
-            or getattr(md, "launch_cooperative_grid", False) or getattr(md, "tensordesc_meta", None)):
-        raise RuntimeError(f"{spec.name}: clusters, tensor memory, PDL, cooperative launches and TMA descriptors "
+            or getattr(md, "launch_cooperative_grid", False)):
+        raise RuntimeError(f"{spec.name}: clusters, tensor memory, PDL and cooperative launches "
                            "are not supported by the launcher (csrc/cuda/triton_aot_launch.cpp)")
+    desc_args = [n for n, kind in params if kind == "kTensorMap"]
+    if len(desc_args) != len(meta):
+        raise RuntimeError(f"{spec.name}: {len(meta)} tensordesc_meta entries for descriptors {desc_args}")
+    tensordescs = []
+    for arg, m in zip(desc_args, meta):
+        if m.get("fp4_padded") or m.get("is_im2col"):
+            raise RuntimeError(f"{spec.name}: {arg}: fp4-padded and im2col descriptors are not supported")
+        rank = descriptor_rank(spec.signature[arg])
+        if len(m["block_size"]) != rank:
+            raise RuntimeError(f"{spec.name}: {arg}: block_size {m['block_size']} is not of rank {rank}")
+        tensordescs.append({"arg": arg, "rank": rank, "swizzle": int(m["swizzle"]), "elem_size": int(m["elem_size"]),
+                            "elem_type": _TMA_DTYPE_DEVICE_TO_HOST[int(m["elem_type"])],
+                            "block": [int(b) for b in m["block_size"]]})
     return CompiledKernel(
         cubin_hex=kernel.asm["cubin"].hex(), name=md.name, num_warps=md.num_warps, shared=md.shared,
         global_scratch_size=getattr(md, "global_scratch_size", 0), global_scratch_align=getattr(md, "global_scratch_align", 1),
         profile_scratch_size=getattr(md, "profile_scratch_size", 0), params=params, ptx_params=found, arch=arch,
         spec=spec.name, triton_version=triton.__version__,
         constexprs={k: v for k, v in spec.constexprs.items() if isinstance(v, (bool, int, float, str))},
+        tensordescs=tensordescs,
     )
 
 
@@ -185,6 +240,15 @@ def header(k: CompiledKernel, symbol: str) -> str:
     rows = [", ".join(f"0x{b:02x}" for b in cubin[i : i + 16]) for i in range(0, len(cubin), 16)]
     params = ",\n    ".join(f"{{\"{n}\", ParamKind::{kind}}}" for n, kind in k.params)
     digest = hashlib.sha256(cubin).hexdigest()
+    descs = k.tensordescs or []
+    if descs:
+        rows_d = ",\n    ".join(
+            f"{{\"{d['arg']}\", {d['rank']}, {d['swizzle']}, {d['elem_size']}, {d['elem_type']}, "
+            f"{{{', '.join(str(b) for b in d['block'])}}}}}" for d in descs)
+        desc_array = f"\ninline const TritonTensorDesc {symbol}_descs[{len(descs)}] = {{\n    {rows_d}}};\n"
+        desc_ref = f"{symbol}_descs, {len(descs)}"
+    else:
+        desc_array, desc_ref = "", "nullptr, 0"
     return f"""// GENERATED by csrc/cuda/embed_triton.py — do not edit.
 // Triton {k.triton_version}, sm_{k.arch}, spec "{k.spec}", cubin sha256 {digest}
 #pragma once
@@ -200,11 +264,11 @@ alignas(16) inline const unsigned char {symbol}_cubin[{len(cubin)}] = {{
 
 inline const TritonParam {symbol}_params[{len(k.params)}] = {{
     {params}}};
-
+{desc_array}
 inline const TritonKernelImage {symbol} = {{
     {symbol}_cubin, sizeof({symbol}_cubin), "{k.name}", {k.arch}, {k.num_warps}, {k.shared},
     {k.global_scratch_size}, {k.global_scratch_align}, {k.profile_scratch_size},
-    {symbol}_params, {len(k.params)}, "{digest}"}};
+    {symbol}_params, {len(k.params)}, "{digest}", {desc_ref}}};
 
 }}  // namespace aot
 }}  // namespace cuda
@@ -273,9 +337,96 @@ inline constexpr int kSegmentLseAotSetCount = {len(sets)};
 """
 
 
+SM90_MODULE = "fastood.ops._triton_segment_lse_sm90"
+
+
+def sm90_kernel_set(arch: int, dtype: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The hot / segment-0 / exact specs of the sm90 module's ``aot_specs`` (read from
+    there, so a changed signature or tile is picked up), as (spec names, (C++ slot, symbol
+    suffix)). Slots: ``hot[tma][split]``, ``seg0[tma][argmax][split]``, ``exact[argmax]``."""
+    import torch
+
+    mod = importlib.import_module(SM90_MODULE)
+    names, slots = [], []
+    for s in mod.aot_specs(arch, getattr(torch, dtype), full=True):
+        c = s.constexprs
+        kind = s.name.split("[", 1)[0]
+        if kind == "segment_lse_sm90_fwd":
+            slot = f"hot[{int(bool(c['USE_TMA']))}][{int(bool(c['SPLIT']))}]"
+        elif kind == "segment_lse_sm90_seg0":
+            slot = f"seg0[{int(bool(c['USE_TMA']))}][{int(bool(c['WANT_ARGMAX']))}][{int(bool(c.get('SPLIT')))}]"
+        elif kind == "segment_lse_sm90_exact":
+            slot = f"exact[{int(bool(c['WANT_ARGMAX']))}]"
+        else:
+            raise RuntimeError(f"{SM90_MODULE}.aot_specs has a kernel the C++ sequence does not launch: {s.name}")
+        if slot in [sl for sl, _ in slots]:
+            raise RuntimeError(f"two specs for {slot} (several tile configs): the C++ set holds one")
+        names.append(s.name)
+        slots.append((slot, re.sub(r"\W", "", slot.replace("][", "_"))))
+    return names, slots
+
+
+def sm90_registry(targets: list[tuple[int, str]],
+                  merge_specs: tuple[str, str] = ("segment_lse_merge[128]", "segment_lse_merge[128 argmax]")) -> str:
+    """One header with the sm90 kernel sets (TMA and pointer variants) of every (arch,
+    dtype) and the table ``kSegmentLseSm90AotSets``; the merge images come from the
+    portable module (the Python launcher's merge kernel), without and with argmax."""
+    parts, sets = [], []
+    for arch, dtype in targets:
+        names, slots = sm90_kernel_set(arch, dtype)
+        ks = compile_kernels(SM90_MODULE, arch, dtype, names)
+        merges = compile_kernels(SEGMENT_LSE_MODULE, arch, dtype, list(merge_specs))
+        tag = f"sm{arch}_{dtype}"
+        lines = []
+        for k, (slot, suffix) in zip(ks, slots):
+            sym = f"segment_lse_sm90_{suffix}_{tag}"
+            parts.append(header(k, sym))
+            lines.append(f"    k.{slot} = &aot::{sym};")
+        tiles = {(k.constexprs["BLOCK_B"], k.constexprs["BLOCK_N"], k.constexprs["BLOCK_D"])
+                 for k, (slot, _) in zip(ks, slots) if not slot.startswith("exact")}
+        block_b = {k.constexprs["BLOCK_B"] for k in ks}
+        if len(tiles) != 1 or len(block_b) != 1:
+            raise RuntimeError(f"{tag}: the sm90 set mixes tiles {tiles} / row blocks {block_b}")
+        (bb, bn, bd), = tiles
+        for g, merge in enumerate(merges):
+            if bool(merge.constexprs["WANT_ARGMAX"]) != bool(g):
+                raise RuntimeError(f"{merge_specs[g]}: WANT_ARGMAX is not {bool(g)}")
+            parts.append(header(merge, f"segment_lse_sm90_merge{g}_{tag}"))
+            lines.append(f"    k.merge[{g}] = &aot::segment_lse_sm90_merge{g}_{tag};")
+        if len({m.constexprs["BLOCK"] for m in merges}) != 1:
+            raise RuntimeError(f"{tag}: the merge images differ in BLOCK")
+        sets.append(f"""  [] {{
+    SegmentLseSm90AotKernels k;
+    k.arch = {arch};
+    k.dtype = DType::{_DTYPE_ENUM[dtype]};
+    k.block_b = {bb};
+    k.block_n = {bn};
+    k.block_d = {bd};
+    k.merge_block = {merges[0].constexprs["BLOCK"]};
+{chr(10).join(lines)}
+    return k;
+  }}()""")
+    table = ",\n".join(sets)
+    return "\n".join(parts) + f"""
+// GENERATED by csrc/cuda/embed_triton.py --sm90-registry.
+#include "cuda/segment_lse_aot.h"
+
+namespace fastood {{
+namespace cuda {{
+
+inline const SegmentLseSm90AotKernels kSegmentLseSm90AotSets[] = {{
+{table}}};
+inline constexpr int kSegmentLseSm90AotSetCount = {len(sets)};
+
+}}  // namespace cuda
+}}  // namespace fastood
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--registry", type=Path, help="write the segment-LSE kernel sets of --targets to this header")
+    p.add_argument("--sm90-registry", type=Path, help="write the sm90 (TMA) kernel sets of --targets to this header")
     p.add_argument("--targets", default="90:float16;90:bfloat16", help="ARCH:DTYPE;... (with --registry)")
     p.add_argument("--config", default="128x128x64 w8 s3", help="autotune config (with --registry)")
     p.add_argument("--module")
@@ -286,18 +437,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="write the header here")
     p.add_argument("--json", action="store_true", help="print the compiled kernel as JSON (internal)")
     a = p.parse_args(argv)
-    if a.registry is not None:
+    if a.registry is not None or a.sm90_registry is not None:
         targets = []
         for t in filter(None, a.targets.replace(",", ";").split(";")):
             arch, _, dtype = t.partition(":")
             if dtype not in _DTYPE_ENUM or not arch.isdigit():
                 p.error(f"--targets entries are ARCH:DTYPE (e.g. 90:float16), got {t!r}")
             targets.append((int(arch), dtype))
-        text = registry(targets, a.config)
-        a.registry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.registry.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, a.registry)
+        for path, make in ((a.registry, lambda: registry(targets, a.config)),
+                           (a.sm90_registry, lambda: sm90_registry(targets))):
+            if path is None:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(make())
+            os.replace(tmp, path)
         return
     if not (a.module and a.arch and a.dtype and a.spec):
         p.error("--module, --arch, --dtype and --spec are required (or --registry)")

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fastood {
@@ -84,6 +85,182 @@ std::string segment_lse_aot(const SegmentLseArgs& a, const SegmentLseAotKernels&
                       merge_args, nullptr, a.stream);
     if (!why.empty()) return "segment_lse_aot: " + why;
   }
+  return std::string();
+}
+
+// ------------------------------------------------------------------------------ sm90
+namespace {
+
+int64_t align256(int64_t v) { return (v + 255) / 256 * 256; }
+
+int64_t elem_bytes(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+
+using Named = std::vector<std::pair<std::string, aot::TritonArg>>;
+
+// Order `named` by k's parameters (pack_named checks every one has a value) and launch.
+std::string launch_named(const aot::TritonKernelImage& k, unsigned gx, unsigned gy, unsigned gz, const Named& named,
+                         void* stream) {
+  aot::PackedParams check;
+  std::vector<aot::TritonArg> ordered;
+  std::string why = aot::pack_named(k, named, nullptr, nullptr, &check, &ordered);
+  if (!why.empty()) return why;
+  return aot::launch(k, gx, gy, gz, ordered, nullptr, stream);
+}
+
+constexpr uint32_t kNegInfBits = 0xff800000u;  // −inf as fp32
+
+}  // namespace
+
+Sm90WsLayout sm90_workspace_layout(int64_t splits, int64_t S, int64_t B, int64_t N, int64_t block_b) {
+  Sm90WsLayout w;
+  w.colseg_off = 0;
+  w.flag_off = align256(N * 4);
+  int64_t end = w.flag_off + align256(cdiv(B, block_b) * 4);
+  if (splits > 1) {
+    w.m_off = end;
+    w.l_off = w.m_off + align256(splits * S * B * 4);
+    w.arg_off = w.l_off + align256(splits * S * B * 4);
+    end = w.arg_off + align256(splits * B * 4);
+  }
+  w.total = end;
+  return w;
+}
+
+void sm90_chunking(int64_t N, int64_t requested_splits, int64_t block_n, int64_t* chunk, int64_t* splits) {
+  *chunk = cdiv(cdiv(N, requested_splits), block_n) * block_n;  // split bounds on tile bounds
+  *splits = cdiv(N, *chunk);
+}
+
+bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size) {
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && (ld * elem_size) % 16 == 0 && D * elem_size >= 16;
+}
+
+std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k) {
+  if (a.dtype != k.dtype) return "dtype differs from the compiled kernels'";
+  if (k.block_b < 1 || k.block_n < 1 || k.merge_block < 1) return "incomplete kernel set";
+  for (int t = 0; t < 2; ++t)
+    for (int v = 0; v < 2; ++v)
+      if (k.hot[t][v] == nullptr || k.seg0[t][v][0] == nullptr || k.seg0[t][v][1] == nullptr)
+        return "incomplete kernel set";
+  for (int v = 0; v < 2; ++v)
+    if (k.exact[v] == nullptr || k.merge[v] == nullptr) return "incomplete kernel set";
+  // The pointer images were compiled with tt.divisibility 16 on the pointers, D and the
+  // row strides (their aot_specs): the same condition as the portable images'.
+  const auto al = [](const void* p, int64_t ld, int64_t D) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % 16 == 0 && D % 16 == 0;
+  };
+  if (!al(a.x, a.ldx, a.D) || !al(a.bank, a.ldb, a.D)) return "operands not 16-aligned (base, row stride or D)";
+  const int64_t i32max = (int64_t{1} << 31) - 1;
+  if (a.B > i32max || a.N > i32max || a.D > i32max || a.S > i32max || a.ldx > i32max || a.ldb > i32max)
+    return "sizes beyond the kernel's int32 arguments";
+  if (a.N > 65535) return "N beyond the colseg (split-starts) kernel's 65,535 entries";
+  if (cdiv(a.B, k.merge_block) > 65535) return "too many rows for the merge grid's y dimension";
+  if (a.plan.splits > 65535) return "too many splits";
+  return std::string();
+}
+
+std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k, std::string* path) {
+  std::string why = segment_lse_sm90_aot_applicable(a, k);
+  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
+  if (a.plan.splits < 1) return "segment_lse_sm90_aot: invalid split plan";
+  int64_t chunk = 0, splits = 0;
+  sm90_chunking(a.N, a.plan.splits, k.block_n, &chunk, &splits);
+  const bool split = splits > 1;
+  const bool argmax = a.argmax0 != nullptr;
+  const int64_t n_blocks = cdiv(a.B, k.block_b);
+  const Sm90WsLayout w = sm90_workspace_layout(splits, a.S, a.B, a.N, k.block_b);
+  if (a.workspace == nullptr || a.workspace_bytes < w.total) return "segment_lse_sm90_aot: the workspace is too small";
+  char* base = static_cast<char*>(a.workspace);
+  int32_t* colseg = reinterpret_cast<int32_t*>(base + w.colseg_off);
+  int32_t* flag = reinterpret_cast<int32_t*>(base + w.flag_off);
+  // Without a split the workspace arguments are unused (SPLIT is a constexpr): the launcher passes lse.
+  float* ws_m = split ? reinterpret_cast<float*>(base + w.m_off) : a.lse;
+  float* ws_l = split ? reinterpret_cast<float*>(base + w.l_off) : a.lse;
+  void* ws_arg = split ? (argmax ? static_cast<void*>(base + w.arg_off) : static_cast<void*>(ws_m)) : a.lse;
+  const void* arg0 = argmax ? static_cast<const void*>(a.argmax0) : a.max0;  // never written without argmax
+
+  // The launcher's pre-fills: empty segments are never visited by the kernels.
+  const auto fill = [&](void* p, uint32_t bits, int64_t n) { return aot::memset_d32(p, bits, static_cast<std::size_t>(n), a.stream); };
+  if (!(why = fill(a.lse, kNegInfBits, a.B * a.S)).empty() || !(why = fill(a.max0, kNegInfBits, a.B)).empty() ||
+      (argmax && !(why = fill(a.argmax0, 0u, 2 * a.B)).empty()) || !(why = fill(flag, 0u, n_blocks)).empty())
+    return "segment_lse_sm90_aot: " + why;
+  // colseg[j] = #{segment ends offsets[1:] <= j} = the split-starts search with chunk 1.
+  why = launch_split_starts(a.offsets, a.S, 1, a.N, colseg, a.stream);
+  if (!why.empty()) return why;
+
+  // TMA operands when both take it and both encode; else the pointer variants.
+  const int64_t es = elem_bytes(a.dtype);
+  std::string no_tma;
+  if (!sm90_tma_ok(a.x, a.ldx, a.D, es) || !sm90_tma_ok(a.bank, a.ldb, a.D, es))
+    no_tma = "operand layout TMA cannot take";
+  using aot::TritonArg;
+  aot::TensorMap maps[2][2];  // [hot, seg0][x, bank]: encoded per image, as Triton's launcher does
+  const aot::TritonKernelImage* tma_images[2] = {k.hot[1][split], k.seg0[1][argmax][split]};
+  for (int i = 0; i < 2 && no_tma.empty(); ++i) {
+    aot::TensorDescArg xd, bd;
+    xd.base = a.x;
+    xd.rank = 2;
+    xd.shape[0] = a.B;
+    xd.shape[1] = a.D;
+    xd.strides[0] = a.ldx;
+    xd.strides[1] = 1;
+    bd.base = a.bank;
+    bd.rank = 2;
+    bd.shape[0] = a.N;
+    bd.shape[1] = a.D;
+    bd.strides[0] = a.ldb;
+    bd.strides[1] = 1;
+    const aot::TritonTensorDesc* dx = aot::find_desc(*tma_images[i], "x_ptr");
+    const aot::TritonTensorDesc* db = aot::find_desc(*tma_images[i], "bank_ptr");
+    if (dx == nullptr || db == nullptr) {
+      no_tma = "the TMA image has no x_ptr / bank_ptr descriptor";
+      break;
+    }
+    std::string e = aot::encode_tensor_map(*dx, xd, &maps[i][0]);
+    if (e.empty()) e = aot::encode_tensor_map(*db, bd, &maps[i][1]);
+    if (!e.empty()) no_tma = e;
+  }
+  const bool tma = no_tma.empty();
+  if (path != nullptr) *path = tma ? "tma" : "ptr: " + no_tma;
+
+  const int32_t B = static_cast<int32_t>(a.B), N = static_cast<int32_t>(a.N), D = static_cast<int32_t>(a.D),
+                S = static_cast<int32_t>(a.S);
+  // Every argument the four kernels take, by the Triton signature's names.
+  Named common = {{"off_ptr", TritonArg::ptr(a.offsets)},   {"scale_ptr", TritonArg::ptr(a.row_scale)},
+                  {"colseg_ptr", TritonArg::ptr(colseg)},  {"flag_ptr", TritonArg::ptr(flag)},
+                  {"lse_ptr", TritonArg::ptr(a.lse)},      {"max0_ptr", TritonArg::ptr(a.max0)},
+                  {"arg0_ptr", TritonArg::ptr(arg0)},      {"ws_arg_ptr", TritonArg::ptr(ws_arg)},
+                  {"ws_m_ptr", TritonArg::ptr(ws_m)},      {"ws_l_ptr", TritonArg::ptr(ws_l)},
+                  {"B", TritonArg::i32(B)},                {"N", TritonArg::i32(N)},
+                  {"D", TritonArg::i32(D)},                {"S", TritonArg::i32(S)},
+                  {"chunk", TritonArg::i32(static_cast<int32_t>(chunk))},
+                  {"stride_xb", TritonArg::i32(static_cast<int32_t>(a.ldx))},
+                  {"stride_bn", TritonArg::i32(static_cast<int32_t>(a.ldb))}};
+  const auto with_operands = [&](int which) {  // which: 0 hot, 1 seg0, -1 pointers (exact)
+    Named n = common;
+    if (tma && which >= 0) {
+      n.emplace_back("x_ptr", TritonArg::tensormap(&maps[which][0]));
+      n.emplace_back("bank_ptr", TritonArg::tensormap(&maps[which][1]));
+    } else {
+      n.emplace_back("x_ptr", TritonArg::ptr(a.x));
+      n.emplace_back("bank_ptr", TritonArg::ptr(a.bank));
+    }
+    return n;
+  };
+  const unsigned nb = static_cast<unsigned>(n_blocks);
+  why = launch_named(*k.hot[tma][split], nb, static_cast<unsigned>(splits), 1, with_operands(0), a.stream);
+  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
+  // Segment 0, split like the hot kernel (its programs past segment 0's end exit at once).
+  why = launch_named(*k.seg0[tma][argmax][split], nb, static_cast<unsigned>(splits), 1, with_operands(1), a.stream);
+  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
+  if (split) {  // the portable merge over both kernels' partials (common has its arguments)
+    why = launch_named(*k.merge[argmax], static_cast<unsigned>(a.S), static_cast<unsigned>(cdiv(a.B, k.merge_block)),
+                       1, common, a.stream);
+    if (!why.empty()) return "segment_lse_sm90_aot: " + why;
+  }
+  // Then the flagged row blocks (all segments, exact), over whatever the merge wrote.
+  why = launch_named(*k.exact[argmax], nb, 1, 1, with_operands(-1), a.stream);
+  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
   return std::string();
 }
 

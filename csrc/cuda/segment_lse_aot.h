@@ -39,6 +39,57 @@ std::string segment_lse_aot_applicable(const SegmentLseArgs& a, const SegmentLse
 // plan_splits) is large enough. "" on success.
 std::string segment_lse_aot(const SegmentLseArgs& a, const SegmentLseAotKernels& k);
 
+// ---- The Hopper kernels (fastood/ops/_triton_segment_lse_sm90.py), TMA path included ----
+//
+// The launch sequence of segment_lse_triton_sm90 (the Python launcher), in C++:
+//   fills: lse = −inf (B·S), max0 = −inf (B), argmax0 = 0 (B, when wanted), flag = 0 (row blocks);
+//   colseg[j] = searchsorted(offsets[1:], j, right=True) (launch_split_starts, chunk 1);
+//   hot kernel        grid (⌈B/BLOCK_B⌉, splits)   [tma][split]
+//   segment-0 kernel  grid (⌈B/BLOCK_B⌉, splits)   [tma][argmax][split]
+//   merge (split)     grid (S, ⌈B/merge_block⌉)    [argmax] (the portable module's)
+//   exact kernel      grid (⌈B/BLOCK_B⌉)           [argmax], pointer operands
+// TMA: x and bank become CUtensorMaps (aot::encode_tensor_map, Triton's own encoding)
+// when both can (16-byte-aligned bases and row strides, unit inner stride); otherwise, or
+// when encoding fails (no cuTensorMapEncodeTiled in the driver), the pointer variants run.
+// Arguments are passed by name (the Triton signature's), so the images' parameter order
+// comes from the compiled kernels, not from this file.
+struct SegmentLseSm90AotKernels {
+  int arch = 0;
+  DType dtype = DType::kFloat16;
+  int block_b = 0, block_n = 0, block_d = 0;  // the hot / segment-0 tile (their constexprs)
+  int merge_block = 0;
+  const aot::TritonKernelImage* hot[2][2] = {};      // [tma][split]
+  const aot::TritonKernelImage* seg0[2][2][2] = {};  // [tma][argmax][split]
+  const aot::TritonKernelImage* exact[2] = {};       // [argmax]
+  const aot::TritonKernelImage* merge[2] = {};       // [argmax]
+};
+
+// Workspace of the sm90 sequence (each region 256-byte aligned): colseg (N int32), the
+// row-block flags (⌈B/block_b⌉ int32), and with splits > 1 the partial m and l, both
+// (splits, S, B) fp32, and segment 0's partial argmax (splits, B) int32.
+struct Sm90WsLayout {
+  int64_t colseg_off = 0, flag_off = 0, m_off = 0, l_off = 0, arg_off = 0, total = 0;
+};
+Sm90WsLayout sm90_workspace_layout(int64_t splits, int64_t S, int64_t B, int64_t N, int64_t block_b);
+
+// The (chunk, splits) the sequence runs for a requested split count (the launcher's
+// rounding of the chunk to whole BLOCK_N tiles).
+void sm90_chunking(int64_t N, int64_t requested_splits, int64_t block_n, int64_t* chunk, int64_t* splits);
+
+// "" when `a` can run on `k` (dtype, complete set, sizes within int32, N within the
+// colseg kernel's grid), else the reason.
+std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k);
+
+// True when TMA can take an operand (the launcher's _tma_ok): 16-byte-aligned base, row
+// stride a multiple of 16 bytes, a row of at least 16 bytes.
+bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size);
+
+// Enqueue `a` on the sm90 images. a.plan.splits is the requested split count; a.workspace
+// must hold sm90_workspace_layout(...).total bytes for the splits that run. *path (if
+// given) is set to "tma" or "ptr: <reason>". "" on success.
+std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k,
+                                 std::string* path = nullptr);
+
 // The embedded kernel set for the current device's sm_XX and `dtype`, or nullptr (with the
 // reason in *why): none embedded for it, no device, or FASTOOD_CUDA_KERNEL=wmma.
 // Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.

@@ -9,30 +9,59 @@
 // PTX `.entry` and stops the build on a mismatch; pack_params() checks the caller's
 // arguments against it. This header is plain C++17 (no CUDA headers): the packing is
 // tested on machines without CUDA; triton_aot_launch.cpp does the driver calls.
+//
+// TMA tensor descriptors (Triton's host-side `TensorDescriptor`, `tensordesc<...>` in a
+// signature). With the descriptor metadata the compiler records (`tensordesc_meta`),
+// Triton 3.8 expands one descriptor argument of rank r into
+//     CUtensorMap (128 bytes, `.param .align 64 .b8 p[128]`, a __grid_constant__ by value),
+//     r × i32 shape, r × i64 strides (elements, outermost first)
+// (triton/backends/driver.py: expand_signature; nvidia/driver.py: make_tensordesc_arg), and
+// its launcher fills the CUtensorMap with cuTensorMapEncodeTiled (nvidia/driver.c:
+// fillTMADescriptorTiled). tma_encode_args() computes the arguments of that call exactly
+// as Triton does (dims and byte strides innermost first, box = the metadata's block_size
+// reversed, element strides 1, no interleave, the metadata's swizzle, L2 promotion 128 B,
+// OOB fill NaN-request-zero-FMA only for padding="nan"), and checks the TMA alignment rules
+// so that the caller can fall back to the pointer variant instead of failing.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fastood {
 namespace cuda {
 namespace aot {
 
-enum class ParamKind : int32_t { kPointer = 0, kI32 = 1, kI64 = 2, kF32 = 3, kGlobalScratch = 4, kProfileScratch = 5 };
+// kTensorMap: a CUtensorMap by value; kDescShape / kDescStride: the i32 shape and i64
+// strides Triton appends after it (filled by pack_params from the descriptor argument).
+enum class ParamKind : int32_t {
+  kPointer = 0, kI32 = 1, kI64 = 2, kF32 = 3, kGlobalScratch = 4, kProfileScratch = 5,
+  kTensorMap = 6, kDescShape = 7, kDescStride = 8
+};
 
-// Bytes of a parameter of this kind in the kernel's parameter buffer (PTX .u64/.u32/.f32).
+constexpr std::size_t kTensorMapBytes = 128;  // sizeof(CUtensorMap) (16 qwords)
+constexpr std::size_t kTensorMapAlign = 64;   // alignof(CUtensorMap), PTX .align 64
+
+// Bytes of a parameter of this kind in the kernel's parameter buffer (PTX .u64/.u32/.f32/.b8[128]).
 inline std::size_t param_bytes(ParamKind k) {
   switch (k) {
     case ParamKind::kI32:
     case ParamKind::kF32:
+    case ParamKind::kDescShape:
       return 4;
+    case ParamKind::kTensorMap:
+      return kTensorMapBytes;
     default:
       return 8;
   }
 }
+
+// Alignment of the parameter in the kernel's parameter buffer (the driver lays the
+// buffer out from the cubin's parameter info; this is what the PTX declares).
+inline std::size_t param_align(ParamKind k) { return k == ParamKind::kTensorMap ? kTensorMapAlign : param_bytes(k); }
 
 inline const char* param_kind_name(ParamKind k) {
   switch (k) {
@@ -42,6 +71,9 @@ inline const char* param_kind_name(ParamKind k) {
     case ParamKind::kF32: return "fp32";
     case ParamKind::kGlobalScratch: return "global_scratch";
     case ParamKind::kProfileScratch: return "profile_scratch";
+    case ParamKind::kTensorMap: return "tensormap";
+    case ParamKind::kDescShape: return "desc_shape";
+    case ParamKind::kDescStride: return "desc_stride";
   }
   return "?";
 }
@@ -49,6 +81,16 @@ inline const char* param_kind_name(ParamKind k) {
 struct TritonParam {
   const char* name;
   ParamKind kind;
+};
+
+// What the compiler recorded for one descriptor argument (metadata.tensordesc_meta[i]).
+struct TritonTensorDesc {
+  const char* arg;     // the signature argument
+  int rank;
+  int swizzle;         // CUtensorMapSwizzle (0 none, 1 32B, 2 64B, 3 128B)
+  int elem_size;       // bytes
+  int elem_type;       // CUtensorMapDataType (host numbering: Triton's TMA_DTYPE_DEVICE_TO_HOST applied)
+  uint32_t block[5];   // block_size, outermost first (Triton's order)
 };
 
 struct TritonKernelImage {
@@ -64,6 +106,96 @@ struct TritonKernelImage {
   const TritonParam* params;
   int num_params;
   const char* sha256;  // of the cubin
+  const TritonTensorDesc* descs = nullptr;  // one per kTensorMap parameter, in order
+  int num_descs = 0;
+};
+
+// A tensor as Triton's TensorDescriptor(base, shape, strides, block_shape) sees it:
+// element shape and strides, outermost first; the innermost stride must be 1.
+struct TensorDescArg {
+  const void* base = nullptr;
+  int rank = 0;
+  int64_t shape[5] = {0, 0, 0, 0, 0};
+  int64_t strides[5] = {0, 0, 0, 0, 0};
+  bool pad_nan = false;  // TensorDescriptor(padding="nan")
+};
+
+// The arguments of cuTensorMapEncodeTiled (CUDA enum values as ints; arrays innermost first).
+struct TmaEncodeArgs {
+  int data_type = 0;
+  uint32_t rank = 0;
+  uint64_t address = 0;
+  uint64_t global_dim[5] = {0, 0, 0, 0, 0};
+  uint64_t global_strides[5] = {0, 0, 0, 0, 0};  // bytes; rank − 1 are passed (Triton fills a rank-th)
+  uint32_t box_dim[5] = {0, 0, 0, 0, 0};
+  uint32_t element_strides[5] = {1, 1, 1, 1, 1};
+  int interleave = 0;    // CU_TENSOR_MAP_INTERLEAVE_NONE
+  int swizzle = 0;
+  int l2_promotion = 2;  // CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+  int oob_fill = 0;      // CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE (1: NAN_REQUEST_ZERO_FMA)
+  // Triton clears bit 21 of the descriptor's second qword after encoding when the driver
+  // is ≤ 13.1 and the tensor spans < 128 KiB (the CUTLASS workaround, driver.c).
+  bool small_tensor = false;
+};
+
+// The cuTensorMapEncodeTiled arguments Triton's launcher would use for `a` under the
+// compiled metadata `d`, after checking what the TMA unit requires (16-byte-aligned base,
+// byte strides multiples of 16 and < 2^40, unit inner stride, dims in [1, 2^32], box ≤ 256
+// per dim, inner box bytes a multiple of 16 and within the swizzle span). "" on success,
+// else why TMA cannot take `a` (the caller then launches the pointer variant).
+inline std::string tma_encode_args(const TritonTensorDesc& d, const TensorDescArg& a, TmaEncodeArgs* out) {
+  const int r = d.rank;
+  if (r < 1 || r > 5 || a.rank != r) return std::string(d.arg) + ": rank mismatch with the compiled descriptor";
+  if (d.elem_size < 1) return std::string(d.arg) + ": invalid element size";
+  TmaEncodeArgs e;
+  e.data_type = d.elem_type;
+  e.rank = static_cast<uint32_t>(r);
+  e.address = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(a.base));
+  if (e.address % 16 != 0) return std::string(d.arg) + ": base address not 16-byte aligned";
+  if (a.strides[r - 1] != 1) return std::string(d.arg) + ": innermost stride must be 1";
+  for (int i = 0; i < r; ++i) {
+    if (a.shape[i] < 1 || a.shape[i] > (int64_t{1} << 32)) return std::string(d.arg) + ": dimension out of TMA range";
+    if (d.block[i] < 1 || d.block[i] > 256) return std::string(d.arg) + ": box dimension out of TMA range";
+    e.global_dim[r - 1 - i] = static_cast<uint64_t>(a.shape[i]);
+    e.box_dim[r - 1 - i] = d.block[i];
+  }
+  for (int i = 0; i + 1 < r; ++i) {
+    if (a.strides[i] < 1) return std::string(d.arg) + ": strides must be positive";
+    const uint64_t bytes = static_cast<uint64_t>(a.strides[i]) * static_cast<uint64_t>(d.elem_size);
+    if (bytes % 16 != 0 || bytes >= (uint64_t{1} << 40))
+      return std::string(d.arg) + ": byte stride not a multiple of 16 (or >= 2^40)";
+    e.global_strides[r - 2 - i] = bytes;
+  }
+  // Triton also fills a rank-th stride (not passed to the driver: it reads rank − 1).
+  e.global_strides[r - 1] = e.global_dim[r - 1] * (r == 1 ? static_cast<uint64_t>(d.elem_size) : e.global_strides[r - 2]);
+  const uint64_t inner_box_bytes = static_cast<uint64_t>(e.box_dim[0]) * static_cast<uint64_t>(d.elem_size);
+  if (inner_box_bytes % 16 != 0) return std::string(d.arg) + ": inner box not a multiple of 16 bytes";
+  static const uint64_t swizzle_span[4] = {0, 32, 64, 128};
+  if (d.swizzle < 0 || d.swizzle > 3) return std::string(d.arg) + ": unsupported swizzle mode";
+  if (d.swizzle > 0 && inner_box_bytes > swizzle_span[d.swizzle])
+    return std::string(d.arg) + ": inner box wider than the swizzle span";
+  e.swizzle = d.swizzle;
+  e.oob_fill = a.pad_nan ? 1 : 0;
+  uint64_t max_byte = 0;  // Triton's max_byte_index (int arithmetic there; exact here)
+  for (int i = 0; i < r; ++i)
+    max_byte += (e.global_dim[i] - 1) * (i == 0 ? static_cast<uint64_t>(d.elem_size) : e.global_strides[i - 1]);
+  e.small_tensor = max_byte + 1 < 128 * 1024;
+  *out = e;
+  return std::string();
+}
+
+// The descriptor metadata of `arg` in `k`, or nullptr.
+inline const TritonTensorDesc* find_desc(const TritonKernelImage& k, const char* arg) {
+  for (int i = 0; i < k.num_descs; ++i)
+    if (std::strcmp(k.descs[i].arg, arg) == 0) return &k.descs[i];
+  return nullptr;
+}
+
+// An encoded descriptor (what the kernel receives) and the tensor it describes (its
+// shape and strides are the scalars Triton passes after it).
+struct alignas(64) TensorMap {
+  unsigned char bytes[kTensorMapBytes];
+  TensorDescArg src;
 };
 
 // One argument the caller passes (every parameter but the two scratch pointers).
@@ -71,6 +203,9 @@ struct TritonArg {
   ParamKind kind;
   uint64_t bits;  // the value's bytes, little-endian, in the low param_bytes(kind) bytes
 
+  const TensorMap* map = nullptr;  // kTensorMap only
+
+  static TritonArg tensormap(const TensorMap* m) { return {ParamKind::kTensorMap, 0, m}; }
   static TritonArg ptr(const void* p) { return {ParamKind::kPointer, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))}; }
   static TritonArg i32(int32_t v) {
     uint32_t u;
@@ -90,9 +225,13 @@ struct TritonArg {
 };
 
 // cuLaunchKernel's `kernelParams`: one pointer per parameter, to a value of that
-// parameter's size (the driver copies param_bytes from each). `slots` owns the values.
+// parameter's size (the driver copies param_bytes from each). `slots` owns the values,
+// each 64-byte aligned (a CUtensorMap's alignment) and wide enough for one.
+struct alignas(64) ParamSlot {
+  unsigned char b[kTensorMapBytes];
+};
 struct PackedParams {
-  std::vector<uint64_t> slots;
+  std::vector<ParamSlot> slots;
   std::vector<void*> pointers;
 };
 
@@ -100,35 +239,89 @@ struct PackedParams {
 // the scratch pointers for `k`. "" on success, else which argument does not match.
 inline std::string pack_params(const TritonKernelImage& k, const std::vector<TritonArg>& args, void* global_scratch,
                                void* profile_scratch, PackedParams* out) {
+  // The caller passes one argument per signature argument: a descriptor's shape and
+  // strides (kDescShape / kDescStride) come from its TensorMap.
   int n_user = 0;
-  for (int i = 0; i < k.num_params; ++i)
-    if (k.params[i].kind != ParamKind::kGlobalScratch && k.params[i].kind != ParamKind::kProfileScratch) ++n_user;
+  for (int i = 0; i < k.num_params; ++i) {
+    const ParamKind p = k.params[i].kind;
+    if (p != ParamKind::kGlobalScratch && p != ParamKind::kProfileScratch && p != ParamKind::kDescShape &&
+        p != ParamKind::kDescStride)
+      ++n_user;
+  }
   if (static_cast<int>(args.size()) != n_user)
     return std::string(k.name) + ": expected " + std::to_string(n_user) + " arguments, got " +
            std::to_string(args.size());
   if (k.global_scratch_size > 0 && global_scratch == nullptr)
     return std::string(k.name) + ": the kernel needs a global scratch buffer";
-  out->slots.assign(static_cast<std::size_t>(k.num_params), 0);
+  out->slots.assign(static_cast<std::size_t>(k.num_params), ParamSlot{});
   out->pointers.assign(static_cast<std::size_t>(k.num_params), nullptr);
   std::size_t a = 0;
+  const TensorMap* desc = nullptr;  // the last descriptor seen
+  int n_shape = 0, n_stride = 0;
   for (int i = 0; i < k.num_params; ++i) {
     const ParamKind want = k.params[i].kind;
+    unsigned char* slot = out->slots[static_cast<std::size_t>(i)].b;
     uint64_t bits = 0;
     if (want == ParamKind::kGlobalScratch) {
       bits = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(global_scratch));
     } else if (want == ParamKind::kProfileScratch) {
       bits = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(profile_scratch));
+    } else if (want == ParamKind::kDescShape || want == ParamKind::kDescStride) {
+      const int j = want == ParamKind::kDescShape ? n_shape++ : n_stride++;
+      if (desc == nullptr || j >= desc->src.rank)
+        return std::string(k.name) + ": " + k.params[i].name + " does not follow a tensor descriptor of its rank";
+      if (want == ParamKind::kDescShape) {
+        const int32_t v = static_cast<int32_t>(desc->src.shape[j]);
+        if (desc->src.shape[j] != v) return std::string(k.name) + ": descriptor shape beyond int32";
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        bits = u;
+      } else {
+        std::memcpy(&bits, &desc->src.strides[j], 8);
+      }
     } else {
       if (args[a].kind != want)
         return std::string(k.name) + ": argument " + std::to_string(a) + " (" + k.params[i].name + ") must be " +
                param_kind_name(want) + ", got " + param_kind_name(args[a].kind);
+      if (want == ParamKind::kTensorMap) {
+        if (args[a].map == nullptr) return std::string(k.name) + ": null tensor map for " + k.params[i].name;
+        desc = args[a].map;
+        n_shape = n_stride = 0;
+        std::memcpy(slot, desc->bytes, kTensorMapBytes);
+        out->pointers[static_cast<std::size_t>(i)] = slot;
+        ++a;
+        continue;
+      }
       bits = args[a].bits;
       ++a;
     }
-    out->slots[static_cast<std::size_t>(i)] = bits;  // little-endian: the low bytes hold a 4-byte value
-    out->pointers[static_cast<std::size_t>(i)] = &out->slots[static_cast<std::size_t>(i)];
+    std::memcpy(slot, &bits, 8);  // little-endian: the low bytes hold a 4-byte value
+    out->pointers[static_cast<std::size_t>(i)] = slot;
   }
   return std::string();
+}
+
+// pack_params with the arguments given by name (the image's parameter names, i.e. the
+// Triton signature's): the order comes from the compiled kernel, so a kernel whose
+// signature gains, loses or reorders arguments is packed right or refused by name —
+// never shifted. Names the kernel does not take are ignored (constexpr-specialised away).
+inline std::string pack_named(const TritonKernelImage& k, const std::vector<std::pair<std::string, TritonArg>>& named,
+                              void* global_scratch, void* profile_scratch, PackedParams* out,
+                              std::vector<TritonArg>* ordered = nullptr) {
+  std::vector<TritonArg> args;
+  for (int i = 0; i < k.num_params; ++i) {
+    const ParamKind p = k.params[i].kind;
+    if (p == ParamKind::kGlobalScratch || p == ParamKind::kProfileScratch || p == ParamKind::kDescShape ||
+        p == ParamKind::kDescStride)
+      continue;
+    const TritonArg* found = nullptr;
+    for (const auto& kv : named)
+      if (kv.first == k.params[i].name) found = &kv.second;
+    if (found == nullptr) return std::string(k.name) + ": no value for parameter " + k.params[i].name;
+    args.push_back(*found);
+  }
+  if (ordered != nullptr) *ordered = args;
+  return pack_params(k, args, global_scratch, profile_scratch, out);
 }
 
 // Enqueue `k` on `stream` (a CUstream / cudaStream_t as void*) over grid (gx, gy, gz),
@@ -137,6 +330,16 @@ inline std::string pack_params(const TritonKernelImage& k, const std::vector<Tri
 // "" on success, else the reason. (triton_aot_launch.cpp; needs the CUDA driver.)
 std::string launch(const TritonKernelImage& k, unsigned gx, unsigned gy, unsigned gz, const std::vector<TritonArg>& args,
                    void* global_scratch, void* stream);
+
+// Fill out->bytes with cuTensorMapEncodeTiled(tma_encode_args(desc, a)) (plus Triton's
+// post-encode fix-up on drivers ≤ 13.1) and out->src = a. "" on success; else the reason
+// (TMA rules, no driver, no cuTensorMapEncodeTiled): the caller launches the pointer variant.
+// (triton_aot_launch.cpp; needs the CUDA driver.)
+std::string encode_tensor_map(const TritonTensorDesc& desc, const TensorDescArg& a, TensorMap* out);
+
+// Enqueue a fill of `count` 32-bit words at `dst` with `value` (cuMemsetD32Async): how the
+// C++ launchers do the launcher's torch.full / zeros pre-fills. "" on success.
+std::string memset_d32(void* dst, uint32_t value, std::size_t count, void* stream);
 
 }  // namespace aot
 }  // namespace cuda

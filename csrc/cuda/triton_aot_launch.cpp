@@ -7,6 +7,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -33,6 +34,26 @@ struct Driver {
   std::string error;
 };
 
+// Entry points only the TMA / fill paths need, resolved separately: a driver without
+// cuTensorMapEncodeTiled (< 12.0) still launches the pointer variants.
+struct TmaDriver {
+  CUresult (*encode_tiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                           const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                           CUtensorMapL2promotion, CUtensorMapFloatOOBfill) = nullptr;
+  CUresult (*driver_get_version)(int*) = nullptr;
+  CUresult (*memset_d32_async)(CUdeviceptr, unsigned int, size_t, CUstream) = nullptr;
+  std::string error;
+};
+
+// triton_aot.h carries the CUDA enums as ints (it is CUDA-free): they must be cuda.h's.
+static_assert(CU_TENSOR_MAP_INTERLEAVE_NONE == 0 && CU_TENSOR_MAP_L2_PROMOTION_L2_128B == 2 &&
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE == 0 && CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA == 1 &&
+                  CU_TENSOR_MAP_SWIZZLE_128B == 3 && CU_TENSOR_MAP_DATA_TYPE_FLOAT16 == 6 &&
+                  CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 == 9,
+              "CUDA tensor-map enums differ from triton_aot.h's numbering");
+static_assert(sizeof(CUtensorMap) == kTensorMapBytes && alignof(CUtensorMap) >= kTensorMapAlign,
+              "CUtensorMap is not 128 bytes, >= 64-aligned");
+
 template <typename F>
 bool entry(const char* name, F* fn, std::string* err) {
   void* p = nullptr;
@@ -56,6 +77,18 @@ const Driver& driver() {
            entry("cuModuleGetFunction", &x.module_get_function, &err) &&
            entry("cuFuncSetAttribute", &x.func_set_attribute, &err) &&
            entry("cuLaunchKernel", &x.launch_kernel, &err) && entry("cuGetErrorString", &x.get_error_string, &err));
+    return x;
+  }();
+  return d;
+}
+
+const TmaDriver& tma_driver() {
+  static const TmaDriver d = [] {
+    TmaDriver x;
+    std::string& err = x.error;
+    (void)(entry("cuTensorMapEncodeTiled", &x.encode_tiled, &err) &&
+           entry("cuDriverGetVersion", &x.driver_get_version, &err) &&
+           entry("cuMemsetD32Async", &x.memset_d32_async, &err));
     return x;
   }();
   return d;
@@ -116,6 +149,48 @@ std::string launch(const TritonKernelImage& k, unsigned gx, unsigned gy, unsigne
                       static_cast<CUstream>(stream), packed.pointers.data(), nullptr);
   if (r != CUDA_SUCCESS) return cu_error(d, "cuLaunchKernel", r);
   return std::string();
+}
+
+std::string encode_tensor_map(const TritonTensorDesc& desc, const TensorDescArg& a, TensorMap* out) {
+  TmaEncodeArgs e;
+  std::string why = tma_encode_args(desc, a, &e);
+  if (!why.empty()) return why;
+  const Driver& d = driver();
+  const TmaDriver& t = tma_driver();
+  if (!d.error.empty()) return d.error;
+  if (!t.error.empty()) return t.error;
+  CUtensorMap map;
+  const cuuint64_t* dims = e.global_dim;
+  const cuuint64_t* strides = e.global_strides;
+  const CUresult r = t.encode_tiled(&map, static_cast<CUtensorMapDataType>(e.data_type), e.rank,
+                                    reinterpret_cast<void*>(static_cast<uintptr_t>(e.address)), dims, strides, e.box_dim,
+                                    e.element_strides, static_cast<CUtensorMapInterleave>(e.interleave),
+                                    static_cast<CUtensorMapSwizzle>(e.swizzle),
+                                    static_cast<CUtensorMapL2promotion>(e.l2_promotion),
+                                    static_cast<CUtensorMapFloatOOBfill>(e.oob_fill));
+  if (r != CUDA_SUCCESS) return cu_error(d, "cuTensorMapEncodeTiled", r);
+  int version = 0;
+  if (t.driver_get_version(&version) == CUDA_SUCCESS && version <= 13010 && e.small_tensor) {
+    // Triton's (and CUTLASS's) fix-up for small tensors on older drivers (nvidia/driver.c).
+    uint64_t q1 = 0;
+    std::memcpy(&q1, reinterpret_cast<unsigned char*>(&map) + 8, 8);
+    q1 &= ~(uint64_t{1} << 21);
+    std::memcpy(reinterpret_cast<unsigned char*>(&map) + 8, &q1, 8);
+  }
+  std::memcpy(out->bytes, &map, kTensorMapBytes);
+  out->src = a;
+  return std::string();
+}
+
+std::string memset_d32(void* dst, uint32_t value, std::size_t count, void* stream) {
+  if (count == 0) return std::string();
+  const Driver& d = driver();
+  const TmaDriver& t = tma_driver();
+  if (!d.error.empty()) return d.error;
+  if (!t.error.empty()) return t.error;
+  const CUresult r = t.memset_d32_async(static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(dst)), value, count,
+                                        static_cast<CUstream>(stream));
+  return r == CUDA_SUCCESS ? std::string() : cu_error(d, "cuMemsetD32Async", r);
 }
 
 }  // namespace aot

@@ -54,6 +54,12 @@ std::string launch(const TritonKernelImage& k, unsigned gx, unsigned gy, unsigne
   }
   return std::string();
 }
+// segment_lse_aot.cpp's sm90 sequence needs these too; the portable path never calls them
+// (tests/test_triton_aot_tma.py records them with csrc/cuda/testing/aot_sm90_driver.cpp).
+std::string encode_tensor_map(const TritonTensorDesc&, const TensorDescArg&, TensorMap*) {
+  return "aot_driver: no tensor maps";
+}
+std::string memset_d32(void*, uint32_t, std::size_t, void*) { return "aot_driver: no fills"; }
 }  // namespace aot
 }  // namespace cuda
 }  // namespace fastood
