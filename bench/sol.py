@@ -390,8 +390,9 @@ def _segments(groups: int) -> int:
 
 
 def _splits(B: int, N: int, block_b: int, gpu: GPU) -> int:
-    """The launcher's split heuristic (fastood.ops._triton_segment_lse._choose_splits)."""
-    b_blocks = math.ceil(B / 64)
+    """The launcher's split heuristic (fastood.ops._triton_segment_lse._choose_splits: 64-row
+    blocks; a kernel whose launcher counts other row blocks declares ``split_rows``)."""
+    b_blocks = math.ceil(B / block_b)
     target = 2 * gpu.sms
     if b_blocks >= target:
         return 1
@@ -426,8 +427,8 @@ def column_tiles(columns: str, N: int, S: int, bn: int, splits: int) -> int:
     end0 = segment0_end(N, S - 1)
     if columns == "all":
         return math.ceil(math.ceil(N / splits) / bn)
-    if columns == "segment0":
-        return math.ceil(end0 / bn)
+    if columns == "segment0":  # split over its own columns [0, end0)
+        return math.ceil(math.ceil(end0 / splits) / bn)
     if columns == "after_segment0":
         return math.ceil(math.ceil((N - end0 // bn * bn) / splits) / bn)
     if columns == "flagged":
@@ -453,7 +454,10 @@ def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, e
         return predict_tile(tc, gpu, warps=cm.warps, warps_per_mma=wpm, mma_kind=cm.mma, l2_bytes=l2,
                             blocks_per_sm=k, chains=cm.desc.get("chains", 1), refill=cm.desc.get("refill", True)).cycles
 
-    splits = cm.desc.get("splits", None) or (_splits(B, N, bb, gpu) if "split" in cm.name else 1)
+    split_rows = cm.desc.get("split_rows", 64)
+    # A segment-0 kernel splits its own columns [0, end0): the heuristic on end0 columns.
+    cols = segment0_end(N, S - 1) if cm.desc.get("columns") == "segment0" else N
+    splits = cm.desc.get("splits", None) or (_splits(B, cols, split_rows, gpu) if "split" in cm.name else 1)
     programs = math.ceil(B / bb) * splits
     tiles = column_tiles(cm.desc.get("columns", "all"), N, S, bn, splits)
     t = predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
@@ -470,7 +474,8 @@ def compiled_configs(arch: int = 90, dtype: str = "float16", select=None) -> lis
     """Compile the scoring kernels' fwd configs (with SASS) and wrap them for the model."""
     from fastood.ops import _aot
 
-    mods = [m for m in _aot.KERNEL_MODULES if "segment_lse" in m]
+    # The forward scoring kernels only (the fused backward, _bwd, is not what `bench scores` times).
+    mods = [m for m in _aot.KERNEL_MODULES if "segment_lse" in m and not m.endswith("_bwd")]
     keep = select or (lambda m, s: s.main_loop and "argmax" not in s.name)
     reps = _aot.compile_specs(arch, [dtype], full=True, modules=mods, select=keep, want_sass=True)
     specs = {(m, s.name): s for m in mods for mm, s in _aot._collect_names(arch, dtype, True, [m])}
@@ -551,8 +556,11 @@ def main(args) -> None:
         for kernel in kernels:  # one row per kernel: the autotuner's pick = the fastest predicted config
             preds = []
             for c in configs:
-                if c.kernel != kernel or not (("split" in c.name) == (_splits(B, N, 64, gpu) > 1)
-                                              or c.desc.get("splits")):
+                # A kernel without split variants (e.g. a segment-0 pass) runs unsplit at every B.
+                has_split = any("split" in o.name for o in configs if o.kernel == kernel)
+                rows = c.desc.get("split_rows", 64)
+                if c.kernel != kernel or not (("split" in c.name) == (_splits(B, N, rows, gpu) > 1)
+                                              or c.desc.get("splits") or not has_split):
                     continue
                 try:
                     preds.append(model_config(c, gpu, B, N, D, S))
@@ -564,11 +572,13 @@ def main(args) -> None:
             module = next(c.module for c in configs if c.name == best["config"])
             cols = next(c.desc.get("columns", "all") for c in configs if c.name == best["config"])
             impl.setdefault(module, []).append(best)
-            if cols != "all":  # a part of an implementation, not a whole one
+            pct, ratio = f"{best['pct_peak']:.0f}", f"{tc / best['time_s']:.2f}"
+            if cols != "all":  # a part of an implementation, not a whole one: no ratio to the whole problem
                 best = dict(best, config=f"{best['config']} (part: {cols} columns)")
+                pct = ratio = "— (part)"
             lines.append(f"| {B} | {N} | {D} | {G} | {ms(ideal_time(gpu, B, N, D))} | {best['config']} | "
-                         f"{best['bound']} | {best['cycles_tile']:.0f} | {ms(best['time_s'])} | {best['pct_peak']:.0f} | "
-                         f"{ms(tc)} | {tc / best['time_s']:.2f} | {ms(meas.get('fastood-triton'))} | "
+                         f"{best['bound']} | {best['cycles_tile']:.0f} | {ms(best['time_s'])} | {pct} | "
+                         f"{ms(tc)} | {ratio} | {ms(meas.get('fastood-triton'))} | "
                          f"{ms(meas.get('torch.compile'))} |")
             print(lines[-1], flush=True)
         for module, parts in impl.items():
@@ -592,10 +602,11 @@ def main(args) -> None:
             lines.append(f"| {c.name} | {c.registers} | {c.blocks_per_sm} | not modelled: {e} |" + " |" * 12)
             continue
         q = p["pipes"]
+        pct = f"{p['pct_peak']:.0f}" if c.desc.get("columns", "all") == "all" else "— (part)"
         lines.append(f"| {c.name} | {c.registers} | {c.blocks_per_sm} | {p['k_trips']:.1f} | {q['mma']:.0f} | "
                      f"{q['mufu']:.0f} | {q['fp32']:.0f} | {q['int']:.0f} | {q['mio']:.0f} | {q['issue']:.0f} | "
                      f"{q['l2']:.0f} | {p['chain']:.0f} | {p['cycles_tile']:.0f} | {p['bound']} | "
-                     f"{p['time_s'] * 1e3:.3f} | {p['pct_peak']:.0f} |")
+                     f"{p['time_s'] * 1e3:.3f} | {pct} |")
     text = "\n".join(lines) + "\n"
     print(text)
     slug = "h100" if gpu.name.startswith("H100") else gpu.name.split()[0].lower()

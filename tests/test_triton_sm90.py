@@ -52,6 +52,8 @@ LAYOUTS = [
     ("wider_than_tile", 150, [0, 70, 150]),
     ("size1_run_over_window", 70, list(range(0, 40)) + [40, 40, 70]),  # 32 segments in a tile > 16
     ("empty_first", 129, [0, 0, 64, 64, 96, 128, 129]),
+    # Segment 0 over several splits (3 splits: chunk 96): its partials merge across splits.
+    ("wide_segment0", 230, [0, 200, 201, 230]),
 ]
 
 
@@ -162,6 +164,22 @@ def test_split_heuristic_fills_two_blocks_per_sm(monkeypatch):
     assert m._choose_splits_sm90(65536, 11400, 101, cuda, False, 128, 128) == 1
     assert m._choose_splits_sm90(4096, 11400, 5000, cuda, False, 128, 128) == 1  # 64 MB / (4096·5000·8) < 1
     assert m._choose_splits_sm90(300, 256, 3, cuda, False, 128, 128) == 2       # at most one split per tile
+
+
+def test_segment0_gets_its_own_split_at_small_batches(monkeypatch):
+    """Segment 0 (1,000 columns) was walked by ⌈B/128⌉ programs of 8 tiles each whatever the
+    batch (32 programs on 132 SMs at B = 4,096). Its own split of [0, end0): ⌈264/32⌉ = 9
+    wanted, ≤ ⌈1000/128⌉ = 8 tiles → 8 splits of one 128-column tile (256 programs); at
+    B = 65,536 the 512 row blocks fill the GPU: no split."""
+    from fastood.ops import _triton_segment_lse_sm90 as m
+
+    monkeypatch.setattr(m, "_sm_count", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    assert m._segment0_plan(4096, 1000, dev, False, 128, 128, None) == (8, 128)
+    assert m._segment0_plan(256, 1000, dev, False, 128, 128, None) == (8, 128)
+    assert m._segment0_plan(65536, 1000, dev, False, 128, 128, None)[0] == 1
+    assert m._segment0_plan(4096, 0, dev, False, 128, 128, None)[0] == 1   # empty segment 0
+    assert m._segment0_plan(64, 130, dev, True, 16, 32, 3) == (3, 64)       # forced (tests)
 
 
 def test_column_segments_names_only_nonempty_segments():

@@ -104,6 +104,18 @@ CUDA_CONFIG = (128, 128, 64, 8, 3)
 MAXNREG_TMA = 128
 
 
+# The segment-0 kernel's TMA variants that take the 128-register cap (Triton >= 3.8), as
+# (want_argmax, split, dtype): those the cap brings from 137-150 registers to 128 with 0
+# spill bytes (ptxas, sm_90a) → two blocks per SM. The others are left alone: without argmax
+# and split, and bf16 split, they compile to 127-128 registers uncapped (the cap makes ptxas
+# spill 56 B); argmax + split spills 44 B under the cap (170-183 registers, one block).
+_SEG0_CAPPED = {(False, True, torch.float16), (True, False, torch.float16), (True, False, torch.bfloat16)}
+
+
+def _seg0_capped(want_argmax: bool, split: bool, dtype: torch.dtype) -> bool:
+    return (bool(want_argmax), bool(split), dtype) in _SEG0_CAPPED
+
+
 def _triton_version() -> tuple[int, int]:
     major, minor = triton.__version__.split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
@@ -395,10 +407,10 @@ def _sm90_segment_lse_fwd_kernel(
 @triton.jit
 def _sm90_segment0_kernel(
     x_ptr, bank_ptr, off_ptr, scale_ptr,
-    lse_ptr, max0_ptr, arg0_ptr,
-    B, N, D, S,
+    lse_ptr, max0_ptr, arg0_ptr, ws_m_ptr, ws_l_ptr, ws_arg_ptr,
+    B, N, D, S, chunk,
     stride_xb, stride_xd, stride_bn, stride_bd,
-    USE_TMA: tl.constexpr, WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr,
+    USE_TMA: tl.constexpr, WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Segment 0 of every row block: lse, max and first argmax over columns [0, end0),
@@ -408,8 +420,16 @@ def _sm90_segment0_kernel(
     spill at the 128-register cap (ptxas); here it is ⌈end0 / BLOCK_N⌉ tiles per row
     block (8 of the 90 at the headline shape), and the hot kernel skips all but the
     last of them (the one holding segment 0's end and segment 1's start).
+
+    ``SPLIT``: program (b, p) takes the columns [p·chunk, (p+1)·chunk) ∩ [0, end0) (its own
+    split of segment 0, ``chunk`` a multiple of BLOCK_N) and writes its partial (m, l) (base
+    2, m its true max) and first argmax to a (splits, B) workspace that
+    ``_sm90_segment0_merge_kernel`` combines (the earlier split wins ties). Without it a
+    small batch runs segment 0 on ⌈B/BLOCK_B⌉ programs only (32 at B = 4,096, each walking
+    the 8 tiles of 1,000 columns in sequence) while the hot kernel's splits fill the GPU.
     """
     pid_b = tl.program_id(0)
+    pid_p = tl.program_id(1)
     NEG_INF: tl.constexpr = float("-inf")
     r0 = pid_b * BLOCK_B
     rows = r0 + tl.arange(0, BLOCK_B)
@@ -418,15 +438,21 @@ def _sm90_segment0_kernel(
     c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     offs_n = tl.arange(0, BLOCK_N)
     end0 = tl.load(off_ptr + 1).to(tl.int32)
+    if SPLIT:
+        c_lo = pid_p * chunk                        # a multiple of BLOCK_N (launcher)
+        c_hi = tl.minimum(end0, c_lo + chunk)
+    else:
+        c_lo = pid_p * 0
+        c_hi = end0
     m = tl.full([BLOCK_B], NEG_INF, tl.float32)   # running max of segment 0 (base 2)
     l = tl.zeros([BLOCK_B], tl.float32)           # Σ exp2(t − m)
     arg = tl.zeros([BLOCK_B], tl.int32)
-    for n0 in tl.range(0, end0, BLOCK_N, disable_licm=True):
-        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, end0, D,
+    for n0 in tl.range(c_lo, c_hi, BLOCK_N, disable_licm=True):
+        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, c_hi, D,
                         stride_xb, stride_xd, stride_bn, stride_bd,
                         USE_TMA, IEEE_FP32, BLOCK_B, BLOCK_N, BLOCK_D)
         cols = n0 + offs_n
-        in0 = (cols < end0)[None, :]
+        in0 = (cols < c_hi)[None, :]
         a0 = tl.max(tl.where(in0, acc, NEG_INF), axis=1)
         t0 = a0 * c                                   # c > 0: the max of the scaled logits
         if WANT_ARGMAX:
@@ -435,6 +461,47 @@ def _sm90_segment0_kernel(
         m_new = tl.maximum(m, t0)
         l = l * tl.math.exp2(m - m_new) + tl.sum(
             tl.where(in0, tl.math.exp2(tl.fma(acc, c[:, None], -m_new[:, None])), 0.0), axis=1)
+        m = m_new
+    if SPLIT:
+        if c_hi > c_lo:  # the merge reads exactly the splits that hold segment-0 columns
+            ws = pid_p.to(tl.int64) * B + rows64
+            tl.store(ws_m_ptr + ws, m, mask=row_ok)
+            tl.store(ws_l_ptr + ws, l, mask=row_ok)
+            if WANT_ARGMAX:
+                tl.store(ws_arg_ptr + ws, arg, mask=row_ok)
+    elif end0 > 0:
+        tl.store(lse_ptr + rows64 * S, (m + tl.math.log2(tl.maximum(l, 1e-30))) * 0.6931471805599453, mask=row_ok)
+        tl.store(max0_ptr + rows, m * 0.6931471805599453, mask=row_ok)
+        if WANT_ARGMAX:
+            tl.store(arg0_ptr + rows, arg.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
+def _sm90_segment0_merge_kernel(
+    ws_m_ptr, ws_l_ptr, ws_arg_ptr, off_ptr, lse_ptr, max0_ptr, arg0_ptr,
+    B, S, chunk,
+    WANT_ARGMAX: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Segment 0 from its splits' partials, in split order: m = max_p m_p,
+    l = Σ_p l_p · 2^(m_p − m), lse = (m + log2 l)·ln 2, max0 = m·ln 2, argmax0 = the
+    argmax of the first split reaching m (strictly greater replaces: ties keep the earlier)."""
+    NEG_INF: tl.constexpr = float("-inf")
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    end0 = tl.load(off_ptr + 1).to(tl.int32)
+    m = tl.full([BLOCK], NEG_INF, tl.float32)
+    l = tl.zeros([BLOCK], tl.float32)
+    arg = tl.zeros([BLOCK], tl.int32)
+    for p in range(0, tl.cdiv(end0, chunk)):
+        ws = p * B + rows64
+        m_p = tl.load(ws_m_ptr + ws, mask=row_ok, other=NEG_INF)
+        l_p = tl.load(ws_l_ptr + ws, mask=row_ok, other=0.0)
+        if WANT_ARGMAX:
+            arg = tl.where(m_p > m, tl.load(ws_arg_ptr + ws, mask=row_ok, other=0), arg)
+        m_new = tl.maximum(m, m_p)
+        m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
+        l = l * tl.math.exp2(m - m_ref) + l_p * tl.math.exp2(m_p - m_ref)
         m = m_new
     if end0 > 0:
         tl.store(lse_ptr + rows64 * S, (m + tl.math.log2(tl.maximum(l, 1e-30))) * 0.6931471805599453, mask=row_ok)
@@ -546,6 +613,17 @@ def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreti
     return max(1, splits)
 
 
+def _segment0_plan(B: int, end0: int, device: torch.device, interpreting: bool, bb: int, bn: int,
+                   num_splits: int | None) -> tuple[int, int]:
+    """(splits, chunk) of the segment-0 kernel over its own columns [0, end0): the split
+    heuristic applied to end0 columns and one segment (its workspace is (splits, B)),
+    ``num_splits`` forces the count; chunk a multiple of BLOCK_N, no split without at least
+    two chunks."""
+    splits = num_splits if num_splits is not None else _choose_splits_sm90(B, end0, 1, device, interpreting, bb, bn)
+    chunk = triton.cdiv(triton.cdiv(max(end0, 1), splits), bn) * bn
+    return max(1, triton.cdiv(end0, chunk)), chunk
+
+
 def column_segments(offsets: Tensor, N: int) -> Tensor:
     """``colseg[j]`` = the segment holding column j (int32, N entries): the number of
     segment ends ``offsets[1:]`` that are ≤ j. Empty segments are never named."""
@@ -647,21 +725,37 @@ def segment_lse_triton_sm90(
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW,
         num_warps=warps, num_stages=stages, **extra,
     )
+    mb = 32 if interpreting else 128
     if split:
-        mb = 32 if interpreting else 128
         _segment_lse_merge_kernel[(S, triton.cdiv(B, mb))](
             ws_m, ws_l, ws_m, offsets, lse, max0, max0, B, S, chunk,
             WANT_ARGMAX=False, BLOCK=mb,
         )
-    # Segment 0 (after the merge, which wrote "nothing" there), then the flagged row blocks.
+    # Segment 0 (after the merge, which wrote "nothing" there), split over its own columns
+    # [0, end0) when the row blocks alone leave SMs idle.
+    splits0, chunk0 = _segment0_plan(B, int(offsets[1]), device, interpreting, bb, bn, num_splits)
+    split0 = splits0 > 1
+    if split0:
+        ws0_m = torch.empty(splits0, B, dtype=torch.float32, device=device)
+        ws0_l = torch.empty(splits0, B, dtype=torch.float32, device=device)
+        ws0_arg = torch.empty(splits0, B, dtype=torch.int32, device=device) if want_argmax else ws0_m
+    else:
+        ws0_m = ws0_l = ws0_arg = lse  # unused (SPLIT is a constexpr)
     s0_args = (x_arg, b_arg) if use_tma else (x, bank)
-    _sm90_segment0_kernel[(n_blocks,)](
-        *s0_args, offsets, row_scale, lse, max0, arg0 if want_argmax else max0,
-        B, N, D, S,
+    _sm90_segment0_kernel[(n_blocks, splits0)](
+        *s0_args, offsets, row_scale, lse, max0, arg0 if want_argmax else max0, ws0_m, ws0_l, ws0_arg,
+        B, N, D, S, chunk0,
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
-        USE_TMA=bool(use_tma), WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32,
-        BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,  # no cap: it would spill
+        USE_TMA=bool(use_tma), WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32, SPLIT=split0,
+        BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+        **({"maxnreg": MAXNREG_TMA} if (extra and _seg0_capped(bool(want_argmax), split0, x.dtype)) else {}),
     )
+    if split0:
+        _sm90_segment0_merge_kernel[(triton.cdiv(B, mb),)](
+            ws0_m, ws0_l, ws0_arg, offsets, lse, max0, arg0 if want_argmax else max0, B, S, chunk0,
+            WANT_ARGMAX=bool(want_argmax), BLOCK=mb,
+        )
+    # Then the flagged row blocks (all segments, exact).
     ebn = bn if interpreting else EXACT_CONFIG[1]
     ebd = bd if interpreting else EXACT_CONFIG[2]
     ewarps, estages = (4, 1) if interpreting else (EXACT_CONFIG[3], EXACT_CONFIG[4])
@@ -717,22 +811,28 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                 extra_options={"maxnreg": MAXNREG_TMA} if (tma and CAP_REGISTERS) else {},
             ))
         for argmax in (False, True):
-            sig = {
-                "x_ptr": f"tensordesc<{tn}[{bb},{bd}]>" if tma else el,
-                "bank_ptr": f"tensordesc<{tn}[{bn},{bd}]>" if tma else el,
-                "off_ptr": "*i64", "scale_ptr": "*fp32", "lse_ptr": "*fp32", "max0_ptr": "*fp32",
-                "arg0_ptr": "*i64" if argmax else "*fp32",
-                "B": "i32", "N": "i32", "D": "i32", "S": "i32", "stride_xb": "i32", "stride_bn": "i32",
-            }
-            aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
-            aligned += ("D", "stride_xb", "stride_bn")
-            tag = f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}{' argmax' if argmax else ''}"
-            specs.append(AotSpec(
-                name=f"segment_lse_sm90_seg0[{tag}]", fn=_sm90_segment0_kernel, signature=sig,
-                constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "WANT_ARGMAX": argmax,
-                            "IEEE_FP32": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd},
-                num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
-            ))
+            for split in (False, True):
+                sig = {
+                    "x_ptr": f"tensordesc<{tn}[{bb},{bd}]>" if tma else el,
+                    "bank_ptr": f"tensordesc<{tn}[{bn},{bd}]>" if tma else el,
+                    "off_ptr": "*i64", "scale_ptr": "*fp32", "lse_ptr": "*fp32", "max0_ptr": "*fp32",
+                    "arg0_ptr": "*i64" if argmax else "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32",
+                    "ws_arg_ptr": "*i32" if (argmax and split) else "*fp32",
+                    "B": "i32", "N": "i32", "D": "i32", "S": "i32", "chunk": "i32",
+                    "stride_xb": "i32", "stride_bn": "i32",
+                }
+                aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
+                aligned += ("D", "chunk", "stride_xb", "stride_bn")
+                tag = (f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}{' argmax' if argmax else ''}"
+                       f"{' split' if split else ''}")
+                specs.append(AotSpec(
+                    name=f"segment_lse_sm90_seg0[{tag}]", fn=_sm90_segment0_kernel, signature=sig,
+                    constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "WANT_ARGMAX": argmax,
+                                "IEEE_FP32": False, "SPLIT": split, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd},
+                    num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
+                    extra_options={"maxnreg": MAXNREG_TMA} if (tma and CAP_REGISTERS and _seg0_capped(argmax, split, dtype))
+                    else {},
+                ))
     bb, bn, bd, warps, stages = EXACT_CONFIG
     for argmax in (False, True):
         sig = {
@@ -748,6 +848,17 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                         "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
             num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
         ))
+    for argmax in (False, True):  # segment 0's split merge (launched with Triton's defaults)
+        sig = {
+            "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32", "ws_arg_ptr": "*i32" if argmax else "*fp32", "off_ptr": "*i64",
+            "lse_ptr": "*fp32", "max0_ptr": "*fp32", "arg0_ptr": "*i64" if argmax else "*fp32",
+            "B": "i32", "S": "i32", "chunk": "i32",
+        }
+        specs.append(AotSpec(
+            name=f"segment_lse_sm90_seg0_merge[128{' argmax' if argmax else ''}]", fn=_sm90_segment0_merge_kernel,
+            signature=sig, constexprs={"WANT_ARGMAX": argmax, "BLOCK": 128}, num_warps=4, num_stages=3,
+            aligned=tuple(k for k in sig if k.endswith("_ptr")) + ("chunk",), main_loop=False,
+        ))
     return specs
 
 
@@ -759,7 +870,9 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
 # ``extra_mma_flops``: the one-hot segment sums, MMA work besides the GEMM.
 SOL_KERNELS = {
     "segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False, "columns": "after_segment0",
-                             "extra_mma_flops": WARP_ORGANISATION["per_tile_extra_mma_flops"]},
-    "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False, "columns": "segment0"},
+                             "extra_mma_flops": WARP_ORGANISATION["per_tile_extra_mma_flops"],
+                             "split_rows": CUDA_CONFIG[0]},
+    "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False, "columns": "segment0",
+                              "split_rows": CUDA_CONFIG[0]},
     "segment_lse_sm90_exact": {"chains": 1, "refill": True, "a_resident": False, "columns": "flagged"},
 }
