@@ -66,6 +66,7 @@ KERNEL_MODULES: tuple[str, ...] = (
     "fastood.ops._triton_cma",
     "fastood.ops._triton_segment_lse_sm90",
     "fastood.ops._triton_segment_lse_bwd",  # the fused backward (d/dx of segment_lse)
+    "fastood.ops._triton_cma_sm90",  # Hopper CMA fwd/bwd (sm_90 fp16/bf16 only)
 )
 _OPTIONAL_MODULES = frozenset({"fastood.ops._triton_segment_lse_sm90"})
 

@@ -629,3 +629,8 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, aligned=aligned_of(sig), intended_mma=mma,
             ))
     return specs
+
+
+# Hopper routing (fastood/ops/_triton_cma_sm90.py): CUDA fp16/bf16 on sm_90 unless FASTOOD_TRITON_SM90=0.
+from fastood.ops._triton_cma_sm90 import route as _route_sm90  # noqa: E402
+cma_fwd_triton, cma_bwd_triton = _route_sm90(cma_fwd_triton, cma_bwd_triton)
