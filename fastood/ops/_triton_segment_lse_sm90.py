@@ -22,7 +22,9 @@ Three kernels (one launch each; plus the portable module's merge kernel for spli
 * **hot** ``_sm90_segment_lse_fwd_kernel`` — segments 1..S-1, the fast path only;
 * **segment 0** ``_sm90_segment0_kernel`` — lse, max and first argmax of segment 0 over
   columns [0, end0) with its exact running max (⌈end0/BLOCK_N⌉ tiles per row block: 8 of
-  90 at the headline shape; the hot kernel skips all of them but the boundary tile);
+  90 at the headline shape; the hot kernel skips all of them but the boundary tile). When
+  the row blocks do not fill the GPU it splits [0, end0) itself (``_segment0_plan``) and
+  ``_sm90_segment0_merge_kernel`` combines the splits;
 * **exact** ``_sm90_segment_lse_exact_kernel`` — redoes, with per-segment maxima, the row
   blocks the hot kernel flagged; every other row block exits at once.
 
@@ -69,11 +71,38 @@ on sm_90 (no ``setmaxnreg``, no partitions in the PTX), ``num_ctas=2`` (cluster,
 multicast) fails in its PlanCTA pass, and FA3's in-block ping-pong is not expressible in
 Triton: two resident blocks are the overlap.
 
-Hand count of the hot tile (SASS, TMA path, bench/sol.py's rates): MMA 4,224 clk
-(incl. the one-hot), issue ≈ 3,700 clk, MUFU 1,088, L2 → SM (128 + 128)·512·2 B at
-48 B/clk = 5,461 clk. Serial chain ≈ 8,500 clk per block; with two blocks ≈ 4,250 per
-tile, so the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor peak** (X is re-read
-per tile: 128 KB of X does not fit next to two blocks' pipelines at D = 512).
+Count of the hot tile (bench/sol.py from the SASS, TMA path, Triton 3.8): MMA 4,224 clk
+(incl. the one-hot), issue 3,688 clk, MUFU 1,088, L2 → SM (128 + 128)·512·2 B at
+48 B/clk = 5,461 clk. Serial chain 8,512 clk per block; with two blocks 4,256 per tile, so
+the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor peak**. At B = 65,536, N = 11,400,
+D = 512, G = 100 the model predicts 0.996 ms (hot, 83 tiles per row block) + 0.100 ms
+(segment 0, 8 tiles) + 0.005 ms (exact kernel, nothing flagged: its launch) = 1.101 ms:
+70 % of the dense fp16 peak, **1.45× the modelled torch.compile path — the 1.5× target is
+not met**. What would meet it, and why it is not here (checked with Triton 3.8, no GPU):
+
+* Keeping X (128 rows × D) resident in shared memory: only the bank streams, L2 → SM
+  2,731 clk < MMA 4,224. But X alone is 128 KB at D = 512: one block per SM, so the
+  softmax of one tile must overlap the MMA of the next inside the block. Triton does not
+  do that for a fresh accumulator: a hand-pipelined loop (``nxt = dot(X, bank_j+1)``
+  before the epilogue of tile j, X loaded once before the loop) compiles to the epilogue
+  first, then the tile's HGMMAs and ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` at once (SASS);
+  ``warp_specialize`` does not partition on sm_90; with one block the chain is serial
+  (MMA 4,224 + issue 3,688 ≈ 7,900 clk per tile, worse than today's 5,461).
+* A 2-CTA cluster with TMA multicast of the bank tile (per SM: X + bank/2 = 192 KB per
+  tile, 4,096 clk = MMA-bound): ``num_ctas=2`` fails in Triton 3.8's wgmma lowering
+  (``MMAHelpers.h: getReps`` assertion) for 256-row or 256-column tiles, and compiles the
+  128×128 tile as two 64-row CTAs with plain ``UTMALDG`` (no multicast): no L2 saving.
+* Larger tiles at two blocks per SM need more than 128 registers (65,536 / 512 threads);
+  one block of 256×128 (L2- and MMA-balanced: 8,192 / 8,448 clk) runs its epilogue in
+  series with its MMA: a chain > 16,000 clk per tile.
+FA3-style ping-pong (two consumer warpgroups, one of them in softmax while the other's
+wgmma runs, a producer warp for TMA) with X resident needs explicit shared-memory buffers,
+async wgmma with ``wait(1)`` across tiles and named barriers: Gluon or CUTLASS/CuTe, not
+the Triton language as of 3.8.
+
+Triton 3.6 (the GPU machines): the 128-register cap spills there (64 B stores + 60 B
+loads on the hot TMA path; also with 2 or 4 stages, BLOCK_D 32 or 128, a 4-wide one-hot:
+52–80 B), so it is not applied: 145–147 registers, one block per SM, chain-bound.
 """
 
 from __future__ import annotations
@@ -104,16 +133,22 @@ CUDA_CONFIG = (128, 128, 64, 8, 3)
 MAXNREG_TMA = 128
 
 
-# The segment-0 kernel's TMA variants that take the 128-register cap (Triton >= 3.8), as
-# (want_argmax, split, dtype): those the cap brings from 137-150 registers to 128 with 0
-# spill bytes (ptxas, sm_90a) → two blocks per SM. The others are left alone: without argmax
-# and split, and bf16 split, they compile to 127-128 registers uncapped (the cap makes ptxas
-# spill 56 B); argmax + split spills 44 B under the cap (170-183 registers, one block).
-_SEG0_CAPPED = {(False, True, torch.float16), (True, False, torch.float16), (True, False, torch.bfloat16)}
+# The segment-0 kernel's TMA variants that take the 128-register cap, as (want_argmax,
+# split, dtype), per Triton version: those the cap brings to 128 registers with 0 spill
+# bytes (ptxas, sm_90a) → two blocks per SM. Triton 3.8: fp16 split (137 uncapped) and
+# argmax unsplit (150); the others compile to 127-128 uncapped, where the cap makes ptxas
+# spill 56 B, and argmax + split spills 44 B under it (170-183, one block). Triton 3.6: the
+# split variants (149 / 159 uncapped); the unsplit ones are 128 uncapped. Other versions:
+# unchecked, uncapped.
+_F16, _BF16 = torch.float16, torch.bfloat16
+_SEG0_CAPPED_38 = {(False, True, _F16), (True, False, _F16), (True, False, _BF16)}
+_SEG0_CAPPED_36 = {(False, True, _F16), (False, True, _BF16), (True, True, _F16), (True, True, _BF16)}
 
 
 def _seg0_capped(want_argmax: bool, split: bool, dtype: torch.dtype) -> bool:
-    return (bool(want_argmax), bool(split), dtype) in _SEG0_CAPPED
+    v = _triton_version()
+    table = _SEG0_CAPPED_38 if v >= (3, 8) else _SEG0_CAPPED_36 if v >= (3, 6) else set()
+    return (bool(want_argmax), bool(split), dtype) in table
 
 
 def _triton_version() -> tuple[int, int]:
@@ -748,7 +783,8 @@ def segment_lse_triton_sm90(
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
         USE_TMA=bool(use_tma), WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32, SPLIT=split0,
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
-        **({"maxnreg": MAXNREG_TMA} if (extra and _seg0_capped(bool(want_argmax), split0, x.dtype)) else {}),
+        **({"maxnreg": MAXNREG_TMA} if (use_tma and not interpreting and _seg0_capped(bool(want_argmax), split0, x.dtype))
+           else {}),
     )
     if split0:
         _sm90_segment0_merge_kernel[(triton.cdiv(B, mb),)](
@@ -830,7 +866,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                     constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "WANT_ARGMAX": argmax,
                                 "IEEE_FP32": False, "SPLIT": split, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd},
                     num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
-                    extra_options={"maxnreg": MAXNREG_TMA} if (tma and CAP_REGISTERS and _seg0_capped(argmax, split, dtype))
+                    extra_options={"maxnreg": MAXNREG_TMA} if (tma and _seg0_capped(argmax, split, dtype))
                     else {},
                 ))
     bb, bn, bd, warps, stages = EXACT_CONFIG
