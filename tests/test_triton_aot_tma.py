@@ -227,7 +227,8 @@ def _python_launches(monkeypatch, x, bank, offsets, rs, argmax, splits) -> list:
             return go
 
     for attr, name in [("_sm90_segment_lse_fwd_kernel", "hot"), ("_sm90_segment0_kernel", "seg0"),
-                       ("_sm90_segment_lse_exact_kernel", "exact"), ("_segment_lse_merge_kernel", "merge")]:
+                       ("_sm90_segment0_merge_kernel", "seg0_merge"), ("_sm90_segment_lse_exact_kernel", "exact"),
+                       ("_segment_lse_merge_kernel", "merge")]:
         monkeypatch.setattr(m, attr, Record(name, getattr(m, attr)))
     m.segment_lse_triton_sm90(x, bank, offsets, rs, argmax, num_splits=splits, blocks=(128, 128, 64), use_tma=True)
     return calls
@@ -266,10 +267,13 @@ def _problem(B, D, offsets, seed=7):
 
 
 OFFSETS = [0, 100, 384, 384, 500, 768, 900, 1000]  # an empty segment at a split edge
+OFFSETS_WIDE0 = [0, 520, 520, 700, 1000]  # segment 0 over 3 of the segment-0 kernel's splits
 
 
-@pytest.mark.parametrize("splits,argmax", [(3, True), (3, False), (1, True), (1, False)])
-def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, splits, argmax):
+@pytest.mark.parametrize("offsets,splits,argmax", [(OFFSETS, 3, True), (OFFSETS, 3, False), (OFFSETS, 1, True),
+                                                   (OFFSETS, 1, False), (OFFSETS_WIDE0, 3, True),
+                                                   (OFFSETS_WIDE0, 3, False)])
+def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, offsets, splits, argmax):
     """segment_lse_sm90_aot against segment_lse_triton_sm90 on the same problem: the same
     kernels in the same order, the same variants and grids, every argument by name (the
     integers equal, the pointers in the same sharing pattern across all launches, each
@@ -278,9 +282,9 @@ def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, spli
     from fastood.ops._triton_segment_lse_sm90 import column_segments
 
     B, D = 300, 64
-    x, bank, off, rs = _problem(B, D, OFFSETS)
-    N, S = OFFSETS[-1], len(OFFSETS) - 1
-    rec = _run(sm90, tmp_path, B, N, D, OFFSETS, splits, argmax)
+    x, bank, off, rs = _problem(B, D, offsets)
+    N, S = offsets[-1], len(offsets) - 1
+    rec = _run(sm90, tmp_path, B, N, D, offsets, splits, argmax)
     assert rec["rc"] == 0, rec["stderr"]
     assert rec["path"] == "tma"
     calls = _python_launches(monkeypatch, x, bank, off, rs, argmax, splits)
@@ -295,7 +299,9 @@ def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, spli
         else:
             want_slots.append(f"{kind}{int(c['WANT_ARGMAX'])}")
     assert [l["slot"] for l in rec["launches"]] == want_slots
-    assert want_slots[0] == f"hot1{int(split)}" and ("merge" in "".join(want_slots)) == split
+    assert want_slots[0] == f"hot1{int(split)}" and ("merge0" in want_slots) == split
+    if offsets is OFFSETS_WIDE0:  # the segment-0 split and its merge are exercised
+        assert f"seg0_merge{int(argmax)}" in want_slots and f"seg01{int(argmax)}1" in want_slots
     py_ptr, cpp_ptr = [], []  # every pointer argument, in one order, both sides
     desc_of = {}  # C++ encode number → (launch, arg)
     n_enc = 0
@@ -303,6 +309,9 @@ def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, spli
         if kind == "merge":  # the launcher's merge BLOCK is 32 in the interpreter, 128 on a GPU (the image's)
             assert grid[1] == -(-B // 32)
             grid = (grid[0], -(-B // 128))
+        elif kind == "seg0_merge":
+            assert grid == (-(-B // 32),)
+            grid = (-(-B // 128),)
         assert cpp["grid"] == tuple(grid) + (1,) * (3 - len(grid)), kind
         by_name = {a["name"]: a for a in cpp["args"]}
         for name, v in named.items():
@@ -338,6 +347,11 @@ def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, spli
             (cpp_of[exact["max0_ptr"].data_ptr()], ninf, B)}
     if argmax:
         want.add((cpp_of[exact["arg0_ptr"].data_ptr()], zero, 2 * B))  # int64 zeros as 32-bit words
+    if split:  # segment 0 of every split of the hot kernel's workspace: "nothing"
+        ws_m, ws_l = hot["ws_m_ptr"], hot["ws_l_ptr"]
+        for q in range(ws_m.shape[0]):
+            want.add((cpp_of[ws_m.data_ptr()] + 4 * q * S * B, ninf, B))
+            want.add((cpp_of[ws_l.data_ptr()] + 4 * q * S * B, zero, B))
     assert set(rec["memsets"]) == want and len(rec["memsets"]) == len(want)
     assert rec["colseg"] == column_segments(off, N).tolist()
 
@@ -384,7 +398,7 @@ def test_encode_failure_falls_back_to_the_pointer_images(sm90, tmp_path):
     rec = _run(sm90, tmp_path, 300, OFFSETS[-1], 64, OFFSETS, 1, False, bank_addr=0x0DEAD000)
     assert rec["rc"] == 0, rec["stderr"]
     assert rec["path"].startswith("ptr: ") and "refused" in rec["path"]
-    assert [l["slot"] for l in rec["launches"]] == ["hot00", "seg0000", "exact0"]
+    assert [l["slot"] for l in rec["launches"]] == ["hot00", "seg0000", "exact0"]  # no split: B, N small
     for l in rec["launches"]:
         kinds = {a["name"]: a["kind"] for a in l["args"]}
         assert kinds["x_ptr"] == kinds["bank_ptr"] == "pointer"

@@ -343,7 +343,8 @@ SM90_MODULE = "fastood.ops._triton_segment_lse_sm90"
 def sm90_kernel_set(arch: int, dtype: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The hot / segment-0 / exact specs of the sm90 module's ``aot_specs`` (read from
     there, so a changed signature or tile is picked up), as (spec names, (C++ slot, symbol
-    suffix)). Slots: ``hot[tma][split]``, ``seg0[tma][argmax][split]``, ``exact[argmax]``."""
+    suffix)). Slots: ``hot[tma][split]``, ``seg0[tma][argmax][split]``, ``seg0_merge[argmax]``,
+    ``exact[argmax]``."""
     import torch
 
     mod = importlib.import_module(SM90_MODULE)
@@ -357,6 +358,8 @@ def sm90_kernel_set(arch: int, dtype: str) -> tuple[list[str], list[tuple[str, s
             slot = f"seg0[{int(bool(c['USE_TMA']))}][{int(bool(c['WANT_ARGMAX']))}][{int(bool(c.get('SPLIT')))}]"
         elif kind == "segment_lse_sm90_exact":
             slot = f"exact[{int(bool(c['WANT_ARGMAX']))}]"
+        elif kind == "segment_lse_sm90_seg0_merge":
+            slot = f"seg0_merge[{int(bool(c['WANT_ARGMAX']))}]"
         else:
             raise RuntimeError(f"{SM90_MODULE}.aot_specs has a kernel the C++ sequence does not launch: {s.name}")
         if slot in [sl for sl, _ in slots]:
@@ -383,8 +386,9 @@ def sm90_registry(targets: list[tuple[int, str]],
             parts.append(header(k, sym))
             lines.append(f"    k.{slot} = &aot::{sym};")
         tiles = {(k.constexprs["BLOCK_B"], k.constexprs["BLOCK_N"], k.constexprs["BLOCK_D"])
-                 for k, (slot, _) in zip(ks, slots) if not slot.startswith("exact")}
-        block_b = {k.constexprs["BLOCK_B"] for k in ks}
+                 for k, (slot, _) in zip(ks, slots) if slot.startswith(("hot", "seg0["))}
+        block_b = {k.constexprs["BLOCK_B"] for k, (slot, _) in zip(ks, slots) if "merge" not in slot}
+        merge_blocks = {k.constexprs["BLOCK"] for k, (slot, _) in zip(ks, slots) if "merge" in slot}
         if len(tiles) != 1 or len(block_b) != 1:
             raise RuntimeError(f"{tag}: the sm90 set mixes tiles {tiles} / row blocks {block_b}")
         (bb, bn, bd), = tiles
@@ -393,7 +397,7 @@ def sm90_registry(targets: list[tuple[int, str]],
                 raise RuntimeError(f"{merge_specs[g]}: WANT_ARGMAX is not {bool(g)}")
             parts.append(header(merge, f"segment_lse_sm90_merge{g}_{tag}"))
             lines.append(f"    k.merge[{g}] = &aot::segment_lse_sm90_merge{g}_{tag};")
-        if len({m.constexprs["BLOCK"] for m in merges}) != 1:
+        if len({m.constexprs["BLOCK"] for m in merges} | merge_blocks) != 1:
             raise RuntimeError(f"{tag}: the merge images differ in BLOCK")
         sets.append(f"""  [] {{
     SegmentLseSm90AotKernels k;

@@ -1,6 +1,7 @@
 // segment_lse on the AOT-compiled Triton kernels (segment_lse_aot.h).
 #include "cuda/segment_lse_aot.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -111,24 +112,44 @@ constexpr uint32_t kNegInfBits = 0xff800000u;  // −inf as fp32
 
 }  // namespace
 
-Sm90WsLayout sm90_workspace_layout(int64_t splits, int64_t S, int64_t B, int64_t N, int64_t block_b) {
+Sm90Plan sm90_plan(int64_t N, int64_t end0, int64_t requested_splits, int64_t requested_splits0, int64_t block_n) {
+  Sm90Plan p;
+  const int64_t r = requested_splits < 1 ? 1 : requested_splits;
+  const int64_t r0 = requested_splits0 < 1 ? 1 : requested_splits0;
+  p.chunk = cdiv(cdiv(N, r), block_n) * block_n;  // split bounds on tile bounds
+  p.splits = cdiv(N, p.chunk);
+  p.chunk0 = cdiv(cdiv(end0 > 1 ? end0 : 1, r0), block_n) * block_n;
+  p.splits0 = end0 > 0 ? cdiv(end0, p.chunk0) : 1;
+  return p;
+}
+
+int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n) {
+  const int64_t b_blocks = cdiv(B, block_b);
+  const int64_t target = 2 * static_cast<int64_t>(sm_count);
+  if (b_blocks >= target) return 1;
+  int64_t splits = std::min(cdiv(target, b_blocks), cdiv(cols, block_n));
+  splits = std::min(splits, std::max<int64_t>(1, (int64_t{64} << 20) / (B * S * 8)));
+  return std::max<int64_t>(1, splits);
+}
+
+Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t S, int64_t B, int64_t N, int64_t block_b) {
   Sm90WsLayout w;
   w.colseg_off = 0;
   w.flag_off = align256(N * 4);
   int64_t end = w.flag_off + align256(cdiv(B, block_b) * 4);
-  if (splits > 1) {
+  if (p.splits > 1) {
     w.m_off = end;
-    w.l_off = w.m_off + align256(splits * S * B * 4);
-    w.arg_off = w.l_off + align256(splits * S * B * 4);
-    end = w.arg_off + align256(splits * B * 4);
+    w.l_off = w.m_off + align256(p.splits * S * B * 4);
+    end = w.l_off + align256(p.splits * S * B * 4);
+  }
+  if (p.splits0 > 1) {
+    w.m0_off = end;
+    w.l0_off = w.m0_off + align256(p.splits0 * B * 4);
+    w.arg0_off = w.l0_off + align256(p.splits0 * B * 4);
+    end = w.arg0_off + align256(p.splits0 * B * 4);
   }
   w.total = end;
   return w;
-}
-
-void sm90_chunking(int64_t N, int64_t requested_splits, int64_t block_n, int64_t* chunk, int64_t* splits) {
-  *chunk = cdiv(cdiv(N, requested_splits), block_n) * block_n;  // split bounds on tile bounds
-  *splits = cdiv(N, *chunk);
 }
 
 bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size) {
@@ -143,7 +164,8 @@ std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const Segme
       if (k.hot[t][v] == nullptr || k.seg0[t][v][0] == nullptr || k.seg0[t][v][1] == nullptr)
         return "incomplete kernel set";
   for (int v = 0; v < 2; ++v)
-    if (k.exact[v] == nullptr || k.merge[v] == nullptr) return "incomplete kernel set";
+    if (k.exact[v] == nullptr || k.seg0_merge[v] == nullptr) return "incomplete kernel set";
+  if (k.merge[0] == nullptr) return "incomplete kernel set";
   // The pointer images were compiled with tt.divisibility 16 on the pointers, D and the
   // row strides (their aot_specs): the same condition as the portable images'.
   const auto al = [](const void* p, int64_t ld, int64_t D) {
@@ -155,61 +177,68 @@ std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const Segme
     return "sizes beyond the kernel's int32 arguments";
   if (a.N > 65535) return "N beyond the colseg (split-starts) kernel's 65,535 entries";
   if (cdiv(a.B, k.merge_block) > 65535) return "too many rows for the merge grid's y dimension";
-  if (a.plan.splits > 65535) return "too many splits";
   return std::string();
 }
 
-std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k, std::string* path) {
+std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k, const Sm90Plan& p,
+                                 std::string* path) {
   std::string why = segment_lse_sm90_aot_applicable(a, k);
   if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  if (a.plan.splits < 1) return "segment_lse_sm90_aot: invalid split plan";
-  int64_t chunk = 0, splits = 0;
-  sm90_chunking(a.N, a.plan.splits, k.block_n, &chunk, &splits);
-  const bool split = splits > 1;
+  if (p.chunk < 1 || p.splits < 1 || p.chunk0 < 1 || p.splits0 < 1 || p.chunk % k.block_n != 0 ||
+      p.chunk0 % k.block_n != 0 || p.splits > 65535 || p.splits0 > 65535)
+    return "segment_lse_sm90_aot: invalid plan (use sm90_plan)";
+  const bool split = p.splits > 1, split0 = p.splits0 > 1;
   const bool argmax = a.argmax0 != nullptr;
   const int64_t n_blocks = cdiv(a.B, k.block_b);
-  const Sm90WsLayout w = sm90_workspace_layout(splits, a.S, a.B, a.N, k.block_b);
+  const Sm90WsLayout w = sm90_workspace_layout(p, a.S, a.B, a.N, k.block_b);
   if (a.workspace == nullptr || a.workspace_bytes < w.total) return "segment_lse_sm90_aot: the workspace is too small";
   char* base = static_cast<char*>(a.workspace);
   int32_t* colseg = reinterpret_cast<int32_t*>(base + w.colseg_off);
   int32_t* flag = reinterpret_cast<int32_t*>(base + w.flag_off);
-  // Without a split the workspace arguments are unused (SPLIT is a constexpr): the launcher passes lse.
+  // Unused workspace arguments (SPLIT is a constexpr) get lse, as the launcher passes.
   float* ws_m = split ? reinterpret_cast<float*>(base + w.m_off) : a.lse;
   float* ws_l = split ? reinterpret_cast<float*>(base + w.l_off) : a.lse;
-  void* ws_arg = split ? (argmax ? static_cast<void*>(base + w.arg_off) : static_cast<void*>(ws_m)) : a.lse;
+  void* ws0_m = split0 ? static_cast<void*>(base + w.m0_off) : static_cast<void*>(a.lse);
+  void* ws0_l = split0 ? static_cast<void*>(base + w.l0_off) : static_cast<void*>(a.lse);
+  void* ws0_arg = split0 ? (argmax ? static_cast<void*>(base + w.arg0_off) : ws0_m) : static_cast<void*>(a.lse);
   const void* arg0 = argmax ? static_cast<const void*>(a.argmax0) : a.max0;  // never written without argmax
 
   // The launcher's pre-fills: empty segments are never visited by the kernels.
-  const auto fill = [&](void* p, uint32_t bits, int64_t n) { return aot::memset_d32(p, bits, static_cast<std::size_t>(n), a.stream); };
+  const auto fill = [&](void* dst, uint32_t bits, int64_t n) {
+    return aot::memset_d32(dst, bits, static_cast<std::size_t>(n), a.stream);
+  };
   if (!(why = fill(a.lse, kNegInfBits, a.B * a.S)).empty() || !(why = fill(a.max0, kNegInfBits, a.B)).empty() ||
       (argmax && !(why = fill(a.argmax0, 0u, 2 * a.B)).empty()) || !(why = fill(flag, 0u, n_blocks)).empty())
     return "segment_lse_sm90_aot: " + why;
+  if (split)
+    for (int64_t q = 0; q < p.splits; ++q)  // segment 0 of every split: "nothing" for the merge
+      if (!(why = fill(ws_m + q * a.S * a.B, kNegInfBits, a.B)).empty() ||
+          !(why = fill(ws_l + q * a.S * a.B, 0u, a.B)).empty())
+        return "segment_lse_sm90_aot: " + why;
   // colseg[j] = #{segment ends offsets[1:] <= j} = the split-starts search with chunk 1.
   why = launch_split_starts(a.offsets, a.S, 1, a.N, colseg, a.stream);
   if (!why.empty()) return why;
 
-  // TMA operands when both take it and both encode; else the pointer variants.
+  // TMA operands when both take it and all four maps encode; else the pointer variants.
   const int64_t es = elem_bytes(a.dtype);
   std::string no_tma;
   if (!sm90_tma_ok(a.x, a.ldx, a.D, es) || !sm90_tma_ok(a.bank, a.ldb, a.D, es))
     no_tma = "operand layout TMA cannot take";
   using aot::TritonArg;
   aot::TensorMap maps[2][2];  // [hot, seg0][x, bank]: encoded per image, as Triton's launcher does
-  const aot::TritonKernelImage* tma_images[2] = {k.hot[1][split], k.seg0[1][argmax][split]};
+  const aot::TritonKernelImage* tma_images[2] = {k.hot[1][split], k.seg0[1][argmax][split0]};
+  aot::TensorDescArg xd, bd;
+  xd.base = a.x;
+  xd.rank = 2;
+  xd.shape[0] = a.B;
+  xd.shape[1] = a.D;
+  xd.strides[0] = a.ldx;
+  xd.strides[1] = 1;
+  bd = xd;
+  bd.base = a.bank;
+  bd.shape[0] = a.N;
+  bd.strides[0] = a.ldb;
   for (int i = 0; i < 2 && no_tma.empty(); ++i) {
-    aot::TensorDescArg xd, bd;
-    xd.base = a.x;
-    xd.rank = 2;
-    xd.shape[0] = a.B;
-    xd.shape[1] = a.D;
-    xd.strides[0] = a.ldx;
-    xd.strides[1] = 1;
-    bd.base = a.bank;
-    bd.rank = 2;
-    bd.shape[0] = a.N;
-    bd.shape[1] = a.D;
-    bd.strides[0] = a.ldb;
-    bd.strides[1] = 1;
     const aot::TritonTensorDesc* dx = aot::find_desc(*tma_images[i], "x_ptr");
     const aot::TritonTensorDesc* db = aot::find_desc(*tma_images[i], "bank_ptr");
     if (dx == nullptr || db == nullptr) {
@@ -225,43 +254,46 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
 
   const int32_t B = static_cast<int32_t>(a.B), N = static_cast<int32_t>(a.N), D = static_cast<int32_t>(a.D),
                 S = static_cast<int32_t>(a.S);
-  // Every argument the four kernels take, by the Triton signature's names.
-  Named common = {{"off_ptr", TritonArg::ptr(a.offsets)},   {"scale_ptr", TritonArg::ptr(a.row_scale)},
-                  {"colseg_ptr", TritonArg::ptr(colseg)},  {"flag_ptr", TritonArg::ptr(flag)},
-                  {"lse_ptr", TritonArg::ptr(a.lse)},      {"max0_ptr", TritonArg::ptr(a.max0)},
-                  {"arg0_ptr", TritonArg::ptr(arg0)},      {"ws_arg_ptr", TritonArg::ptr(ws_arg)},
-                  {"ws_m_ptr", TritonArg::ptr(ws_m)},      {"ws_l_ptr", TritonArg::ptr(ws_l)},
-                  {"B", TritonArg::i32(B)},                {"N", TritonArg::i32(N)},
-                  {"D", TritonArg::i32(D)},                {"S", TritonArg::i32(S)},
-                  {"chunk", TritonArg::i32(static_cast<int32_t>(chunk))},
-                  {"stride_xb", TritonArg::i32(static_cast<int32_t>(a.ldx))},
-                  {"stride_bn", TritonArg::i32(static_cast<int32_t>(a.ldb))}};
-  const auto with_operands = [&](int which) {  // which: 0 hot, 1 seg0, -1 pointers (exact)
-    Named n = common;
-    if (tma && which >= 0) {
-      n.emplace_back("x_ptr", TritonArg::tensormap(&maps[which][0]));
-      n.emplace_back("bank_ptr", TritonArg::tensormap(&maps[which][1]));
+  // The arguments every launch may take, by the Triton signatures' names; the workspace
+  // and chunk entries are set per launch.
+  const Named common = {{"off_ptr", TritonArg::ptr(a.offsets)}, {"scale_ptr", TritonArg::ptr(a.row_scale)},
+                        {"colseg_ptr", TritonArg::ptr(colseg)}, {"flag_ptr", TritonArg::ptr(flag)},
+                        {"lse_ptr", TritonArg::ptr(a.lse)},     {"max0_ptr", TritonArg::ptr(a.max0)},
+                        {"B", TritonArg::i32(B)},               {"N", TritonArg::i32(N)},
+                        {"D", TritonArg::i32(D)},               {"S", TritonArg::i32(S)},
+                        {"stride_xb", TritonArg::i32(static_cast<int32_t>(a.ldx))},
+                        {"stride_bn", TritonArg::i32(static_cast<int32_t>(a.ldb))}};
+  const auto with = [&](int operands, const void* m, const void* l, const void* g, int64_t chunk, const void* out_arg) {
+    Named n = common;  // operands: 0 hot maps, 1 seg0 maps, -1 pointers
+    if (tma && operands >= 0) {
+      n.emplace_back("x_ptr", TritonArg::tensormap(&maps[operands][0]));
+      n.emplace_back("bank_ptr", TritonArg::tensormap(&maps[operands][1]));
     } else {
       n.emplace_back("x_ptr", TritonArg::ptr(a.x));
       n.emplace_back("bank_ptr", TritonArg::ptr(a.bank));
     }
+    n.emplace_back("ws_m_ptr", TritonArg::ptr(m));
+    n.emplace_back("ws_l_ptr", TritonArg::ptr(l));
+    n.emplace_back("ws_arg_ptr", TritonArg::ptr(g));
+    n.emplace_back("arg0_ptr", TritonArg::ptr(out_arg));
+    n.emplace_back("chunk", TritonArg::i32(static_cast<int32_t>(chunk)));
     return n;
   };
   const unsigned nb = static_cast<unsigned>(n_blocks);
-  why = launch_named(*k.hot[tma][split], nb, static_cast<unsigned>(splits), 1, with_operands(0), a.stream);
-  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  // Segment 0, split like the hot kernel (its programs past segment 0's end exit at once).
-  why = launch_named(*k.seg0[tma][argmax][split], nb, static_cast<unsigned>(splits), 1, with_operands(1), a.stream);
-  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  if (split) {  // the portable merge over both kernels' partials (common has its arguments)
-    why = launch_named(*k.merge[argmax], static_cast<unsigned>(a.S), static_cast<unsigned>(cdiv(a.B, k.merge_block)),
-                       1, common, a.stream);
-    if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  }
-  // Then the flagged row blocks (all segments, exact), over whatever the merge wrote.
-  why = launch_named(*k.exact[argmax], nb, 1, 1, with_operands(-1), a.stream);
-  if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  return std::string();
+  const unsigned mrows = static_cast<unsigned>(cdiv(a.B, k.merge_block));
+  why = launch_named(*k.hot[tma][split], nb, static_cast<unsigned>(p.splits), 1,
+                     with(0, ws_m, ws_l, ws_m, p.chunk, arg0), a.stream);
+  if (why.empty() && split)  // segments 1..S-1 from the splits (segment 0 is "nothing" there)
+    why = launch_named(*k.merge[0], static_cast<unsigned>(a.S), mrows, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, a.max0),
+                       a.stream);
+  if (why.empty())  // segment 0 over its own columns, split when the row blocks leave SMs idle
+    why = launch_named(*k.seg0[tma][argmax][split0], nb, static_cast<unsigned>(p.splits0), 1,
+                       with(1, ws0_m, ws0_l, ws0_arg, p.chunk0, arg0), a.stream);
+  if (why.empty() && split0)
+    why = launch_named(*k.seg0_merge[argmax], mrows, 1, 1, with(-1, ws0_m, ws0_l, ws0_arg, p.chunk0, arg0), a.stream);
+  if (why.empty())  // the flagged row blocks (all segments, exact)
+    why = launch_named(*k.exact[argmax], nb, 1, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, arg0), a.stream);
+  return why.empty() ? why : "segment_lse_sm90_aot: " + why;
 }
 
 }  // namespace cuda

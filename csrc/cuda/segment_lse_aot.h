@@ -42,12 +42,15 @@ std::string segment_lse_aot(const SegmentLseArgs& a, const SegmentLseAotKernels&
 // ---- The Hopper kernels (fastood/ops/_triton_segment_lse_sm90.py), TMA path included ----
 //
 // The launch sequence of segment_lse_triton_sm90 (the Python launcher), in C++:
-//   fills: lse = −inf (B·S), max0 = −inf (B), argmax0 = 0 (B, when wanted), flag = 0 (row blocks);
+//   fills: lse = −inf (B·S), max0 = −inf (B), argmax0 = 0 (B, when wanted), flag = 0 (row
+//          blocks); with splits ws_m[:, 0] = −inf and ws_l[:, 0] = 0 (segment 0 is not the
+//          hot kernel's);
 //   colseg[j] = searchsorted(offsets[1:], j, right=True) (launch_split_starts, chunk 1);
-//   hot kernel        grid (⌈B/BLOCK_B⌉, splits)   [tma][split]
-//   segment-0 kernel  grid (⌈B/BLOCK_B⌉, splits)   [tma][argmax][split]
-//   merge (split)     grid (S, ⌈B/merge_block⌉)    [argmax] (the portable module's)
-//   exact kernel      grid (⌈B/BLOCK_B⌉)           [argmax], pointer operands
+//   hot kernel            grid (⌈B/BLOCK_B⌉, splits)    [tma][split]
+//   merge (split)         grid (S, ⌈B/merge_block⌉)     the portable module's, argmax off
+//   segment-0 kernel      grid (⌈B/BLOCK_B⌉, splits0)   [tma][argmax][split0], over [0, end0)
+//   segment-0 merge       grid (⌈B/merge_block⌉)        [argmax], when split0
+//   exact kernel          grid (⌈B/BLOCK_B⌉)            [argmax], pointer operands
 // TMA: x and bank become CUtensorMaps (aot::encode_tensor_map, Triton's own encoding)
 // when both can (16-byte-aligned bases and row strides, unit inner stride); otherwise, or
 // when encoding fails (no cuTensorMapEncodeTiled in the driver), the pointer variants run.
@@ -57,37 +60,50 @@ struct SegmentLseSm90AotKernels {
   int arch = 0;
   DType dtype = DType::kFloat16;
   int block_b = 0, block_n = 0, block_d = 0;  // the hot / segment-0 tile (their constexprs)
-  int merge_block = 0;
-  const aot::TritonKernelImage* hot[2][2] = {};      // [tma][split]
-  const aot::TritonKernelImage* seg0[2][2][2] = {};  // [tma][argmax][split]
-  const aot::TritonKernelImage* exact[2] = {};       // [argmax]
-  const aot::TritonKernelImage* merge[2] = {};       // [argmax]
+  int merge_block = 0;                        // BLOCK of both merge kernels
+  const aot::TritonKernelImage* hot[2][2] = {};        // [tma][split]
+  const aot::TritonKernelImage* seg0[2][2][2] = {};    // [tma][argmax][split]
+  const aot::TritonKernelImage* seg0_merge[2] = {};    // [argmax]
+  const aot::TritonKernelImage* exact[2] = {};         // [argmax]
+  const aot::TritonKernelImage* merge[2] = {};         // [argmax] (the sequence uses [0])
 };
+
+// How the sequence splits: the hot kernel's columns and segment 0's own columns [0, end0).
+struct Sm90Plan {
+  int64_t chunk = 0, splits = 1;    // hot kernel (chunk a multiple of BLOCK_N)
+  int64_t chunk0 = 0, splits0 = 1;  // segment-0 kernel
+};
+// The launcher's rounding: chunk = ⌈⌈cols/requested⌉/BLOCK_N⌉·BLOCK_N, splits = ⌈cols/chunk⌉
+// (segment 0: cols = max(end0, 1) for the chunk, end0 for the count, at least 1).
+Sm90Plan sm90_plan(int64_t N, int64_t end0, int64_t requested_splits, int64_t requested_splits0, int64_t block_n);
+
+// The launcher's split heuristic (_choose_splits_sm90): 1 when the row blocks fill two
+// resident blocks on every SM, else enough splits for that, at least one tile each, and a
+// workspace (m and l per split, segment and row) of at most 64 MB.
+int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n);
 
 // Workspace of the sm90 sequence (each region 256-byte aligned): colseg (N int32), the
-// row-block flags (⌈B/block_b⌉ int32), and with splits > 1 the partial m and l, both
-// (splits, S, B) fp32, and segment 0's partial argmax (splits, B) int32.
+// row-block flags (⌈B/block_b⌉ int32); with splits > 1 the partial m and l, both
+// (splits, S, B) fp32; with splits0 > 1 segment 0's partial m, l (splits0, B) fp32 and
+// argmax (splits0, B) int32.
 struct Sm90WsLayout {
-  int64_t colseg_off = 0, flag_off = 0, m_off = 0, l_off = 0, arg_off = 0, total = 0;
+  int64_t colseg_off = 0, flag_off = 0, m_off = 0, l_off = 0, m0_off = 0, l0_off = 0, arg0_off = 0, total = 0;
 };
-Sm90WsLayout sm90_workspace_layout(int64_t splits, int64_t S, int64_t B, int64_t N, int64_t block_b);
-
-// The (chunk, splits) the sequence runs for a requested split count (the launcher's
-// rounding of the chunk to whole BLOCK_N tiles).
-void sm90_chunking(int64_t N, int64_t requested_splits, int64_t block_n, int64_t* chunk, int64_t* splits);
-
-// "" when `a` can run on `k` (dtype, complete set, sizes within int32, N within the
-// colseg kernel's grid), else the reason.
-std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k);
+Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t S, int64_t B, int64_t N, int64_t block_b);
 
 // True when TMA can take an operand (the launcher's _tma_ok): 16-byte-aligned base, row
 // stride a multiple of 16 bytes, a row of at least 16 bytes.
 bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size);
 
-// Enqueue `a` on the sm90 images. a.plan.splits is the requested split count; a.workspace
-// must hold sm90_workspace_layout(...).total bytes for the splits that run. *path (if
+// "" when `a` can run on `k` (dtype, complete set, the images' 16-alignment, sizes within
+// int32, N within the colseg kernel's grid), else the reason.
+std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k);
+
+// Enqueue `a` on the sm90 images with plan `p` (sm90_plan). end0 = offsets[1] must be given
+// on the host (the segment-0 kernel's split needs it; the head knows it as num_id). a.plan
+// is not used; a.workspace must hold sm90_workspace_layout(p, ...).total bytes. *path (if
 // given) is set to "tma" or "ptr: <reason>". "" on success.
-std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k,
+std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k, const Sm90Plan& p,
                                  std::string* path = nullptr);
 
 // The embedded kernel set for the current device's sm_XX and `dtype`, or nullptr (with the

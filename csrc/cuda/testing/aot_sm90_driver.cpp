@@ -43,6 +43,7 @@ std::string slot(const aot::TritonKernelImage* k) {
     }
   for (int v = 0; v < 2; ++v) {
     if (k == s.exact[v]) return "exact" + std::to_string(v);
+    if (k == s.seg0_merge[v]) return "seg0_merge" + std::to_string(v);
     if (k == s.merge[v]) return "merge" + std::to_string(v);
   }
   return "?";
@@ -123,19 +124,19 @@ int main(int argc, char** argv) {
   a.argmax0 = geti(kv, "argmax") ? reinterpret_cast<int64_t*>(uintptr_t{0x60000}) : nullptr;
   Operand off(dir + "/offsets.bin");
   a.offsets = reinterpret_cast<const int64_t*>(off.base);
-  a.plan.splits = geti(kv, "splits");
-  int64_t chunk = 0, splits = 0;
-  fc::sm90_chunking(a.N, a.plan.splits, set().block_n, &chunk, &splits);
-  const fc::Sm90WsLayout w = fc::sm90_workspace_layout(splits, a.S, a.B, a.N, set().block_b);
+  // The launcher's num_splits (forced) applies to both the hot and the segment-0 kernel.
+  const int64_t end0 = reinterpret_cast<const int64_t*>(off.base)[1];
+  const fc::Sm90Plan plan = fc::sm90_plan(a.N, end0, geti(kv, "splits"), geti(kv, "splits"), set().block_n);
+  const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.S, a.B, a.N, set().block_b);
   Buffer ws(static_cast<std::size_t>(w.total));
   a.workspace = ws.ptr;
   a.workspace_bytes = w.total;
   std::printf("addr offsets %" PRIu64 "\n", static_cast<uint64_t>(reinterpret_cast<uintptr_t>(off.base)));
   std::printf("addr workspace %" PRIu64 "\n", static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ws.ptr)));
-  std::printf("layout %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n", w.colseg_off,
-              w.flag_off, w.m_off, w.l_off, w.arg_off, w.total);
+  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.chunk0,
+              plan.splits0);
   std::string path;
-  const std::string err = fc::segment_lse_sm90_aot(a, set(), &path);
+  const std::string err = fc::segment_lse_sm90_aot(a, set(), plan, &path);
   if (!err.empty()) die(err, 3);
   std::printf("path %s\n", path.c_str());
   const int32_t* cs = reinterpret_cast<const int32_t*>(static_cast<char*>(ws.ptr) + w.colseg_off);
