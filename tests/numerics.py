@@ -26,11 +26,18 @@ def max_abs_err(out: Tensor, truth: Tensor) -> float:
     return (out[fin] - truth[fin]).abs().max().item() if fin.any() else 0.0
 
 
-def assert_error_budget(out: Tensor, truth: Tensor, baseline: Tensor, eps: float, factor: float = 2.0) -> None:
-    """``max|out − truth| ≤ factor · max|baseline − truth| + eps``."""
+def assert_error_budget(out: Tensor, truth: Tensor, baseline: Tensor, eps: float, factor: float = 2.0,
+                        floor: float = 0.0) -> None:
+    """``max|out − truth| ≤ max(factor · max|baseline − truth|, floor) + eps``.
+
+    ``floor`` is the a-priori fp32-accumulation bound of the case (e.g. ``4·u32·scale·√D`` for
+    logits ``scale·x̂·t``): torch's own error is one sample of that rounding and can be lucky,
+    so "2× torch" alone fails correct kernels now and then; the floor keeps the bound at fp32
+    level, far below what a bf16/TF32 GEMM would give (``scale·2⁻⁸`` / ``scale·2⁻¹¹``)."""
     err = max_abs_err(out, truth)
     base = max_abs_err(baseline, truth)
-    assert err <= factor * base + eps, f"error {err:.3e} > {factor} × torch's {base:.3e} + {eps:.1e}"
+    bound = max(factor * base, floor) + eps
+    assert err <= bound, f"error {err:.3e} > max({factor} × torch's {base:.3e}, {floor:.1e}) + {eps:.1e}"
 
 
 def assert_pred_matches(pred: Tensor, x64: Tensor, bank64: Tensor, tol: float) -> None:

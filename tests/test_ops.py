@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, example
 from hypothesis import strategies as st
 
 import fastood
@@ -245,6 +245,7 @@ def test_reference_hand_computed_case():
     scale=st.floats(0.5, 200.0),
     seed=st.integers(0, 2**16),
 )
+@example(b=40, d=45, sizes=[10], scale=189.0, seed=281)  # torch's own error lucky (1.8e-5), kernels 6e-5
 def test_property_segment_lse_all_backends(b, d, sizes, scale, seed):
     n = sum(sizes)
     if n == 0:
@@ -259,7 +260,8 @@ def test_property_segment_lse_all_backends(b, d, sizes, scale, seed):
         if backend in SLOW_ON_CPU and DEVICE == "cpu" and b * n > 4000:
             continue
         out = segment_lse(x.float().to(DEVICE), bank.float().to(DEVICE), offsets, scale=scale, backend=backend)
-        assert_error_budget(out.cpu(), truth, baseline, 2e-5)
+        # fp32 accumulation: each logit scale·x̂·t carries ~√D·u32 relative rounding of the dot
+        assert_error_budget(out.cpu(), truth, baseline, 2e-5, floor=4 * 2.0**-24 * scale * d**0.5)
 
 
 def test_custom_ops_registered_and_traceable():
