@@ -607,6 +607,9 @@ def main(args) -> None:
                      f"{q['mufu']:.0f} | {q['fp32']:.0f} | {q['int']:.0f} | {q['mio']:.0f} | {q['issue']:.0f} | "
                      f"{q['l2']:.0f} | {p['chain']:.0f} | {p['cycles_tile']:.0f} | {p['bound']} | "
                      f"{p['time_s'] * 1e3:.3f} | {pct} |")
+    if arch == 90:  # the Hopper CMA kernels at the shapes of `bench cma` (fastood/ops/_triton_cma_sm90.py)
+        from fastood.ops._triton_cma_sm90 import sol_lines
+        lines += sol_lines("h200" if gpu.name == "H200" else "h100")
     text = "\n".join(lines) + "\n"
     print(text)
     slug = "h100" if gpu.name.startswith("H100") else gpu.name.split()[0].lower()

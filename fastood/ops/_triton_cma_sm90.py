@@ -65,6 +65,9 @@ __all__ = ["cma_fwd_triton_sm90", "cma_bwd_triton_sm90", "cma_sm90_supported", "
 
 # (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) of the forward.
 FWD_CONFIG = (128, 128, 128, 8, 3)
+# The fix-up kernel (same BLOCK_M / BLOCK_N as the forward: it reads its flags): BLOCK_D,
+# warps, stages. BLOCK_D = 128 spills 24 B (fp16, ptxas); 64 does not.
+FIX_CONFIG = (64, 8, 3)
 # (BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO, num_warps, num_stages) of the backward: the whole
 # output width in one program for D <= D_MAX (no recomputation of the logit tile; ptxas:
 # 220 registers, 0 spill), output slices of 256 beyond (D/256 recomputations).
@@ -611,7 +614,8 @@ def cma_fwd_triton_sm90(
         _sm90_cma_fix_kernel[(row_blocks, n_tiles + 1)](
             x, t, rx, rt, scale, row_m, row_l, row_lnt, row_tt, col_m, col_l, col_lnt, col_tt, flag,
             B, N, D, n_tiles, splits, x.stride(0), x.stride(1), t.stride(0), t.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd if interpreting else FIX_CONFIG[0],
+            num_warps=warps if interpreting else FIX_CONFIG[1], num_stages=stages if interpreting else FIX_CONFIG[2],
         )
         _sm90_row_merge_kernel[(triton.cdiv(B, mb),)](row_m, row_l, row_lnt, row_tt, *row, slots, B, BLOCK=mb)
         col = tuple(torch.empty(N, **f32) for _ in range(3))
@@ -744,10 +748,11 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
            **{k: "*fp32" for k in ("row_m_ptr", "row_l_ptr", "row_lnt_ptr", "row_tt_ptr",
                                   "col_m_ptr", "col_l_ptr", "col_lnt_ptr", "col_tt_ptr")},
            "flag_ptr": "*i8", "M": "i32", "N": "i32", "D": "i32", "n_tiles": "i32", "diag_slot": "i32", **strides}
+    fd, fw, fs = FIX_CONFIG
     specs.append(AotSpec(
-        name=f"cma_sm90_fix[{bm}x{bn}x{bd} w{warps} s{stages} ptr]", fn=_sm90_cma_fix_kernel, signature=sig,
-        constexprs={**unit, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd},
-        num_warps=warps, num_stages=stages, aligned=aligned_of(sig), intended_mma="wgmma",
+        name=f"cma_sm90_fix[{bm}x{bn}x{fd} w{fw} s{fs} ptr]", fn=_sm90_cma_fix_kernel, signature=sig,
+        constexprs={**unit, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": fd},
+        num_warps=fw, num_stages=fs, aligned=aligned_of(sig), intended_mma="wgmma",
     ))
     msig = {"m_ptr": "*fp32", "l_ptr": "*fp32", "lnt_ptr": "*fp32", "tt_ptr": "*fp32", "lse_ptr": "*fp32",
             "ce_ptr": "*fp32", "comp_ptr": "*fp32", "P": "i32", "n": "i32"}
