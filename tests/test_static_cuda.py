@@ -402,6 +402,8 @@ def test_registry_header_compiles_into_the_dispatch(tmp_path):
     embed = _embed_module()
     text = embed.registry([(90, "float16")], "128x128x64 w8 s3")
     (tmp_path / "segment_lse_aot_kernels.h").write_text(text)
+    # The sm90 table (tests/test_triton_aot_tma.py fills it): empty here, count 0.
+    (tmp_path / "segment_lse_sm90_aot_kernels.h").write_text(embed.sm90_registry([]))
     assert text.count("inline const TritonKernelImage") == 6 and "kSegmentLseAotSetCount = 1" in text
     assert "k.block_b = 128;" in text and "k.merge_block = 128;" in text
     proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-c", "-I", str(tmp_path), "-I", str(sc.ROOT / "csrc"),

@@ -546,3 +546,24 @@ def test_encode_without_a_driver_fails_cleanly(sm90, tmp_path):
     enc = next(line for line in lines if line.startswith("encode '"))
     mem = next(line for line in lines if line.startswith("memset '"))
     assert enc != "encode ''" and mem != "memset ''"
+
+
+@pytest.mark.slow
+def test_registry_finds_the_sm90_sets(sm90, tmp_path):
+    """What CMake builds with FASTOOD_TRITON_AOT=ON: segment_lse_aot_registry.cpp with both
+    generated tables (the portable one and --sm90-registry's) compiles, and the sm90 table
+    holds one complete fp16 set (every slot the sequence can pick)."""
+    embed = sm90["embed"]
+    (tmp_path / "segment_lse_aot_kernels.h").write_text(embed.registry([(90, "float16")], "128x128x64 w8 s3"))
+    (tmp_path / "segment_lse_sm90_aot_kernels.h").write_text(sm90["text"])
+    assert "kSegmentLseSm90AotSetCount = 1" in sm90["text"]
+    slots = set(re.findall(r"k\.(\w+(?:\[\d\])+) = &aot::", sm90["text"]))
+    want = {f"hot[{t}][{s}]" for t in (0, 1) for s in (0, 1)} | {
+        f"seg0[{t}][{g}][{s}]" for t in (0, 1) for g in (0, 1) for s in (0, 1)} | {
+        f"{k}[{g}]" for k in ("exact", "seg0_merge", "merge") for g in (0, 1)}
+    assert slots == want
+    inc = cuda_emulator.cuda_include()
+    proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-c", "-I", str(tmp_path), "-I", str(ROOT / "csrc"),
+                           "-I", str(inc), str(CUDA_DIR / "segment_lse_aot_registry.cpp"), "-o", str(tmp_path / "r.o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]

@@ -111,5 +111,10 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
 // Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.
 const SegmentLseAotKernels* aot_kernels_for(DType dtype, std::string* why = nullptr);
 
+// The embedded sm90 (Hopper, TMA) kernel set for the current device and `dtype`, or nullptr
+// (reason in *why; FASTOOD_TRITON_SM90=0 and FASTOOD_CUDA_KERNEL=wmma refuse it).
+// Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.
+const SegmentLseSm90AotKernels* sm90_aot_kernels_for(DType dtype, std::string* why = nullptr);
+
 }  // namespace cuda
 }  // namespace fastood

@@ -10,28 +10,55 @@
 
 #include "cuda/segment_lse_aot.h"
 #include "segment_lse_aot_kernels.h"
+#include "segment_lse_sm90_aot_kernels.h"
 
 namespace fastood {
 namespace cuda {
 
-const SegmentLseAotKernels* aot_kernels_for(DType dtype, std::string* why) {
+namespace {
+
+// The current device's sm_XX (0 with *why set when there is none or FASTOOD_CUDA_KERNEL=wmma).
+int device_arch(std::string* why) {
   // FASTOOD_CUDA_KERNEL=wmma keeps the CUDA C++ kernel (comparisons, a fallback in the field).
   const char* env = std::getenv("FASTOOD_CUDA_KERNEL");
   if (env != nullptr && std::strcmp(env, "wmma") == 0) {
     if (why) *why = "FASTOOD_CUDA_KERNEL=wmma";
-    return nullptr;
+    return 0;
   }
   int dev = 0, major = 0, minor = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
     if (why) *why = "no CUDA device";
-    return nullptr;
+    return 0;
   }
-  const int arch = major * 10 + minor;
+  return major * 10 + minor;
+}
+
+}  // namespace
+
+const SegmentLseAotKernels* aot_kernels_for(DType dtype, std::string* why) {
+  const int arch = device_arch(why);
+  if (arch == 0) return nullptr;
   for (int i = 0; i < kSegmentLseAotSetCount; ++i)
     if (kSegmentLseAotSets[i].arch == arch && kSegmentLseAotSets[i].dtype == dtype) return &kSegmentLseAotSets[i];
   if (why) *why = "no embedded kernel for sm_" + std::to_string(arch) + " and this dtype";
+  return nullptr;
+}
+
+const SegmentLseSm90AotKernels* sm90_aot_kernels_for(DType dtype, std::string* why) {
+  // FASTOOD_TRITON_SM90=0 keeps the portable kernels, as it does for the Python launcher.
+  const char* env = std::getenv("FASTOOD_TRITON_SM90");
+  if (env != nullptr && std::strcmp(env, "0") == 0) {
+    if (why) *why = "FASTOOD_TRITON_SM90=0";
+    return nullptr;
+  }
+  const int arch = device_arch(why);
+  if (arch == 0) return nullptr;
+  for (int i = 0; i < kSegmentLseSm90AotSetCount; ++i)
+    if (kSegmentLseSm90AotSets[i].arch == arch && kSegmentLseSm90AotSets[i].dtype == dtype)
+      return &kSegmentLseSm90AotSets[i];
+  if (why) *why = "no embedded sm90 kernel for sm_" + std::to_string(arch) + " and this dtype";
   return nullptr;
 }
 
