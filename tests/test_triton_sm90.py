@@ -182,6 +182,17 @@ def test_segment0_gets_its_own_split_at_small_batches(monkeypatch):
     assert m._segment0_plan(64, 130, dev, True, 16, 32, 3) == (3, 64)       # forced (tests)
 
 
+def test_small_batches_keep_the_portable_kernel():
+    """bench/sol.py predicts the portable kernel faster below 1,024 rows (B = 512: 0.018 vs
+    0.031 ms on an H100); fp32 and non-Hopper GPUs never take this kernel."""
+    from fastood.ops._triton_segment_lse_sm90 import SM90_MIN_ROWS, sm90_wanted
+
+    assert SM90_MIN_ROWS == 1024
+    assert not sm90_wanted(512, torch.float16, 9) and not sm90_wanted(1023, torch.bfloat16, 9)
+    assert sm90_wanted(1024, torch.float16, 9) and sm90_wanted(65536, torch.bfloat16, 9)
+    assert not sm90_wanted(65536, torch.float32, 9) and not sm90_wanted(65536, torch.float16, 8)
+
+
 def test_column_segments_names_only_nonempty_segments():
     off = torch.tensor([0, 0, 3, 3, 4, 6, 6])
     assert column_segments(off, 6).tolist() == [1, 1, 1, 3, 4, 4]
@@ -263,4 +274,6 @@ def test_gpu_sm90_matches_float64(dtype, use_tma, B, splits):
     row_scale = torch.full((B,), 100.0)
     out = run(x.cuda(), bank.cuda(), offsets, row_scale.cuda(), num_splits=splits, use_tma=use_tma)
     check(out, x, bank, offsets, row_scale)
-    assert sm90_supported(x.cuda())
+    # Batches this small stay on the portable kernel (SM90_MIN_ROWS); the dispatcher's rule:
+    assert not sm90_supported(x.cuda())
+    assert sm90_supported(torch.zeros(1024, D, dtype=dtype, device="cuda"))

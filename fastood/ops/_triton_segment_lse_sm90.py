@@ -116,7 +116,7 @@ from torch import Tensor
 
 from fastood.ops._triton_segment_lse import _segment_lse_merge_kernel, _sm_count
 
-__all__ = ["segment_lse_triton_sm90", "sm90_supported", "aot_specs", "WARP_ORGANISATION"]
+__all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -616,15 +616,29 @@ def sm90_supported(x: Tensor) -> bool:
     fp16/bf16 on a compute-capability-9.x GPU (Hopper: wgmma, 228 KB shared memory per
     SM for two resident 100 KB blocks) with a Triton that has host tensor descriptors
     (3.3+; 3.6 and 3.8 do). Everything else keeps the portable kernel, and so does
-    ``FASTOOD_TRITON_SM90=0`` in the environment.
+    ``FASTOOD_TRITON_SM90=0`` in the environment, and batches below ``SM90_MIN_ROWS``
+    (:func:`sm90_wanted`).
     """
-    if not isinstance(x, Tensor) or x.device.type != "cuda" or x.dtype not in (torch.float16, torch.bfloat16):
+    if not isinstance(x, Tensor) or x.device.type != "cuda" or x.dim() != 2:
         return False
     if os.environ.get("FASTOOD_TRITON_SM90", "1") == "0":  # kill switch until measured on a GPU
         return False
     if _tensor_descriptor_cls() is None:
         return False
-    return torch.cuda.get_device_capability(x.device)[0] == 9
+    return sm90_wanted(x.shape[0], x.dtype, torch.cuda.get_device_capability(x.device)[0])
+
+
+# Below this many rows the portable kernel is predicted faster (bench/sol.py, H100, fp16,
+# N = 11,400, D = 512, G = 100: B = 512 portable 0.018 ms vs 0.031 ms here — three to four
+# launches and a one-tile critical path; B = 1,024: 0.050 vs 0.037 ms). A prediction, to be
+# calibrated on a GPU like every number of the model.
+SM90_MIN_ROWS = 1024
+
+
+def sm90_wanted(rows: int, dtype: torch.dtype, major: int) -> bool:
+    """The routing rule of :func:`sm90_supported` without a GPU: fp16/bf16, compute
+    capability 9.x, at least ``SM90_MIN_ROWS`` rows."""
+    return dtype in (torch.float16, torch.bfloat16) and major == 9 and rows >= SM90_MIN_ROWS
 
 
 def _tma_ok(t: Tensor) -> bool:
