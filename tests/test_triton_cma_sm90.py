@@ -190,3 +190,35 @@ def test_gpu_routing(monkeypatch):
     monkeypatch.setenv("FASTOOD_TRITON_SM90", "0")
     cma_loss(x, x + 0.1, 100.0, backend="triton")
     assert not calls
+
+
+def test_sol_weights_the_rare_recompute_loop():
+    """A hand-written SASS tile loop: an 8-trip K loop (one HGMMA.64x128x16 = 262,144 FLOP
+    per trip) and a second MMA loop of the same shape taken in a quarter of the tiles.
+    bench/sol.py's plain count gives the tile's FLOPs to the first loop and 0 trips to the
+    second (the recompute is free); the weighted count charges 8 + 0.25·8 = 10 trips, and
+    the other instructions the same way: own 3 (FADD, MUFU, BRA) + 3 per trip."""
+    from bench import sol
+    from fastood.ops._triton_cma_sm90 import _weighted_tile_counts
+
+    sass = "\n".join([
+        "/*0000*/ MOV R1, R2 ;",
+        "/*0010*/ FADD R3, R3, R4 ;",
+        "/*0020*/ HGMMA.64x128x16.F32 R8, gdesc[UR4], R8 ;",
+        "/*0030*/ IADD3 R5, R5, 0x1, RZ ;",
+        "/*0040*/ @P0 BRA 0x20 ;",
+        "/*0050*/ MUFU.EX2 R6, R6 ;",
+        "/*0060*/ HGMMA.64x128x16.F32 R8, gdesc[UR4], R8 ;",
+        "/*0070*/ IADD3 R5, R5, 0x1, RZ ;",
+        "/*0080*/ @P1 BRA 0x60 ;",
+        "/*0090*/ @P2 BRA 0x10 ;",
+        "/*00a0*/ EXIT ;",
+    ])
+    flop = 8 * 2.0 * 64 * 128 * 16
+    tc = _weighted_tile_counts(sass, flop, warps=4, warps_per_mma=4, rare=0.25)
+    assert tc.k_trips == 8
+    assert tc.mma_flop_per_warp == 10 * 2.0 * 64 * 128 * 16
+    assert tc.per_warp["all"] == 3 + 3 * 8 + 3 * 2
+    assert tc.per_warp["mufu"] == 1 and tc.per_warp["int"] == 10
+    plain = sol.tile_counts(sass, flop_per_tile=flop, warps=4, warps_per_mma=4)
+    assert plain.mma_flop_per_warp == 8 * 2.0 * 64 * 128 * 16  # the recompute uncounted

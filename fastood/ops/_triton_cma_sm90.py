@@ -16,16 +16,33 @@ target / diagonal masks (compare, two selects, a sum, a max) on *every* tile. He
    tile with two exp2 per row: ``m' = max(m, mt)``, ``l' = l·2^(m−m') + Σ_j p·2^(mt−m')``.
 2. **The column sums from the same p.** With the tile's reference ``R = max_i mt_i`` and
    per-row weights ``w_i = 2^(mt_i − R) ≤ 1``, ``Σ_i p_ij·w_i = Σ_i 2^(t_ij − R)``: the
-   column partial against a shared reference (stored as ``m = R``), an FFMA per logit
-   instead of an FMNMX + FADD + MUFU. Hazard: a column whose logits all lie > 126 below
-   R flushes to 0. Checked per tile after the reduction (not per logit): if a valid
-   column's sum is < 2⁻⁹⁶ the tile takes the exact path (per-column max, one more exp2
-   per logit). With sum ≥ 2⁻⁹⁶, the ≤ BLOCK_M flushed terms (< 2⁻¹²⁶ each) cost
-   < 2⁻²³ relative, and every stored ``l ≥ 2⁻⁹⁶`` stays clear of the merge's 1e-30 clamp.
-3. **Targets only where they are.** Pair mode: the diagonal meets only the tiles whose
-   columns intersect the row block's rows (1 of N/128 per program); only those run the
-   target masks (row l_nt, t_target; column l_nt, t_target) and the exact column path.
+   column partial against a shared reference (stored as ``m = R``), an FMUL + FADD per
+   logit instead of an FMNMX + FADD + MUFU. Hazard: a column whose logits all lie > 126
+   below R flushes to 0. Checked per tile after the reduction (not per logit): if a
+   valid column's sum is < 2⁻⁹⁶ the tile is flagged and the fix-up kernel recomputes its
+   column partials exactly (per-column max). With sum ≥ 2⁻⁹⁶, the ≤ BLOCK_M flushed
+   terms (< 2⁻¹²⁶ each) cost < 2⁻²³ relative, and every stored ``l ≥ 2⁻⁹⁶`` stays clear
+   of the merge's 1e-30 clamp.
+3. **Targets only where they are.** Pair mode: the hot kernel walks its split's tiles in
+   two loops around the row block's diagonal columns [r0, r0 + BLOCK_M), so no tile of
+   the hot loop holds a target; only the global last tile is masked (its own loop).
+   The fix-up kernel (``_sm90_cma_fix_kernel``) computes each row block's diagonal tile
+   exactly: a row partial with the target (extra workspace slot), its sum without the
+   target and the target logit, and the diagonal columns' partials; then the flagged
+   tiles. The row merge (``_sm90_row_merge_kernel``) takes l_nt = Σ of the target-free
+   partials + the diagonal's, so ``comp = 1 − P_target`` is never a difference.
    Class mode keeps the per-logit label compare (K is small there).
+4. When ta_i > 0 (s > 0 and inverse norms, the dispatcher's contract) the row max of
+   the rounded logits is ``fl(max_j(acc·rb)·ta_i)`` exactly (rounding is monotone), so
+   ``p = exp2(fma(acc·rb, ta_i, −mt_i))``: the scale, the norms and log2 e in one FFMA.
+
+Compiled (ptxas of Triton 3.8, sm_90a, no GPU): 128×128×128, 8 warps, 3 stages, TMA:
+204 registers (fp16; 153 bf16), 0 spill, 192 KB shared memory, one block per SM. The
+model (bench/sol.py's rates) puts a tile at MMA 4,096 + issue ≈ 3,200 + refill 600 =
+≈ 7,900 SM cycles (serial chain): ≈ 49 % of the dense peak at B = 32,768. Tried: a
+128-register cap (two blocks per SM) spills ≈ 400 B; BLOCK_D 64 costs 4 % more issue
+slots (K-loop bookkeeping); the column sums are mostly cross-lane / cross-warp
+reductions of the per-column vectors.
 
 Backward, run twice with the roles swapped (own rows × other rows), 64×64 logit tile,
 output slice BLOCK_DO (the flash-attention-backward shape: one program owns BLOCK_M
@@ -33,18 +50,20 @@ rows and BLOCK_DO output columns, walks every column tile, recomputes the logit 
 ``acc = a_blk @ b_tileᵀ`` and ``G~`` from the saved LSEs, accumulates
 ``out += (G~·rb) @ b_tile[:, slice]``):
 
-4. ``G~ = α·2^(t − lse_own_i) + β·2^(t − lse_oth_j)`` with ``t = u·ta_i``, ``u = acc·rb_j``:
+5. ``G~ = α·2^(t − lse_own_i) + β·2^(t − lse_oth_j)`` with ``t = u·ta_i``, ``u = acc·rb_j``:
    one FMUL, two FFMA + two MUFU per logit (the scale, the norms and log2 e folded).
-5. **The other side's operand straight from shared memory.** The portable kernel
+6. **The other side's operand straight from shared memory.** The portable kernel
    normalises ``v = rb·b`` element-wise and re-stages it (registers → shared) per tile;
    here the column weights go onto G~ instead: ``out += (G~_ij·rb_j) @ b_j`` with the
    raw rows, so the second GEMM's B operand is the TMA tile itself. (fp16: G~·rb is
    rounded once instead of v; with |b_j| ≫ 1 its smallest representable magnitude rises
    by |b_j|: terms below 2⁻¹⁴/|b_j| become subnormal — negligible next to the O(1) target.)
-6. Pair-mode targets only in the diagonal tiles (as 3.).
-7. ``BLOCK_DO = D`` for D ≤ 512 (a 64×512 fp32 accumulator: 220 registers, 0 spill):
+7. Pair-mode targets only in the diagonal tiles (their own loop, as 3.).
+8. ``BLOCK_DO = D`` for D ≤ 512 (a 64×512 fp32 accumulator: 220 registers, 0 spill):
    the logit tile is computed once per pass, the executed MMA work per pass is the ideal
    ``2·2·M·N·D``. Wider D runs 256-wide output slices, ``(D/256 + 1)·2·M·N·D``.
+   Compiled: 211–220 registers, 0 spill, 128 KB, one block per SM; the model: MMA 2,048 +
+   issue ≈ 1,640 + refill 600 ≈ 4,290 cycles per 64×64 tile, ≈ 46 % at B = 32,768.
 
 The interpreter runs the pointer-load variant of the same bodies (``USE_TMA=False``).
 """
@@ -788,9 +807,10 @@ SOL_SHAPES = [("pair", 4096, 4096, 512), ("pair", 32768, 32768, 512), ("class", 
 def _weighted_tile_counts(sass: str, flop_per_tile: float, warps: int, warps_per_mma: int, rare: float):
     """bench/sol.py's per-tile counts (point 3 of its docstring) with one change: the first
     nested MMA loop is the tile's K loop (trip count from the tile's FLOPs); any *later*
-    nested MMA loop is the forward's recompute of a rare / diagonal tile and is weighted
-    by ``rare`` (its share of tiles). Straight-line code of the rare branch stays counted
-    once per tile (static SASS: an over-estimate)."""
+    nested MMA loop (a recompute taken in a ``rare`` share of tiles) is charged ``rare``
+    times the K loop's trips, where bench/sol.py would give it none. The shipped hot
+    loops have no such loop (the diagonal / flushed tiles are the fix-up kernel's); kept
+    so that a variant with an in-loop recompute is not modelled as free."""
     from bench import sol
 
     instrs, loop = sol.tile_loop(sass)
