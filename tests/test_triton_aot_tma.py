@@ -567,3 +567,65 @@ def test_registry_finds_the_sm90_sets(sm90, tmp_path):
                            "-I", str(inc), str(CUDA_DIR / "segment_lse_aot_registry.cpp"), "-o", str(tmp_path / "r.o")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+# --------------------------------------------------------------------------------- on a GPU
+def _reference(x, bank, offsets, scale):
+    """float64 truth: lse per segment, max0 and the first argmax of segment 0."""
+    L = scale.double()[:, None] * (x.double() @ bank.double().T)
+    lse = torch.stack([torch.logsumexp(L[:, a:b], 1) if b > a else torch.full((L.shape[0],), float("-inf"),
+                                                                               dtype=torch.float64)
+                       for a, b in zip(offsets[:-1], offsets[1:])], 1)
+    end0 = offsets[1]
+    return lse, L[:, :end0].max(1).values, L[:, :end0].argmax(1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("offsets,splits,argmax", [(OFFSETS, 1, True), (OFFSETS, 3, True), (OFFSETS_WIDE0, 3, True),
+                                                   (OFFSETS_WIDE0, 3, False)])
+def test_gpu_sm90_aot_against_float64_and_the_jit_launcher(sm90, tmp_path, offsets, splits, argmax):
+    """The whole C++ path on an sm_90 GPU (real cuTensorMapEncodeTiled, cuMemsetD32Async,
+    cuLaunchKernel): it takes the TMA path, its results match float64 and the Python
+    launcher's JIT kernels on the same inputs and splits."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs an sm_90 GPU")
+    from fastood.ops._triton_segment_lse_sm90 import segment_lse_triton_sm90
+
+    inc = cuda_emulator.cuda_include()
+    exe = tmp_path / "aot_sm90_gpu"
+    cmd = ["nvcc", "-std=c++17", "-O2", "-arch=sm_90", "-I", str(ROOT / "csrc"), "-I", str(sm90["dir"]), "-I", str(inc),
+           str(CUDA_DIR / "testing" / "aot_sm90_gpu.cpp"), str(CUDA_DIR / "segment_lse_aot.cpp"),
+           str(CUDA_DIR / "triton_aot_launch.cpp"), str(CUDA_DIR / "segment_lse.cu"), str(CUDA_DIR / "head.cu"),
+           "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    gen = torch.Generator().manual_seed(11)
+    B, D = 300, 64
+    N, S = offsets[-1], len(offsets) - 1
+    x = torch.nn.functional.normalize(torch.randn(B, D, generator=gen), dim=1).half()
+    bank = torch.nn.functional.normalize(torch.randn(N, D, generator=gen), dim=1).half()
+    scale = torch.full((B,), 100.0) / x.float().norm(dim=1)
+    off = torch.tensor(offsets, dtype=torch.int64)
+    for name, t in [("x", x), ("bank", bank), ("offsets", off), ("scale", scale)]:
+        (tmp_path / f"{name}.bin").write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
+    (tmp_path / "args.txt").write_text(f"B {B}\nN {N}\nD {D}\nS {S}\nsplits {splits}\nargmax {int(argmax)}\n")
+    run = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "path tma" in run.stdout, run.stdout
+    import numpy as np
+
+    lse = torch.from_numpy(np.fromfile(tmp_path / "lse.bin", dtype=np.float32)).view(B, S).double()
+    max0 = torch.from_numpy(np.fromfile(tmp_path / "max0.bin", dtype=np.float32)).double()
+    ref_lse, ref_max0, ref_arg = _reference(x, bank, offsets, scale)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert (lse[finite] - ref_lse[finite]).abs().max().item() <= 2e-3
+    assert (max0 - ref_max0).abs().max().item() <= 2e-3
+    if argmax:
+        arg = torch.from_numpy(np.fromfile(tmp_path / "argmax0.bin", dtype=np.int64))
+        L = scale.double()[:, None] * (x.double() @ bank.double().T)
+        # A different index only where it ties the maximum within fp32 rounding.
+        assert (L.gather(1, arg[:, None])[:, 0] - ref_max0).abs().max().item() <= 2e-3
+    jl, jm, ja = segment_lse_triton_sm90(x.cuda(), bank.cuda(), off.cuda(), scale.cuda(), argmax, num_splits=splits)
+    assert (lse - jl.cpu().double())[finite].abs().max().item() <= 1e-5
+    assert (max0 - jm.cpu().double()).abs().max().item() <= 1e-5
