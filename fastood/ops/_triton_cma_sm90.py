@@ -532,10 +532,10 @@ def route(fwd, bwd):
         return fwd(x, t, rx, rt, scale, labels, num_splits=num_splits, blocks=blocks)
 
     @functools.wraps(bwd)
-    def cma_bwd_triton(x, t, *args, num_splits=None, blocks=None):
+    def cma_bwd_triton(x, t, *args, num_splits=None, blocks=None, **kwargs):
         if blocks is None and cma_sm90_supported(x):
-            return cma_bwd_triton_sm90(x, t, *args, num_splits=num_splits)
-        return bwd(x, t, *args, num_splits=num_splits, blocks=blocks)
+            return cma_bwd_triton_sm90(x, t, *args, num_splits=num_splits, **kwargs)
+        return bwd(x, t, *args, num_splits=num_splits, blocks=blocks, **kwargs)
 
     return cma_fwd_triton, cma_bwd_triton
 
@@ -754,7 +754,8 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
     for pair in (True, False):
         sig = {"a_ptr": f"tensordesc<{tn}[{bm},{bd}]>", "b_ptr": f"tensordesc<{tn}[{bn},{bd}]>",
                "ra_ptr": "*fp32", "rb_ptr": "*fp32", "scale_ptr": "*fp32", "lab_ptr": "*fp32" if pair else "*i64",
-               **{k: "*fp32" for k in ("row_m_ptr", "row_l_ptr", "row_lnt_ptr", "row_tt_ptr", "col_m_ptr", "col_l_ptr")},
+               **{k: "*fp32" for k in ("row_m_ptr", "row_l_ptr", "row_lnt_ptr", "row_tt_ptr",
+                                      "col_m_ptr", "col_l_ptr")},
                "flag_ptr": "*i8", "M": "i32", "N": "i32", "D": "i32", "chunk": "i32", "n_tiles": "i32", **strides}
         specs.append(AotSpec(
             name=f"cma_sm90_fwd[{bm}x{bn}x{bd} w{warps} s{stages} tma {'pair' if pair else 'labels'}]",
@@ -867,7 +868,6 @@ def sol_predictions(gpu_name: str = "h100", dtype: str = "float16", reports=None
             continue
         fwd = r.name.startswith("cma_sm90_fwd")
         pair_cfg = "pair" in r.name or " t0 " in r.name
-        class_cfg = not pair_cfg
         for mode, B, N, D in SOL_SHAPES:
             if (mode == "pair") != pair_cfg:
                 continue
@@ -923,6 +923,57 @@ def sol_predictions(gpu_name: str = "h100", dtype: str = "float16", reports=None
     return out
 
 
+def portable_sol_predictions(gpu_name: str = "h100", dtype: str = "float16") -> list[dict]:
+    """The same model for the portable CMA kernels (``fastood.ops._triton_cma``, pair mode,
+    every autotune config, its launchers' split heuristics) at the pair shapes of
+    :data:`SOL_SHAPES`: the baseline the Hopper kernels are measured against."""
+    import math
+
+    from bench import sol
+    from fastood.ops import _aot
+    from fastood.ops import _triton_cma as K
+
+    gpu = sol.GPUS[gpu_name]
+    keep = lambda m, spec: spec.main_loop and ("pair" in spec.name or " t0 " in spec.name)  # noqa: E731
+    reports = _aot.compile_specs(90, [dtype], full=True, modules=[K.__name__], select=keep, want_sass=True, jobs=1)
+    specs = {spec.name: spec for _, spec in _aot._collect_names(90, dtype, True, [K.__name__])}
+    out = []
+    for r in reports:
+        if r.error or not r.sass:
+            continue
+        kw = specs[r.name].constexprs
+        fwd = r.name.startswith("cma_fwd")
+        for mode, B, N, D in SOL_SHAPES:
+            if mode != "pair":
+                continue
+            if fwd:
+                bm, bn = kw["BLOCK_M"], kw["BLOCK_N"]
+                row_blocks = math.ceil(B / bm)
+                splits = min(math.ceil(2 * gpu.sms / row_blocks), math.ceil(N / _CHUNK_ALIGN))
+                flop, l2, useful = 2.0 * bm * bn * D, (bm + bn) * D * 2, 2.0 * B * N * D
+                slices = 1
+            else:
+                bm, bn, bdo = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_DO"]
+                splits = min(math.ceil(2 * gpu.sms / (math.ceil(B / 64) * math.ceil(D / 128))),
+                             math.ceil(N / _CHUNK_ALIGN), max(1, (64 * 2**20) // (4 * B * D)))
+                flop, l2, useful = 2.0 * bm * bn * (D + bdo), ((bm + bn) * D + bn * bdo) * 2, 4.0 * B * N * D
+                slices = math.ceil(D / bdo)
+            chunk = math.ceil(math.ceil(N / splits) / _CHUNK_ALIGN) * _CHUNK_ALIGN
+            splits = math.ceil(N / chunk)
+            programs = math.ceil(B / bm) * slices * splits
+            tc = _weighted_tile_counts(r.sass, flop, r.num_warps, 4, 0.0)
+
+            def at(k: int, tc=tc, l2=l2) -> float:
+                return sol.predict_tile(tc, gpu, warps=r.num_warps, warps_per_mma=4, mma_kind=r.mma, l2_bytes=l2,
+                                        blocks_per_sm=k, chains=1, refill=True).cycles
+
+            t = sol.predict_time(at, gpu, programs=programs, tiles_per_program=math.ceil(chunk / bn),
+                                 blocks_per_sm=r.blocks_per_sm)
+            out.append(dict(config=r.name, M=B, N=N, D=D, registers=r.registers, blocks_per_sm=r.blocks_per_sm,
+                            cycles_tile=at(r.blocks_per_sm), time_s=t, pct_peak=100.0 * useful / gpu.peak_flops / t))
+    return out
+
+
 def sol_lines(gpu_name: str = "h100", dtype: str = "float16", reports=None) -> list[str]:
     """A markdown table of :func:`sol_predictions` (``python -m bench sol`` appends it)."""
     rows = sol_predictions(gpu_name, dtype, reports)
@@ -936,8 +987,21 @@ def sol_lines(gpu_name: str = "h100", dtype: str = "float16", reports=None) -> l
             lines.append(f"| {p['config']} | not modelled: {p['error'][:200]} |" + " |" * 18)
             continue
         q = p["pipes"]
-        lines.append(f"| {p['config']} | {p['mode']} | {p['M']} | {p['N']} | {p['D']} | {p['registers']} | {p['spill']} | "
-                     f"{p['blocks_per_sm']} | {p['k_trips']:.1f} | {q['mma']:.0f} | {q['mufu']:.0f} | {q['fp32']:.0f} | "
+        lines.append(f"| {p['config']} | {p['mode']} | {p['M']} | {p['N']} | {p['D']} | {p['registers']} | "
+                     f"{p['spill']} | {p['blocks_per_sm']} | {p['k_trips']:.1f} | {q['mma']:.0f} | {q['mufu']:.0f} | "
+                     f"{q['fp32']:.0f} | "
                      f"{q['issue']:.0f} | {q['l2']:.0f} | {p['chain']:.0f} | {p['cycles_tile']:.0f} | {p['bound']} | "
                      f"{p['time_s'] * 1e3:.3f} | {p['pct_peak']:.0f} | {p['mma_util']:.0f} |")
+    lines += ["", "The portable CMA kernels (fastood/ops/_triton_cma.py), pair mode, same model, fastest config per "
+                  "kernel and shape:", "", "| kernel | config | M | N | D | regs | blocks/SM | cycles/tile | "
+                  "predicted ms | % peak |", "|---|---|---|---|---|---|---|---|---|---|"]
+    base = portable_sol_predictions(gpu_name, dtype)
+    for kernel in ("cma_fwd", "cma_bwd"):
+        for M in sorted({p["M"] for p in base}):
+            cands = [p for p in base if p["config"].startswith(kernel + "[") and p["M"] == M]
+            if cands:
+                p = min(cands, key=lambda q: q["time_s"])
+                lines.append(f"| {kernel} | {p['config']} | {p['M']} | {p['N']} | {p['D']} | {p['registers']} | "
+                             f"{p['blocks_per_sm']} | {p['cycles_tile']:.0f} | {p['time_s'] * 1e3:.3f} | "
+                             f"{p['pct_peak']:.0f} |")
     return lines
