@@ -63,10 +63,40 @@ def _toy_dot_kernel(a_ptr, b_ptr, c_ptr, K, IEEE: tl.constexpr,
     tl.store(c_ptr + rm[:, None] * BN + rn[None, :], acc)
 
 
+def _route_specs() -> list[AotSpec]:
+    """The scoring kernel's 128×128×64 fp16 spec as a launch with D = 40 would specialise it,
+    with the launcher's alignment route (``routed``) and without it (``unrouted``), from
+    Triton's own specialisation of the actual tensors and ints."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    from fastood.ops import _triton_segment_lse as K
+
+    base = next(s for s in K.aot_specs(90, torch.float16, full=False) if s.name == "segment_lse_fwd[128x128x64 w8 s3]")
+    x, bank = torch.zeros(7, 40, dtype=torch.float16), torch.zeros(90, 40, dtype=torch.float16)
+    out = []
+    for tag, (xx, bb) in (("routed", K._aligned_operands(x, bank)), ("unrouted", (x, bank))):
+        vals = {"x_ptr": xx, "bank_ptr": bb, "D": xx.shape[1], "stride_xb": xx.stride(0), "stride_bn": bb.stride(0),
+                "stride_xd": xx.stride(1), "stride_bd": bb.stride(1)}
+        spec = {k: native_specialize_impl(BaseBackend, v, False, True, True) for k, v in vals.items()}
+        aligned = tuple(k for k in base.aligned if k not in vals or spec[k][1] == "D")
+        sig, constexprs = dict(base.signature), dict(base.constexprs)
+        for k in ("stride_xd", "stride_bd"):
+            if spec[k][0] != "constexpr":
+                constexprs.pop(k)
+                sig[k] = spec[k][0]
+        out.append(AotSpec(name=f"route_{tag}[D40 128x128x64 w8 s3]", fn=base.fn, signature=sig,
+                           constexprs=constexprs, num_warps=base.num_warps, num_stages=base.num_stages,
+                           aligned=aligned, intended_mma=base.intended_mma))
+    return out
+
+
 def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list[AotSpec]:
     """The controls: a spilling kernel, an fp16 dot (tensor cores) and an IEEE fp32 dot
-    (FMA: no tensor cores) that wrongly declares the tensor-core path of ``arch``."""
+    (FMA: no tensor cores) that wrongly declares the tensor-core path of ``arch``; on sm_90
+    fp16 also the scoring kernel launched with D = 40, routed and not."""
     mma = "wgmma" if arch >= 90 else "mma"
+    routes = _route_specs() if (arch, dtype) == (90, torch.float16) else []
     sig_dot = {"a_ptr": ptr(dtype), "b_ptr": ptr(dtype), "c_ptr": "*fp32", "K": "i32"}
     tiles = {"BM": 64, "BN": 64, "BK": 32}
     return [
@@ -76,6 +106,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list[AotSpec]:
         AotSpec(name="toy_dot[64x64x32 w4]", fn=_toy_dot_kernel, signature=sig_dot,
                 constexprs={"IEEE": dtype == torch.float32, **tiles}, num_warps=4, num_stages=3,
                 aligned=("a_ptr", "b_ptr", "c_ptr", "K"), intended_mma=mma),
+        *routes,
     ]
 
 
@@ -197,6 +228,19 @@ def test_tensor_core_path_is_detected(toy_reports, arch, family):
     fp32 = toy_reports[(arch, "float32", "toy_dot")]
     assert fp32.mma == "none" and fp32.opcodes.get("FFMA", 0) > 0
     assert any("tensor-core path" in v for v in fp32.violations())
+
+
+def test_misaligned_launch_is_routed_to_a_config_that_does_not_spill(toy_reports):
+    """§4: D = 40 without the route compiles the unhinted variant (no 16-byte vector loads /
+    cp.async pipeline: less shared memory, spills); the launcher's route gives the aligned
+    variant, which compiles like the AOT-checked spec: no spill, wgmma, the full pipeline."""
+    routed = toy_reports[(90, "float16", "route_routed")]
+    unrouted = toy_reports[(90, "float16", "route_unrouted")]
+    assert routed.error is None and unrouted.error is None
+    assert routed.violations() == [] and routed.spill_bytes == 0 and routed.mma == "wgmma"
+    assert routed.smem == 128 * 64 * 2 * 2 * 3  # 3 stages of the 128×64 x and bank tiles: the pipeline
+    # The hazard the route avoids (Triton 3.8: 732 B spill stores + 732 B loads, 32 KB shared memory).
+    assert unrouted.spill_bytes > 0 and unrouted.smem < routed.smem
 
 
 # ----------------------------------------------------------------- the arithmetic, by hand
