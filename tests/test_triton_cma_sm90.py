@@ -222,3 +222,36 @@ def test_sol_weights_the_rare_recompute_loop():
     assert tc.per_warp["mufu"] == 1 and tc.per_warp["int"] == 10
     plain = sol.tile_counts(sass, flop_per_tile=flop, warps=4, warps_per_mma=4)
     assert plain.mma_flop_per_warp == 8 * 2.0 * 64 * 128 * 16  # the recompute uncounted
+
+
+def test_portable_launchers_route_to_the_hopper_kernels(monkeypatch):
+    """fastood.ops._triton_cma's launchers hand over to the Hopper ones whenever
+    cma_sm90_supported says so (stubbed here: no GPU), keep tests' fixed tiles
+    (``blocks=``) on the portable kernels, and pass every argument through unchanged."""
+    from fastood.ops import _triton_cma as K
+    from fastood.ops import _triton_cma_sm90 as H
+
+    calls = []
+    monkeypatch.setattr(H, "cma_sm90_supported", lambda x: True)
+    monkeypatch.setattr(H, "cma_fwd_triton_sm90", lambda *a, **k: calls.append(("fwd", len(a), k)) or "hopper")
+    monkeypatch.setattr(H, "cma_bwd_triton_sm90", lambda *a, **k: calls.append(("bwd", len(a), k)) or "hopper")
+    x = torch.randn(4, 8)
+    assert K.cma_fwd_triton(x, x, 1, 2, 3, None, num_splits=2) == "hopper"
+    assert K.cma_bwd_triton(x, x, *range(12)) == "hopper"
+    assert calls == [("fwd", 6, {"num_splits": 2}), ("bwd", 14, {"num_splits": None})]
+    monkeypatch.setattr(K, "_prepare", lambda *a: (_ for _ in ()).throw(RuntimeError("portable")))
+    with pytest.raises(RuntimeError, match="portable"):
+        K.cma_fwd_triton(x, x, 1, 2, 3, None, blocks=(16, 16, 16))
+    monkeypatch.setattr(H, "cma_sm90_supported", lambda x: False)
+    with pytest.raises(RuntimeError, match="portable"):
+        K.cma_fwd_triton(x, x, 1, 2, 3, None)
+
+
+def test_sm90_supported_only_for_cuda_half_types(monkeypatch):
+    from fastood.ops._triton_cma_sm90 import cma_sm90_supported
+
+    assert not cma_sm90_supported(torch.randn(2, 2).half())  # CPU
+    assert not cma_sm90_supported("not a tensor")
+    if torch.cuda.is_available():
+        monkeypatch.setenv("FASTOOD_TRITON_SM90", "0")
+        assert not cma_sm90_supported(torch.randn(2, 2, device="cuda").half())
