@@ -427,8 +427,8 @@ def column_tiles(columns: str, N: int, S: int, bn: int, splits: int) -> int:
     end0 = segment0_end(N, S - 1)
     if columns == "all":
         return math.ceil(math.ceil(N / splits) / bn)
-    if columns == "segment0":  # split over its own columns [0, end0)
-        return math.ceil(math.ceil(end0 / splits) / bn)
+    if columns == "segment0":  # its tiles of [0, end0), strided over the splits
+        return math.ceil(math.ceil(end0 / bn) / splits)
     if columns == "after_segment0":
         return math.ceil(math.ceil((N - end0 // bn * bn) / splits) / bn)
     if columns == "flagged":
@@ -455,11 +455,12 @@ def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, e
                             blocks_per_sm=k, chains=cm.desc.get("chains", 1), refill=cm.desc.get("refill", True)).cycles
 
     split_rows = cm.desc.get("split_rows", 64)
-    # A segment-0 kernel splits its own columns [0, end0): the heuristic on end0 columns.
-    cols = segment0_end(N, S - 1) if cm.desc.get("columns") == "segment0" else N
-    splits = cm.desc.get("splits", None) or (_splits(B, cols, split_rows, gpu) if "split" in cm.name else 1)
+    splits = cm.desc.get("splits", None) or (_splits(B, N, split_rows, gpu) if "split" in cm.name else 1)
     programs = math.ceil(B / bb) * splits
     tiles = column_tiles(cm.desc.get("columns", "all"), N, S, bn, splits)
+    if cm.desc.get("columns") == "segment0":
+        # Strided tiles of [0, end0): only the splits that get a tile work (the others exit).
+        programs = math.ceil(B / bb) * min(splits, math.ceil(segment0_end(N, S - 1) / bn))
     t = predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
     tp = predict_tile(tc, gpu, warps=cm.warps, warps_per_mma=wpm, mma_kind=cm.mma, l2_bytes=l2,
                       blocks_per_sm=cm.blocks_per_sm, chains=cm.desc.get("chains", 1),

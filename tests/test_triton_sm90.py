@@ -135,6 +135,22 @@ def test_argmax_ties_first_index_across_tiles_and_splits(splits):
     assert arg0.cpu().tolist() == [5, 5, 5]
 
 
+def test_argmax_tie_across_strided_segment0_splits():
+    """Segment-0 splits take strided tiles (16×32 tiles, 2 splits: split 0 = tiles 0, 2, 4,
+    split 1 = tiles 1, 3): a maximum tied at columns 40 (tile 1, split 1) and 70 (tile 2,
+    split 0) must give 40, although split 0 comes first in the merge."""
+    gen = torch.Generator().manual_seed(21)
+    N, D = 140, 32
+    offsets = [0, 130, 140]
+    bank = unit_rows(N, D, gen).float()
+    bank[70] = bank[40].clone()
+    x = bank[40:41].clone().repeat(3, 1)
+    row_scale = torch.tensor([100.0, 1.0, 10.0])
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=2)
+    assert out[2].cpu().tolist() == [40, 40, 40]
+    check(out, x, bank, offsets, row_scale)
+
+
 @pytest.mark.parametrize("layout", ["x_strided", "bank_transposed"])
 def test_non_contiguous_inputs(layout):
     gen = torch.Generator().manual_seed(3)
@@ -168,18 +184,17 @@ def test_split_heuristic_fills_two_blocks_per_sm(monkeypatch):
 
 def test_segment0_gets_its_own_split_at_small_batches(monkeypatch):
     """Segment 0 (1,000 columns) was walked by ⌈B/128⌉ programs of 8 tiles each whatever the
-    batch (32 programs on 132 SMs at B = 4,096). Its own split of [0, end0): ⌈264/32⌉ = 9
-    wanted, ≤ ⌈1000/128⌉ = 8 tiles → 8 splits of one 128-column tile (256 programs); at
-    B = 65,536 the 512 row blocks fill the GPU: no split."""
+    batch (32 programs on 132 SMs at B = 4,096). Its own split, strided over its tiles and
+    sized without end0 (no device sync): ⌈264/32⌉ = 9 at B = 4,096 (8 of them get one tile),
+    ⌈264/2⌉ = 132 → 90 (one per tile of N) at B = 256; 512 row blocks fill the GPU alone."""
     from fastood.ops import _triton_segment_lse_sm90 as m
 
     monkeypatch.setattr(m, "_sm_count", lambda index: 132)
     dev = torch.device("cuda", 0)
-    assert m._segment0_plan(4096, 1000, dev, False, 128, 128, None) == (8, 128)
-    assert m._segment0_plan(256, 1000, dev, False, 128, 128, None) == (8, 128)
-    assert m._segment0_plan(65536, 1000, dev, False, 128, 128, None)[0] == 1
-    assert m._segment0_plan(4096, 0, dev, False, 128, 128, None)[0] == 1   # empty segment 0
-    assert m._segment0_plan(64, 130, dev, True, 16, 32, 3) == (3, 64)       # forced (tests)
+    assert m._segment0_splits(4096, 11400, dev, False, 128, 128, None) == 9
+    assert m._segment0_splits(256, 11400, dev, False, 128, 128, None) == 90
+    assert m._segment0_splits(65536, 11400, dev, False, 128, 128, None) == 1
+    assert m._segment0_splits(64, 130, dev, True, 16, 32, 3) == 3       # forced (tests)
 
 
 def test_small_batches_keep_the_portable_kernel():

@@ -133,22 +133,14 @@ CUDA_CONFIG = (128, 128, 64, 8, 3)
 MAXNREG_TMA = 128
 
 
-# The segment-0 kernel's TMA variants that take the 128-register cap, as (want_argmax,
-# split, dtype), per Triton version: those the cap brings to 128 registers with 0 spill
-# bytes (ptxas, sm_90a) → two blocks per SM. Triton 3.8: fp16 split (137 uncapped) and
-# argmax unsplit (150); the others compile to 127-128 uncapped, where the cap makes ptxas
-# spill 56 B, and argmax + split spills 44 B under it (170-183, one block). Triton 3.6: the
-# split variants (149 / 159 uncapped); the unsplit ones are 128 uncapped. Other versions:
-# unchecked, uncapped.
-_F16, _BF16 = torch.float16, torch.bfloat16
-_SEG0_CAPPED_38 = {(False, True, _F16), (True, False, _F16), (True, False, _BF16)}
-_SEG0_CAPPED_36 = {(False, True, _F16), (False, True, _BF16), (True, True, _F16), (True, True, _BF16)}
-
-
+# The segment-0 kernel's TMA path under the 128-register cap (two blocks per SM), per
+# Triton version, from ptxas (sm_90a, fp16 and bf16, split or not): Triton 3.8 compiles the
+# argmax variants to 150-168 registers uncapped and 128 with 0 spill bytes capped; the
+# others to 128 uncapped (the cap makes ptxas spill 56 B there). Triton 3.6 compiles every
+# variant to 128 uncapped. Other versions: unchecked, uncapped.
 def _seg0_capped(want_argmax: bool, split: bool, dtype: torch.dtype) -> bool:
-    v = _triton_version()
-    table = _SEG0_CAPPED_38 if v >= (3, 8) else _SEG0_CAPPED_36 if v >= (3, 6) else set()
-    return (bool(want_argmax), bool(split), dtype) in table
+    """Whether the segment-0 kernel's TMA launch takes ``maxnreg=128`` (table above)."""
+    return bool(want_argmax) and _triton_version() >= (3, 8)
 
 
 def _triton_version() -> tuple[int, int]:
@@ -443,7 +435,7 @@ def _sm90_segment_lse_fwd_kernel(
 def _sm90_segment0_kernel(
     x_ptr, bank_ptr, off_ptr, scale_ptr,
     lse_ptr, max0_ptr, arg0_ptr, ws_m_ptr, ws_l_ptr, ws_arg_ptr,
-    B, N, D, S, chunk,
+    B, N, D, S, n_splits,
     stride_xb, stride_xd, stride_bn, stride_bd,
     USE_TMA: tl.constexpr, WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -456,12 +448,13 @@ def _sm90_segment0_kernel(
     block (8 of the 90 at the headline shape), and the hot kernel skips all but the
     last of them (the one holding segment 0's end and segment 1's start).
 
-    ``SPLIT``: program (b, p) takes the columns [p·chunk, (p+1)·chunk) ∩ [0, end0) (its own
-    split of segment 0, ``chunk`` a multiple of BLOCK_N) and writes its partial (m, l) (base
-    2, m its true max) and first argmax to a (splits, B) workspace that
-    ``_sm90_segment0_merge_kernel`` combines (the earlier split wins ties). Without it a
-    small batch runs segment 0 on ⌈B/BLOCK_B⌉ programs only (32 at B = 4,096, each walking
-    the 8 tiles of 1,000 columns in sequence) while the hot kernel's splits fill the GPU.
+    ``SPLIT``: program (b, p) takes the column tiles p, p + n_splits, p + 2·n_splits, …
+    of [0, end0) and writes its partial (m, l) (base 2, m its true max) and first argmax to
+    a (n_splits, B) workspace that ``_sm90_segment0_merge_kernel`` combines (ties: the
+    smaller column). Strided tiles need no end0 on the host (no device sync at launch);
+    programs past the last tile exit. Without it a small batch runs segment 0 on
+    ⌈B/BLOCK_B⌉ programs only (32 at B = 4,096, each walking the 8 tiles of 1,000 columns in
+    sequence) while the hot kernel's splits fill the GPU.
     """
     pid_b = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -473,21 +466,23 @@ def _sm90_segment0_kernel(
     c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     offs_n = tl.arange(0, BLOCK_N)
     end0 = tl.load(off_ptr + 1).to(tl.int32)
+    n_t0 = tl.cdiv(end0, BLOCK_N)                  # segment 0's column tiles
     if SPLIT:
-        c_lo = pid_p * chunk                        # a multiple of BLOCK_N (launcher)
-        c_hi = tl.minimum(end0, c_lo + chunk)
+        t_first = pid_p
+        t_step = n_splits
     else:
-        c_lo = pid_p * 0
-        c_hi = end0
+        t_first = pid_p * 0
+        t_step = 1
     m = tl.full([BLOCK_B], NEG_INF, tl.float32)   # running max of segment 0 (base 2)
     l = tl.zeros([BLOCK_B], tl.float32)           # Σ exp2(t − m)
     arg = tl.zeros([BLOCK_B], tl.int32)
-    for n0 in tl.range(c_lo, c_hi, BLOCK_N, disable_licm=True):
-        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, c_hi, D,
+    for t in tl.range(t_first, n_t0, t_step, disable_licm=True):
+        n0 = t * BLOCK_N
+        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, end0, D,
                         stride_xb, stride_xd, stride_bn, stride_bd,
                         USE_TMA, IEEE_FP32, BLOCK_B, BLOCK_N, BLOCK_D)
         cols = n0 + offs_n
-        in0 = (cols < c_hi)[None, :]
+        in0 = (cols < end0)[None, :]
         a0 = tl.max(tl.where(in0, acc, NEG_INF), axis=1)
         t0 = a0 * c                                   # c > 0: the max of the scaled logits
         if WANT_ARGMAX:
@@ -498,7 +493,7 @@ def _sm90_segment0_kernel(
             tl.where(in0, tl.math.exp2(tl.fma(acc, c[:, None], -m_new[:, None])), 0.0), axis=1)
         m = m_new
     if SPLIT:
-        if c_hi > c_lo:  # the merge reads exactly the splits that hold segment-0 columns
+        if pid_p < n_t0:  # the merge reads exactly the programs that had a tile
             ws = pid_p.to(tl.int64) * B + rows64
             tl.store(ws_m_ptr + ws, m, mask=row_ok)
             tl.store(ws_l_ptr + ws, l, mask=row_ok)
@@ -514,12 +509,13 @@ def _sm90_segment0_kernel(
 @triton.jit
 def _sm90_segment0_merge_kernel(
     ws_m_ptr, ws_l_ptr, ws_arg_ptr, off_ptr, lse_ptr, max0_ptr, arg0_ptr,
-    B, S, chunk,
-    WANT_ARGMAX: tl.constexpr, BLOCK: tl.constexpr,
+    B, S, n_splits,
+    WANT_ARGMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Segment 0 from its splits' partials, in split order: m = max_p m_p,
-    l = Σ_p l_p · 2^(m_p − m), lse = (m + log2 l)·ln 2, max0 = m·ln 2, argmax0 = the
-    argmax of the first split reaching m (strictly greater replaces: ties keep the earlier)."""
+    """Segment 0 from its splits' partials: m = max_p m_p, l = Σ_p l_p · 2^(m_p − m),
+    lse = (m + log2 l)·ln 2, max0 = m·ln 2, argmax0 = the smallest column among the splits'
+    first maximisers that reach m (a split's tiles are strided: split order is not column
+    order)."""
     NEG_INF: tl.constexpr = float("-inf")
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     row_ok = rows < B
@@ -528,12 +524,13 @@ def _sm90_segment0_merge_kernel(
     m = tl.full([BLOCK], NEG_INF, tl.float32)
     l = tl.zeros([BLOCK], tl.float32)
     arg = tl.zeros([BLOCK], tl.int32)
-    for p in range(0, tl.cdiv(end0, chunk)):
+    for p in range(0, tl.minimum(n_splits, tl.cdiv(end0, BLOCK_N))):  # the splits that had a tile
         ws = p * B + rows64
         m_p = tl.load(ws_m_ptr + ws, mask=row_ok, other=NEG_INF)
         l_p = tl.load(ws_l_ptr + ws, mask=row_ok, other=0.0)
         if WANT_ARGMAX:
-            arg = tl.where(m_p > m, tl.load(ws_arg_ptr + ws, mask=row_ok, other=0), arg)
+            a_p = tl.load(ws_arg_ptr + ws, mask=row_ok, other=0)
+            arg = tl.where((m_p > m) | ((m_p == m) & (a_p < arg)), a_p, arg)
         m_new = tl.maximum(m, m_p)
         m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
         l = l * tl.math.exp2(m - m_ref) + l_p * tl.math.exp2(m_p - m_ref)
@@ -662,15 +659,13 @@ def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreti
     return max(1, splits)
 
 
-def _segment0_plan(B: int, end0: int, device: torch.device, interpreting: bool, bb: int, bn: int,
-                   num_splits: int | None) -> tuple[int, int]:
-    """(splits, chunk) of the segment-0 kernel over its own columns [0, end0): the split
-    heuristic applied to end0 columns and one segment (its workspace is (splits, B)),
-    ``num_splits`` forces the count; chunk a multiple of BLOCK_N, no split without at least
-    two chunks."""
-    splits = num_splits if num_splits is not None else _choose_splits_sm90(B, end0, 1, device, interpreting, bb, bn)
-    chunk = triton.cdiv(triton.cdiv(max(end0, 1), splits), bn) * bn
-    return max(1, triton.cdiv(end0, chunk)), chunk
+def _segment0_splits(B: int, N: int, device: torch.device, interpreting: bool, bb: int, bn: int,
+                     num_splits: int | None) -> int:
+    """Splits of the segment-0 kernel (strided column tiles): the split heuristic on N
+    columns and one segment (its workspace is (splits, B)); ``num_splits`` forces it.
+    Independent of end0, which stays on the device (no sync at launch): the splits past
+    segment 0's last tile exit at once."""
+    return num_splits if num_splits is not None else _choose_splits_sm90(B, N, 1, device, interpreting, bb, bn)
 
 
 def column_segments(offsets: Tensor, N: int) -> Tensor:
@@ -782,7 +777,7 @@ def segment_lse_triton_sm90(
         )
     # Segment 0 (after the merge, which wrote "nothing" there), split over its own columns
     # [0, end0) when the row blocks alone leave SMs idle.
-    splits0, chunk0 = _segment0_plan(B, int(offsets[1]), device, interpreting, bb, bn, num_splits)
+    splits0 = _segment0_splits(B, N, device, interpreting, bb, bn, num_splits)
     split0 = splits0 > 1
     if split0:
         ws0_m = torch.empty(splits0, B, dtype=torch.float32, device=device)
@@ -793,7 +788,7 @@ def segment_lse_triton_sm90(
     s0_args = (x_arg, b_arg) if use_tma else (x, bank)
     _sm90_segment0_kernel[(n_blocks, splits0)](
         *s0_args, offsets, row_scale, lse, max0, arg0 if want_argmax else max0, ws0_m, ws0_l, ws0_arg,
-        B, N, D, S, chunk0,
+        B, N, D, S, splits0,
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
         USE_TMA=bool(use_tma), WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32, SPLIT=split0,
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages,
@@ -802,8 +797,8 @@ def segment_lse_triton_sm90(
     )
     if split0:
         _sm90_segment0_merge_kernel[(triton.cdiv(B, mb),)](
-            ws0_m, ws0_l, ws0_arg, offsets, lse, max0, arg0 if want_argmax else max0, B, S, chunk0,
-            WANT_ARGMAX=bool(want_argmax), BLOCK=mb,
+            ws0_m, ws0_l, ws0_arg, offsets, lse, max0, arg0 if want_argmax else max0, B, S, splits0,
+            WANT_ARGMAX=bool(want_argmax), BLOCK_N=bn, BLOCK=mb,
         )
     # Then the flagged row blocks (all segments, exact).
     ebn = bn if interpreting else EXACT_CONFIG[1]
@@ -868,11 +863,11 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                     "off_ptr": "*i64", "scale_ptr": "*fp32", "lse_ptr": "*fp32", "max0_ptr": "*fp32",
                     "arg0_ptr": "*i64" if argmax else "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32",
                     "ws_arg_ptr": "*i32" if (argmax and split) else "*fp32",
-                    "B": "i32", "N": "i32", "D": "i32", "S": "i32", "chunk": "i32",
+                    "B": "i32", "N": "i32", "D": "i32", "S": "i32", "n_splits": "i32",
                     "stride_xb": "i32", "stride_bn": "i32",
                 }
                 aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
-                aligned += ("D", "chunk", "stride_xb", "stride_bn")
+                aligned += ("D", "stride_xb", "stride_bn")
                 tag = (f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}{' argmax' if argmax else ''}"
                        f"{' split' if split else ''}")
                 specs.append(AotSpec(
@@ -902,12 +897,12 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
         sig = {
             "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32", "ws_arg_ptr": "*i32" if argmax else "*fp32", "off_ptr": "*i64",
             "lse_ptr": "*fp32", "max0_ptr": "*fp32", "arg0_ptr": "*i64" if argmax else "*fp32",
-            "B": "i32", "S": "i32", "chunk": "i32",
+            "B": "i32", "S": "i32", "n_splits": "i32",
         }
         specs.append(AotSpec(
             name=f"segment_lse_sm90_seg0_merge[128{' argmax' if argmax else ''}]", fn=_sm90_segment0_merge_kernel,
-            signature=sig, constexprs={"WANT_ARGMAX": argmax, "BLOCK": 128}, num_warps=4, num_stages=3,
-            aligned=tuple(k for k in sig if k.endswith("_ptr")) + ("chunk",), main_loop=False,
+            signature=sig, constexprs={"WANT_ARGMAX": argmax, "BLOCK_N": CUDA_CONFIG[1], "BLOCK": 128}, num_warps=4,
+            num_stages=3, aligned=tuple(k for k in sig if k.endswith("_ptr")), main_loop=False,
         ))
     return specs
 
