@@ -23,8 +23,9 @@ Three kernels (one launch each; plus the portable module's merge kernel for spli
 * **segment 0** ``_sm90_segment0_kernel`` — lse, max and first argmax of segment 0 over
   columns [0, end0) with its exact running max (⌈end0/BLOCK_N⌉ tiles per row block: 8 of
   90 at the headline shape; the hot kernel skips all of them but the boundary tile). When
-  the row blocks do not fill the GPU it splits [0, end0) itself (``_segment0_plan``) and
-  ``_sm90_segment0_merge_kernel`` combines the splits;
+  the row blocks do not fill the GPU its tiles are strided over splits of their own
+  (``_segment0_splits``, sized without reading end0 on the host) and
+  ``_sm90_segment0_merge_kernel`` combines them;
 * **exact** ``_sm90_segment_lse_exact_kernel`` — redoes, with per-segment maxima, the row
   blocks the hot kernel flagged; every other row block exits at once.
 
@@ -775,8 +776,8 @@ def segment_lse_triton_sm90(
             ws_m, ws_l, ws_m, offsets, lse, max0, max0, B, S, chunk,
             WANT_ARGMAX=False, BLOCK=mb,
         )
-    # Segment 0 (after the merge, which wrote "nothing" there), split over its own columns
-    # [0, end0) when the row blocks alone leave SMs idle.
+    # Segment 0 (after the merge, which wrote "nothing" there), its tiles strided over splits
+    # of its own when the row blocks alone leave SMs idle.
     splits0 = _segment0_splits(B, N, device, interpreting, bb, bn, num_splits)
     split0 = splits0 > 1
     if split0:
