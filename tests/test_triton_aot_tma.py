@@ -78,8 +78,14 @@ print(json.dumps(out))
 """
 
 
-def _fresh(names: list[str]) -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _fresh(names: list[str], cache_dir: Path | None = None) -> dict:
+    """``cache_dir``: an empty Triton cache, so that the cubin is really compiled again (not
+    read back from the cache the embedding filled)."""
+    # No line info, as embed_triton.py compiles (else the cubin records the module file's mtime).
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DISABLE_LINE_INFO": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if cache_dir is not None:
+        env["TRITON_CACHE_DIR"] = str(cache_dir)
     proc = subprocess.run([sys.executable, "-c", _FRESH, SM90, *names], capture_output=True, text=True, env=env,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -145,7 +151,7 @@ def test_ptx_reader_reads_a_by_value_tensor_map():
 
 
 # ------------------------------------------------------------------- images vs a fresh compile
-def test_embedded_tma_images_are_fresh_compiles(sm90):
+def test_embedded_tma_images_are_fresh_compiles(sm90, tmp_path):
     """Every TMA image's bytes (sha256 in the header) and descriptor metadata equal an
     independent triton.compile of the same spec; the header's element type is the compiler's
     device enum mapped by Triton's own TMA_DTYPE_DEVICE_TO_HOST."""
@@ -153,7 +159,7 @@ def test_embedded_tma_images_are_fresh_compiles(sm90):
 
     names = _tma_names(sm90)
     assert len(names) >= 4  # hot × split, segment-0 × argmax (× split)
-    fresh = _fresh(names)
+    fresh = _fresh(names, tmp_path / "triton-cache")
     text = sm90["text"]
     for name in names:
         sym = _symbol(sm90, name)
@@ -267,7 +273,7 @@ def _problem(B, D, offsets, seed=7):
 
 
 OFFSETS = [0, 100, 384, 384, 500, 768, 900, 1000]  # an empty segment at a split edge
-OFFSETS_WIDE0 = [0, 520, 520, 700, 1000]  # segment 0 over 3 of the segment-0 kernel's splits
+OFFSETS_WIDE0 = [0, 520, 520, 700, 1000]  # segment 0: 5 column tiles over the segment-0 kernel's 3 splits
 
 
 @pytest.mark.parametrize("offsets,splits,argmax", [(OFFSETS, 3, True), (OFFSETS, 3, False), (OFFSETS, 1, True),

@@ -112,14 +112,12 @@ constexpr uint32_t kNegInfBits = 0xff800000u;  // −inf as fp32
 
 }  // namespace
 
-Sm90Plan sm90_plan(int64_t N, int64_t end0, int64_t requested_splits, int64_t requested_splits0, int64_t block_n) {
+Sm90Plan sm90_plan(int64_t N, int64_t requested_splits, int64_t requested_splits0, int64_t block_n) {
   Sm90Plan p;
   const int64_t r = requested_splits < 1 ? 1 : requested_splits;
-  const int64_t r0 = requested_splits0 < 1 ? 1 : requested_splits0;
   p.chunk = cdiv(cdiv(N, r), block_n) * block_n;  // split bounds on tile bounds
   p.splits = cdiv(N, p.chunk);
-  p.chunk0 = cdiv(cdiv(end0 > 1 ? end0 : 1, r0), block_n) * block_n;
-  p.splits0 = end0 > 0 ? cdiv(end0, p.chunk0) : 1;
+  p.splits0 = requested_splits0 < 1 ? 1 : requested_splits0;
   return p;
 }
 
@@ -184,8 +182,8 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
                                  std::string* path) {
   std::string why = segment_lse_sm90_aot_applicable(a, k);
   if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  if (p.chunk < 1 || p.splits < 1 || p.chunk0 < 1 || p.splits0 < 1 || p.chunk % k.block_n != 0 ||
-      p.chunk0 % k.block_n != 0 || p.splits > 65535 || p.splits0 > 65535)
+  if (p.chunk < 1 || p.splits < 1 || p.splits0 < 1 || p.chunk % k.block_n != 0 || p.splits > 65535 ||
+      p.splits0 > 65535)
     return "segment_lse_sm90_aot: invalid plan (use sm90_plan)";
   const bool split = p.splits > 1, split0 = p.splits0 > 1;
   const bool argmax = a.argmax0 != nullptr;
@@ -263,7 +261,8 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
                         {"D", TritonArg::i32(D)},               {"S", TritonArg::i32(S)},
                         {"stride_xb", TritonArg::i32(static_cast<int32_t>(a.ldx))},
                         {"stride_bn", TritonArg::i32(static_cast<int32_t>(a.ldb))}};
-  const auto with = [&](int operands, const void* m, const void* l, const void* g, int64_t chunk, const void* out_arg) {
+  const auto with = [&](int operands, const void* m, const void* l, const void* g, int64_t chunk, const void* out_arg,
+                        int64_t n_splits) {
     Named n = common;  // operands: 0 hot maps, 1 seg0 maps, -1 pointers
     if (tma && operands >= 0) {
       n.emplace_back("x_ptr", TritonArg::tensormap(&maps[operands][0]));
@@ -277,22 +276,24 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
     n.emplace_back("ws_arg_ptr", TritonArg::ptr(g));
     n.emplace_back("arg0_ptr", TritonArg::ptr(out_arg));
     n.emplace_back("chunk", TritonArg::i32(static_cast<int32_t>(chunk)));
+    n.emplace_back("n_splits", TritonArg::i32(static_cast<int32_t>(n_splits)));
     return n;
   };
   const unsigned nb = static_cast<unsigned>(n_blocks);
   const unsigned mrows = static_cast<unsigned>(cdiv(a.B, k.merge_block));
   why = launch_named(*k.hot[tma][split], nb, static_cast<unsigned>(p.splits), 1,
-                     with(0, ws_m, ws_l, ws_m, p.chunk, arg0), a.stream);
+                     with(0, ws_m, ws_l, ws_m, p.chunk, arg0, p.splits), a.stream);
   if (why.empty() && split)  // segments 1..S-1 from the splits (segment 0 is "nothing" there)
-    why = launch_named(*k.merge[0], static_cast<unsigned>(a.S), mrows, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, a.max0),
+    why = launch_named(*k.merge[0], static_cast<unsigned>(a.S), mrows, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, a.max0, p.splits),
                        a.stream);
-  if (why.empty())  // segment 0 over its own columns, split when the row blocks leave SMs idle
+  if (why.empty())  // segment 0, its column tiles strided over splits0 programs per row block
     why = launch_named(*k.seg0[tma][argmax][split0], nb, static_cast<unsigned>(p.splits0), 1,
-                       with(1, ws0_m, ws0_l, ws0_arg, p.chunk0, arg0), a.stream);
+                       with(1, ws0_m, ws0_l, ws0_arg, p.chunk, arg0, p.splits0), a.stream);
   if (why.empty() && split0)
-    why = launch_named(*k.seg0_merge[argmax], mrows, 1, 1, with(-1, ws0_m, ws0_l, ws0_arg, p.chunk0, arg0), a.stream);
+    why = launch_named(*k.seg0_merge[argmax], mrows, 1, 1, with(-1, ws0_m, ws0_l, ws0_arg, p.chunk, arg0, p.splits0),
+                       a.stream);
   if (why.empty())  // the flagged row blocks (all segments, exact)
-    why = launch_named(*k.exact[argmax], nb, 1, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, arg0), a.stream);
+    why = launch_named(*k.exact[argmax], nb, 1, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, arg0, p.splits), a.stream);
   return why.empty() ? why : "segment_lse_sm90_aot: " + why;
 }
 

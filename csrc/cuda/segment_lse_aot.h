@@ -48,7 +48,8 @@ std::string segment_lse_aot(const SegmentLseArgs& a, const SegmentLseAotKernels&
 //   colseg[j] = searchsorted(offsets[1:], j, right=True) (launch_split_starts, chunk 1);
 //   hot kernel            grid (⌈B/BLOCK_B⌉, splits)    [tma][split]
 //   merge (split)         grid (S, ⌈B/merge_block⌉)     the portable module's, argmax off
-//   segment-0 kernel      grid (⌈B/BLOCK_B⌉, splits0)   [tma][argmax][split0], over [0, end0)
+//   segment-0 kernel      grid (⌈B/BLOCK_B⌉, splits0)   [tma][argmax][split0]: split p takes
+//                         segment 0's column tiles p, p + splits0, … (end0 stays on the device)
 //   segment-0 merge       grid (⌈B/merge_block⌉)        [argmax], when split0
 //   exact kernel          grid (⌈B/BLOCK_B⌉)            [argmax], pointer operands
 // TMA: x and bank become CUtensorMaps (aot::encode_tensor_map, Triton's own encoding)
@@ -68,18 +69,19 @@ struct SegmentLseSm90AotKernels {
   const aot::TritonKernelImage* merge[2] = {};         // [argmax] (the sequence uses [0])
 };
 
-// How the sequence splits: the hot kernel's columns and segment 0's own columns [0, end0).
+// How the sequence splits: the hot kernel's columns, and segment 0's column tiles (strided).
 struct Sm90Plan {
-  int64_t chunk = 0, splits = 1;    // hot kernel (chunk a multiple of BLOCK_N)
-  int64_t chunk0 = 0, splits0 = 1;  // segment-0 kernel
+  int64_t chunk = 0, splits = 1;  // hot kernel (chunk a multiple of BLOCK_N)
+  int64_t splits0 = 1;            // segment-0 kernel (its n_splits)
 };
-// The launcher's rounding: chunk = ⌈⌈cols/requested⌉/BLOCK_N⌉·BLOCK_N, splits = ⌈cols/chunk⌉
-// (segment 0: cols = max(end0, 1) for the chunk, end0 for the count, at least 1).
-Sm90Plan sm90_plan(int64_t N, int64_t end0, int64_t requested_splits, int64_t requested_splits0, int64_t block_n);
+// The launcher's rounding: chunk = ⌈⌈N/requested⌉/BLOCK_N⌉·BLOCK_N, splits = ⌈N/chunk⌉;
+// segment 0 takes its request as is (programs past segment 0's last tile exit).
+Sm90Plan sm90_plan(int64_t N, int64_t requested_splits, int64_t requested_splits0, int64_t block_n);
 
 // The launcher's split heuristic (_choose_splits_sm90): 1 when the row blocks fill two
 // resident blocks on every SM, else enough splits for that, at least one tile each, and a
-// workspace (m and l per split, segment and row) of at most 64 MB.
+// workspace (m and l per split, segment and row) of at most 64 MB. The segment-0 kernel's
+// request is the same heuristic with S = 1 (_segment0_splits).
 int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n);
 
 // Workspace of the sm90 sequence (each region 256-byte aligned): colseg (N int32), the
@@ -99,10 +101,9 @@ bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size);
 // int32, N within the colseg kernel's grid), else the reason.
 std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k);
 
-// Enqueue `a` on the sm90 images with plan `p` (sm90_plan). end0 = offsets[1] must be given
-// on the host (the segment-0 kernel's split needs it; the head knows it as num_id). a.plan
-// is not used; a.workspace must hold sm90_workspace_layout(p, ...).total bytes. *path (if
-// given) is set to "tma" or "ptr: <reason>". "" on success.
+// Enqueue `a` on the sm90 images with plan `p` (sm90_plan); no host sync. a.plan is not
+// used; a.workspace must hold sm90_workspace_layout(p, ...).total bytes. *path (if given)
+// is set to "tma" or "ptr: <reason>". "" on success.
 std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k, const Sm90Plan& p,
                                  std::string* path = nullptr);
 

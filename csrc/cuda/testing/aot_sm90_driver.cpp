@@ -125,16 +125,14 @@ int main(int argc, char** argv) {
   Operand off(dir + "/offsets.bin");
   a.offsets = reinterpret_cast<const int64_t*>(off.base);
   // The launcher's num_splits (forced) applies to both the hot and the segment-0 kernel.
-  const int64_t end0 = reinterpret_cast<const int64_t*>(off.base)[1];
-  const fc::Sm90Plan plan = fc::sm90_plan(a.N, end0, geti(kv, "splits"), geti(kv, "splits"), set().block_n);
+  const fc::Sm90Plan plan = fc::sm90_plan(a.N, geti(kv, "splits"), geti(kv, "splits"), set().block_n);
   const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.S, a.B, a.N, set().block_b);
   Buffer ws(static_cast<std::size_t>(w.total));
   a.workspace = ws.ptr;
   a.workspace_bytes = w.total;
   std::printf("addr offsets %" PRIu64 "\n", static_cast<uint64_t>(reinterpret_cast<uintptr_t>(off.base)));
   std::printf("addr workspace %" PRIu64 "\n", static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ws.ptr)));
-  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.chunk0,
-              plan.splits0);
+  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.splits0);
   std::string path;
   const std::string err = fc::segment_lse_sm90_aot(a, set(), plan, &path);
   if (!err.empty()) die(err, 3);

@@ -69,9 +69,7 @@ int main(int argc, char** argv) {
   check(cudaMalloc(reinterpret_cast<void**>(&a.max0), static_cast<std::size_t>(a.B) * 4), "cudaMalloc max0");
   const bool argmax = geti(kv, "argmax") != 0;
   if (argmax) check(cudaMalloc(reinterpret_cast<void**>(&a.argmax0), static_cast<std::size_t>(a.B) * 8), "cudaMalloc");
-  int64_t end0 = 0;
-  std::memcpy(&end0, offsets.data() + 8, 8);  // the host knows segment 0's end (the head: num_id)
-  const fc::Sm90Plan plan = fc::sm90_plan(a.N, end0, geti(kv, "splits"), geti(kv, "splits"), k.block_n);
+  const fc::Sm90Plan plan = fc::sm90_plan(a.N, geti(kv, "splits"), geti(kv, "splits"), k.block_n);
   const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.S, a.B, a.N, k.block_b);
   check(cudaMalloc(&a.workspace, static_cast<std::size_t>(w.total)), "cudaMalloc workspace");
   a.workspace_bytes = w.total;
@@ -80,8 +78,7 @@ int main(int argc, char** argv) {
   if (!err.empty()) die(err, 3);
   check(cudaDeviceSynchronize(), "the sm90 kernels");
   std::printf("path %s\n", path.c_str());
-  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.chunk0,
-              plan.splits0);
+  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.splits0);
   download(dir + "/lse.bin", a.lse, lse_bytes);
   download(dir + "/max0.bin", a.max0, static_cast<std::size_t>(a.B) * 4);
   if (argmax) download(dir + "/argmax0.bin", a.argmax0, static_cast<std::size_t>(a.B) * 8);
