@@ -94,7 +94,7 @@ echo "== benchmarks on the GPU"
 # bench/scores.py times every available backend: fastood-triton and fastood-cuda side by side.
 # BENCH_SUITES picks suites (default: all GPU suites; scores first, the one the kernels are judged by).
 # images / export / bank need open_clip (WHEEL_DIR); a failing suite is logged and the next one runs.
-for suite in ${BENCH_SUITES:-scores cma images export bank knn train}; do
+for suite in ${BENCH_SUITES:-scores grad cma images export bank knn train}; do
   echo "-- bench $suite"
   $PY -m bench "$suite" --device cuda $QUICK 2>&1 | tee "$OUT/bench_$suite.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
