@@ -38,11 +38,14 @@ def dense_fp16_peak(device_name: str) -> float | None:
 
 
 def git_state() -> tuple[str, bool | None]:
-    """``(short HEAD commit, whether tracked files differ from it)``; ("unknown", None) outside git."""
+    """``(short HEAD commit, whether tracked files differ from it)``; ("unknown", None) outside git.
+
+    ``bench/results/`` does not count: a re-run rewrites the tracked result files suite by
+    suite, and the code measured is the same whether or not earlier suites already wrote theirs."""
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"], cwd=root, capture_output=True, text=True, timeout=10)
         if out.returncode != 0 or dirty.returncode != 0:
             return "unknown", None
         return out.stdout.strip(), bool(dirty.stdout.strip())
