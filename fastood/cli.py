@@ -540,6 +540,22 @@ def _check_resumable(out: Path, meta_path: Path, partial: list[Path]) -> None:
             raise SystemExit(f"fastood score: {exc}")
 
 
+def _open_journal(journal_file: Path, columns: Any, meta_path: Path, info: dict[str, Any], dist: Any,
+                  rank: int) -> Any:
+    """Open (and check) this rank's row journal, then write the run record: the journal is
+    opened first so that a rejected output file never gets a ``.meta.json`` beside it."""
+    from fastood import outputs as O
+
+    try:
+        journal = O.RowJournal(journal_file, columns)
+    except ValueError as exc:
+        raise SystemExit(f"fastood score: {exc}")
+    dist.barrier()
+    if rank == 0:
+        O.write_json_atomic(meta_path, info)
+    return journal
+
+
 def _compare_run_info(path: Path, info: dict[str, Any]) -> None:
     """SystemExit when an earlier run wrote ``path`` with different settings (or it is unreadable)."""
     if not path.exists():
@@ -613,13 +629,7 @@ def _score(args: argparse.Namespace) -> int:
         classes = getattr(det, "classes", None) or fit_folders  # fitted detectors predict --fit folder indices
         threshold = getattr(det, "threshold", None)
         columns = O.columns_for(threshold is not None)
-        try:  # opened (and checked) before the run record is written: a rejected file gets none
-            journal = O.RowJournal(journal_file, columns)
-        except ValueError as exc:
-            raise SystemExit(f"fastood score: {exc}")
-        dist.barrier()
-        if rank == 0:
-            O.write_json_atomic(meta_path, info)
+        journal = _open_journal(journal_file, columns, meta_path, info, dist, rank)
         if journal.dropped_tail:
             print(f"rank {rank}: dropped a truncated last record of {journal_file}", file=sys.stderr)
         # resume by image identity (resolved path), so another spelling of a path is the same row

@@ -330,13 +330,7 @@ def score_shards(args: argparse.Namespace) -> int:
         cli._compare_run_info(meta_path, info)
         classes = getattr(det, "classes", None)
         columns = O.columns_for(getattr(det, "threshold", None) is not None)
-        try:
-            journal = O.RowJournal(journal_file, columns)
-        except ValueError as exc:
-            raise SystemExit(f"fastood score: {exc}")
-        dist.barrier()
-        if rank == 0:
-            O.write_json_atomic(meta_path, info)
+        journal = cli._open_journal(journal_file, columns, meta_path, info, dist, rank)
         done = _read_done(record)
         for f in [journal_file, *rank_files]:
             done.update(_read_done(_done_shards_path(f)))
