@@ -379,6 +379,21 @@ def _prepare(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, bool]:
     return x, t, interpreting
 
 
+def _bwd_inputs(device: torch.device, rx: Tensor, rt: Tensor, row_lse: Tensor, row_comp: Tensor,
+                col_lse: Tensor | None, col_comp: Tensor | None, scale: Tensor, labels: Tensor | None):
+    """The backward's per-row / per-column statistics as contiguous fp32 on ``device`` (labels int64):
+    ``(rx, rt, scale (0-d), pair, rows_st, cols_st, labels)``; ``cols_st`` is None in class mode."""
+
+    def f32(v: Tensor) -> Tensor:
+        return v.to(device=device, dtype=torch.float32).contiguous()
+
+    pair = labels is None
+    cols_st = (f32(col_lse), f32(col_comp)) if pair else None
+    if not pair:
+        labels = labels.to(device=device, dtype=torch.int64).contiguous()
+    return f32(rx), f32(rt), f32(scale).reshape(()), pair, (f32(row_lse), f32(row_comp)), cols_st, labels
+
+
 def _chunk(N: int, splits: int, align: int) -> tuple[int, int]:
     chunk = triton.cdiv(triton.cdiv(N, max(1, splits)), align) * align
     return chunk, triton.cdiv(N, chunk)
@@ -540,16 +555,8 @@ def cma_bwd_triton(
     x, t, interpreting = _prepare(x, t)
     device = x.device
 
-    def f32(v: Tensor) -> Tensor:
-        return v.to(device=device, dtype=torch.float32).contiguous()
-
-    rx, rt, row_lse, row_comp = f32(rx), f32(rt), f32(row_lse), f32(row_comp)
-    scale = f32(scale).reshape(())
-    pair = labels is None
-    rows_st = (row_lse, row_comp)
-    cols_st = (f32(col_lse), f32(col_comp)) if pair else None
-    if not pair:
-        labels = labels.to(device=device, dtype=torch.int64).contiguous()
+    rx, rt, scale, pair, rows_st, cols_st, labels = _bwd_inputs(device, rx, rt, row_lse, row_comp, col_lse,
+                                                                 col_comp, scale, labels)
     kw = dict(interpreting=interpreting, num_splits=num_splits, blocks=blocks)
     a = at = None
     if want_rows:  # own = images: Σ_j G~_ij v_j

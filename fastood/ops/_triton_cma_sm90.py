@@ -541,7 +541,7 @@ def route(fwd, bwd):
 
 
 # After `route`: the portable module imports `route` from here at its end (either import order works).
-from fastood.ops._triton_cma import _CHUNK_ALIGN, _chunk, _lse_merge_kernel, _target_programs  # noqa: E402
+from fastood.ops._triton_cma import _CHUNK_ALIGN, _bwd_inputs, _chunk, _lse_merge_kernel, _target_programs  # noqa: E402
 
 
 def _tma_ok(t: Tensor) -> bool:
@@ -700,16 +700,8 @@ def cma_bwd_triton_sm90(
     x, t, interpreting = _check(x, t)
     device = x.device
 
-    def f32(v: Tensor) -> Tensor:
-        return v.to(device=device, dtype=torch.float32).contiguous()
-
-    rx, rt, row_lse, row_comp = f32(rx), f32(rt), f32(row_lse), f32(row_comp)
-    scale = f32(scale).reshape(())
-    pair = labels is None
-    rows_st = (row_lse, row_comp)
-    cols_st = (f32(col_lse), f32(col_comp)) if pair else None
-    if not pair:
-        labels = labels.to(device=device, dtype=torch.int64).contiguous()
+    rx, rt, scale, pair, rows_st, cols_st, labels = _bwd_inputs(device, rx, rt, row_lse, row_comp, col_lse,
+                                                                 col_comp, scale, labels)
     if blocks is None:
         D = x.shape[1]
         blocks = _INTERPRET_BWD if interpreting else (BWD_CONFIG if D <= D_MAX else BWD_SLICED_CONFIG)[:4]
