@@ -368,9 +368,7 @@ def run_score_with_grad(
 
         ext = _ext()
         t = _bank_operand(bank)  # fp32, BLAS layout (an fp16/bf16 bank's copy is cached as in the forward)
-        # half the forward's block: this pass keeps the block, its weights and the (rows, D) product live
-        # at once; 12 MiB blocks cost no measurable time on the 2-core CPU and halve the peak
-        rows = block_rows_for(B, N, None, MAX_BLOCK_BYTES // 2 if max_block_bytes is None else max_block_bytes)
+        rows = block_rows_for(B, N, None, MAX_BLOCK_BYTES if max_block_bytes is None else max_block_bytes)
     else:
         cap = MAX_CHUNK_BYTES if max_block_bytes is None else max_block_bytes
         # the logits block plus two gathered (lse, c) temporaries of its size
