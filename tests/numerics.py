@@ -49,6 +49,12 @@ def assert_pred_matches(pred: Tensor, x64: Tensor, bank64: Tensor, tol: float) -
 
 
 # ------------------------------------------------------------- segmented-LSE kernels
+def torch_fp32_segment_lse(x: Tensor, bank: Tensor, offsets: list[int], row_scale: Tensor) -> Tensor:
+    """Plain torch in fp32 on the same inputs (-inf for an empty segment): the error yardstick."""
+    logits32 = row_scale[:, None] * (x @ bank.T)
+    return torch.stack([torch.logsumexp(logits32[:, lo:hi], 1) for lo, hi in zip(offsets[:-1], offsets[1:])], 1)
+
+
 def segment_truth(x: Tensor, bank: Tensor, offsets: list[int], row_scale: Tensor):
     """float64 truth of the inputs as given: (lse (B, S), max0 (B,), argmax0 (B,), logits)."""
     logits = row_scale.double().cpu()[:, None] * (x.double().cpu() @ bank.double().cpu().T)

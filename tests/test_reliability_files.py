@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +23,10 @@ from fastood.cli import main
 import fastood.images as I
 from fastood.images import UnreadableImageError, iter_image_batches, list_image_files, load_image
 from tests.tiny import TINY_KWARGS
+from tests.timeout import within
 
 COLS = O.columns_for(False)
 BAD_NAME = b"x\xff\xfe.png"  # not UTF-8: legal on Linux, where a file name is bytes
-
-
-def _within(fn, timeout: float = 10.0):
-    """``fn()`` in a daemon thread; fail (instead of hanging) when it does not return in time."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        pytest.fail(f"the call did not return within {timeout} s (blocked on a special file?)")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 @pytest.fixture
@@ -134,8 +114,8 @@ def _identity_preprocess():
 
 def test_a_fifo_is_refused_without_opening(fifo):
     with pytest.raises(UnreadableImageError, match="not a regular file: a FIFO"):
-        _within(lambda: load_image(fifo))
-    files, skipped = _within(lambda: I.scan_image_files(fifo.parent))
+        within(lambda: load_image(fifo))
+    files, skipped = within(lambda: I.scan_image_files(fifo.parent))
     assert files == [] and skipped == [(str(fifo), "not a regular file: a FIFO (named pipe) (not opened)")]
 
 
@@ -145,7 +125,7 @@ def test_fifo_broken_link_and_link_loop_in_a_directory_are_skipped_with_the_reas
     os.symlink("loop2.png", tmp_path / "loop1.png")
     os.symlink("loop1.png", tmp_path / "loop2.png")
     skipped: list = []
-    batches = _within(lambda: list(iter_image_batches(tmp_path, _identity_preprocess(), on_error="skip",
+    batches = within(lambda: list(iter_image_batches(tmp_path, _identity_preprocess(), on_error="skip",
                                                       skipped=skipped)))
     assert [n for b in batches for n in b.names] == [str(tmp_path / "a.png")]
     reasons = dict(skipped)
@@ -153,7 +133,7 @@ def test_fifo_broken_link_and_link_loop_in_a_directory_are_skipped_with_the_reas
     assert reasons[str(tmp_path / "broken.png")] == "broken symbolic link (to 'nowhere.png')"
     assert reasons[str(tmp_path / "loop1.png")] == reasons[str(tmp_path / "loop2.png")] == "symbolic link loop"
     with pytest.raises(UnreadableImageError, match="broken symbolic link"):  # on_error="raise" names it
-        _within(lambda: list(iter_image_batches(tmp_path, _identity_preprocess())))
+        within(lambda: list(iter_image_batches(tmp_path, _identity_preprocess())))
 
 
 def test_directory_links_are_not_followed(tmp_path):
@@ -363,12 +343,12 @@ def test_score_skips_a_fifo_and_reports_it(tiny_run, tmp_path, capsys):
     pipe = imgs / "b.png"
     os.mkfifo(pipe)
     try:
-        assert _within(lambda: _score(common, tmp_path / "s.csv", imgs), timeout=60) == 0
+        assert within(lambda: _score(common, tmp_path / "s.csv", imgs), timeout=60) == 0
         assert [r["path"] for r in O.read_rows(tmp_path / "s.csv")] == [str(imgs / "a.png")]
         cap = capsys.readouterr()
         assert f"{pipe}: not a regular file: a FIFO" in cap.err and "skipped 1 unreadable" in cap.out
         with pytest.raises(SystemExit, match="no image files"):  # the FIFO alone, named on the command line
-            _within(lambda: _score(common, tmp_path / "t.csv", pipe), timeout=60)
+            within(lambda: _score(common, tmp_path / "t.csv", pipe), timeout=60)
         assert "not a regular file: a FIFO" in capsys.readouterr().err
     finally:
         try:

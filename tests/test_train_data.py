@@ -4,7 +4,6 @@ empty class folders, 16-bit images. Truth: the files and labels the test itself 
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 
 import fastood.images as I
 from fastood.train.data import EmptyDatasetError, Failed, ImageFolderDataset, list_images
+from tests.timeout import within
 
 
 def _png(path, seed: int = 0) -> None:
@@ -24,25 +24,6 @@ def _folders(root, counts: dict[str, int]) -> None:
         (root / cls).mkdir(parents=True)
         for i in range(n):
             _png(root / cls / f"{cls}{i}.png", 10 * k + i)
-
-
-def _within(fn, timeout: float = 10.0):
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        pytest.fail(f"the call did not return within {timeout} s (blocked on a FIFO?)")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def test_a_symlink_loop_does_not_repeat_or_relabel_images(tmp_path):
@@ -75,8 +56,8 @@ def test_a_fifo_in_a_class_folder_is_skipped_without_opening(tmp_path):
     os.mkfifo(fifo)
     try:
         with pytest.warns(UserWarning, match="stream.png: not a regular file: a FIFO"):
-            ds = _within(lambda: ImageFolderDataset(tmp_path))
-        items = _within(lambda: [ds[i] for i in range(len(ds))])
+            ds = within(lambda: ImageFolderDataset(tmp_path))
+        items = within(lambda: [ds[i] for i in range(len(ds))])
         assert not any(isinstance(it, Failed) for it in items)
         assert [lab for _, lab, _ in items] == [0, 0, 1] and len(ds) == 3
         assert ds.skipped == [(str(fifo), "not a regular file: a FIFO (named pipe) (not opened)")]
