@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-size", choices=["tiny", "vit-b-16"], default=None,
                    help="bank suite: the random text tower (default: tiny on CPU, ViT-B/16-sized on CUDA)")
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per candidate (after warm-up)")
+    p.add_argument("--against", default=None, help="ab suite: the earlier commit to compare this tree with")
     args = p.parse_args(argv)
     import importlib
 
