@@ -60,14 +60,20 @@ Model and assumptions (every one of them is a number to calibrate on a GPU):
    the bank once per row block, writing B×S floats) is far below this and ignored.
 6. **Waves**: programs = ceil(B / BLOCK_B) × splits (the launcher's split heuristic),
    ``k·SMs`` run at once; a partial last wave runs with fewer blocks per SM (less
-   hiding). Each program walks ceil(N / splits / BLOCK_N) tiles. Launch overhead 5 µs;
-   the split merge kernel is not modelled.
+   hiding). Each program walks ceil(N / splits / BLOCK_N) tiles. Launch overhead 5 µs
+   per kernel, on both sides of a comparison.
+6b. **The launcher's other work** (``launcher_work``): the Python launcher is run on CPU
+   tensors at the full shape with its Triton kernels stubbed out; every Triton launch and
+   every aten op that is not metadata/allocation (fills, the column → segment table,
+   dtype copies) is recorded. Kernels without a SASS model (the split merge kernels) and
+   each aten op cost one launch plus their bytes (outputs written + tensor inputs read)
+   at 90 % of HBM bandwidth. An implementation's row = its modelled kernels + this.
 7. **Autotuning** picks the fastest configuration: the prediction is the best
    configuration's (all are listed).
 8. **torch.compile** of the grouped logsumexp: a cuBLAS GEMM at 70 % of the dense peak
    writing the fp16 B×N logits (time = max(compute, write at HBM bandwidth)), then one
    fused reduction reading them at 90 % of HBM bandwidth (3.35 TB/s H100 SXM, 4.8 TB/s
-   H200, 2.04 TB/s A100 80 GB).
+   H200, 2.04 TB/s A100 80 GB); two launches.
 9. **Ideal** = 2·B·N·D / dense peak.
 
 Counts are static SASS counts (no predication, no divergence): masked tail tiles cost as
@@ -369,11 +375,107 @@ def ideal_time(gpu: GPU, B: int, N: int, D: int) -> float:
     return 2.0 * B * N * D / gpu.peak_flops
 
 
-def torch_compile_time(gpu: GPU, B: int, N: int, D: int, *, gemm_eff: float = 0.70, bw_eff: float = 0.90) -> float:
-    """cuBLAS GEMM at ``gemm_eff`` of peak writing fp16 logits, then one fused reduction reading them (point 8)."""
+LAUNCH_S = 5e-6  # per kernel launch, on both sides of every comparison (point 6)
+
+
+def torch_compile_time(gpu: GPU, B: int, N: int, D: int, *, gemm_eff: float = 0.70, bw_eff: float = 0.90,
+                       launch_s: float = LAUNCH_S) -> float:
+    """cuBLAS GEMM at ``gemm_eff`` of peak writing fp16 logits, then one fused reduction reading them
+    (point 8): two launches, counted like the fused path's."""
     logits = 2.0 * B * N
     gemm = max(2.0 * B * N * D / (gemm_eff * gpu.peak_flops), logits / gpu.hbm_bytes_s)
-    return gemm + logits / (bw_eff * gpu.hbm_bytes_s)
+    return gemm + logits / (bw_eff * gpu.hbm_bytes_s) + 2 * launch_s
+
+
+# ------------------------------------------------------------- the launcher's other work
+# The Python launcher of each modelled implementation (module → function). Its Triton kernels
+# are modelled from their SASS; what else it enqueues (fills, the column → segment table,
+# merge kernels) is counted by running it (launcher_work) and costed at HBM bandwidth.
+LAUNCHERS = {
+    "fastood.ops._triton_segment_lse": "segment_lse_triton",
+    "fastood.ops._triton_segment_lse_sm90": "segment_lse_triton_sm90",
+}
+# aten ops that launch no kernel (metadata, allocation without initialisation).
+_NO_KERNEL = {"empty", "empty_strided", "empty_like", "view", "_unsafe_view", "as_strided", "detach", "t", "transpose",
+              "select", "slice", "expand", "alias", "lift_fresh", "permute", "unsqueeze", "squeeze", "reshape",
+              "_reshape_alias", "unbind", "split", "narrow", "is_same_size", "sym_size", "sym_stride", "sym_numel",
+              "_local_scalar_dense", "item"}
+
+
+@dataclass
+class LauncherWork:
+    """What one call of a launcher enqueues: Triton kernels by name (grid, tensor bytes touched)
+    and the other device operations (aten op names, bytes written and read)."""
+    triton: list[tuple[str, tuple, int]] = field(default_factory=list)
+    other: list[tuple[str, int]] = field(default_factory=list)
+
+    def seconds(self, gpu: GPU, modelled: set[str], *, launch_s: float = LAUNCH_S, bw_eff: float = 0.90) -> float:
+        """Time of everything but the ``modelled`` Triton kernels (their time comes from the SASS):
+        one launch each, plus their bytes at ``bw_eff`` of HBM bandwidth."""
+        extra = [b for name, _, b in self.triton if name not in modelled] + [b for _, b in self.other]
+        return sum(launch_s + b / (bw_eff * gpu.hbm_bytes_s) for b in extra)
+
+
+def launcher_work(module: str, B: int, N: int, D: int, G: int, *, blocks: tuple[int, int, int],
+                  splits: int, want_argmax: bool = False) -> LauncherWork:
+    """Run ``module``'s launcher on CPU tensors at the full shape with every Triton kernel stubbed
+    out (its launch is recorded, nothing runs) and count the other device operations it
+    enqueues (a ``TorchDispatchMode``: every aten op but metadata/allocation ones is one kernel
+    on a GPU; its bytes = outputs written + tensor inputs read). ``blocks`` / ``splits`` are
+    the GPU's (the launcher's own defaults differ in the interpreter)."""
+    import importlib
+    import os
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.jit import KernelInterface
+
+    work = LauncherWork()
+
+    def nbytes(t) -> int:
+        return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__.rstrip("_")
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            if name not in _NO_KERNEL and any(nbytes(o) for o in outs):  # a 0-element result launches nothing
+                flat = list(args) + list((kwargs or {}).values())
+                read = sum(nbytes(a) for a in flat if isinstance(a, torch.Tensor) and not name.startswith(("fill", "zero")))
+                work.other.append((name, sum(nbytes(o) for o in outs) + read))
+            return out
+
+    def stub(self, grid):
+        name = getattr(self, "__name__", None) or getattr(getattr(self, "fn", None), "__name__", "kernel")
+
+        def launch(*args, **kwargs):
+            touched = sum(nbytes(a) for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor))
+            work.triton.append((name, tuple(grid) if isinstance(grid, tuple) else (grid,), touched))
+        return launch
+
+    mod = importlib.import_module(module)
+    fn = getattr(mod, LAUNCHERS[module])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, D, generator=gen).half()
+    bank = torch.randn(N, D, generator=gen).half()
+    k = segment0_end(N, G)
+    offs = [0, k] + [k + (N - k) * (i + 1) // G for i in range(G)] if G > 1 else [0, k, N]
+    offsets = torch.tensor(offs, dtype=torch.int64)
+    scale = torch.full((B,), 100.0)
+    old_env, old_getitem = os.environ.get("TRITON_INTERPRET"), KernelInterface.__getitem__
+    os.environ["TRITON_INTERPRET"] = "1"   # CPU tensors are accepted; nothing is compiled or run
+    KernelInterface.__getitem__ = stub
+    try:
+        with Count():
+            fn(x, bank, offsets, scale, want_argmax, num_splits=splits, blocks=blocks)
+    finally:
+        KernelInterface.__getitem__ = old_getitem
+        if old_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old_env
+    return work
 
 
 # ------------------------------------------------------------------ kernels and shapes
@@ -411,6 +513,7 @@ class ConfigModel:
     mma: str
     sass: str
     desc: dict
+    fn_name: str = ""                       # the Triton function's name (what launcher_work records)
 
 
 def segment0_end(N: int, G: int) -> int:
@@ -487,7 +590,8 @@ def compiled_configs(arch: int = 90, dtype: str = "float16", select=None) -> lis
         spec = specs[(r.module, r.name)]
         kernel = r.name.split("[")[0]
         out.append(ConfigModel(r.name, r.module, kernel, dict(spec.constexprs), r.num_warps, r.blocks_per_sm,
-                               r.registers, r.mma, r.sass, _descriptor(r.module, kernel)))
+                               r.registers, r.mma, r.sass, _descriptor(r.module, kernel),
+                               getattr(spec.fn, "__name__", "")))
     return out
 
 
@@ -509,7 +613,14 @@ def _measure(B: int, N: int, D: int, G: int) -> dict[str, float]:  # pragma: no 
     offs = [0, k] + [k + (N - k) * (i + 1) // G for i in range(G)]
     off = torch.tensor(offs, dtype=torch.int64, device="cuda")
     scale = torch.full((B,), 100.0, device="cuda")
-    out = {"fastood-triton": median_time(lambda: segment_lse_triton(x, bank, off, scale, False), "cuda")}
+    # Each implementation through its own launcher (the portable kernel with the sm90 route off).
+    out = {"fastood.ops._triton_segment_lse": median_time(
+        lambda: segment_lse_triton(x, bank, off, scale, False, blocks=(128, 64, 64)), "cuda")}
+    from fastood.ops import _triton_segment_lse_sm90 as sm90
+
+    if sm90.sm90_supported(x):
+        out["fastood.ops._triton_segment_lse_sm90"] = median_time(
+            lambda: sm90.segment_lse_triton_sm90(x, bank, off, scale, False), "cuda")
 
     def grouped(x, bank):
         logits = (x @ bank.T).float() * 100.0
@@ -521,6 +632,25 @@ def _measure(B: int, N: int, D: int, G: int) -> dict[str, float]:  # pragma: no 
     except Exception as e:  # noqa: BLE001
         print(f"torch.compile path failed: {e}")
     return out
+
+
+def implementation_time(gpu: GPU, module: str, parts: list[dict], configs: list[ConfigModel], B: int, N: int,
+                        D: int, G: int) -> tuple[float, float, str]:
+    """``(seconds, of which launcher overhead, a short list of it)`` of one implementation: its
+    modelled kernels (``parts``: model_config results) plus ``launcher_work`` at the GPU's tiles."""
+    by_name = {c.name: c for c in configs}
+    cms = [by_name[p["config"]] for p in parts]
+    t = sum(p["time_s"] for p in parts)
+    if module not in LAUNCHERS:
+        return t, 0.0, "not counted"
+    main_i = next((i for i, c in enumerate(cms) if c.desc.get("columns", "all") in ("all", "after_segment0")), 0)
+    hot = cms[main_i]
+    blocks = tuple(int(hot.constexprs[k]) for k in ("BLOCK_B", "BLOCK_N", "BLOCK_D"))
+    work = launcher_work(module, B, N, D, G, blocks=blocks, splits=int(parts[main_i]["splits"]))
+    extra = work.seconds(gpu, {c.fn_name for c in cms})
+    modelled = {c.fn_name for c in cms}
+    names = [n for n, _, _ in work.triton if n not in modelled] + [n for n, _ in work.other]
+    return t + extra, extra, f"{len(names)} launches" + (f": {', '.join(names)}" if names else "")
 
 
 def main(args) -> None:
@@ -579,17 +709,16 @@ def main(args) -> None:
                 pct = ratio = "— (part)"
             lines.append(f"| {B} | {N} | {D} | {G} | {ms(ideal_time(gpu, B, N, D))} | {best['config']} | "
                          f"{best['bound']} | {best['cycles_tile']:.0f} | {ms(best['time_s'])} | {pct} | "
-                         f"{ms(tc)} | {ratio} | {ms(meas.get('fastood-triton'))} | "
-                         f"{ms(meas.get('torch.compile'))} |")
+                         f"{ms(tc)} | {ratio} | — | — |")
             print(lines[-1], flush=True)
         for module, parts in impl.items():
-            if len(parts) < 2:
-                continue
-            # One launch per kernel, in sequence: the implementation's time is the sum of its kernels'.
-            t = sum(p["time_s"] for p in parts)
+            # One launch per kernel, in sequence: the implementation's time is the sum of its kernels'
+            # plus what else its launcher enqueues (fills, tables, merge kernels: launcher_work).
+            t, extra, what = implementation_time(gpu, module, parts, configs, B, N, D, G)
             lines.append(f"| {B} | {N} | {D} | {G} | {ms(ideal_time(gpu, B, N, D))} | **{module.split('.')[-1]}: "
-                         f"all {len(parts)} kernels** | sum | — | {ms(t)} | {100 * ideal_time(gpu, B, N, D) / t:.0f} | "
-                         f"{ms(tc)} | {tc / t:.2f} | — | — |")
+                         f"{len(parts)} modelled kernel{'s' if len(parts) > 1 else ''} + launcher ({what}: "
+                         f"{extra * 1e6:.0f} µs)** | sum | — | {ms(t)} | {100 * ideal_time(gpu, B, N, D) / t:.0f} | "
+                         f"{ms(tc)} | {tc / t:.2f} | {ms(meas.get(module))} | {ms(meas.get('torch.compile'))} |")
             print(lines[-1], flush=True)
     B, N, D, G = HEADLINE
     lines += ["", f"Per configuration at the headline shape B={B}, N={N}, D={D}, G={G} (SM cycles per tile by pipe):",

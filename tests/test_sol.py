@@ -161,8 +161,34 @@ def test_waves_time_and_torch_compile_by_hand():
     # torch.compile: GEMM at 70 % (compute-bound here), then reading 2·B·N bytes at 90 % of 3.35 TB/s.
     gemm = flop / (0.7 * 132 * 4096 * 1.83e9)
     assert gemm > 2 * B * N / 3.35e12
-    assert sol.torch_compile_time(H100, B, N, D) == pytest.approx(gemm + 2 * B * N / (0.9 * 3.35e12))
-    assert math.isclose(sol.torch_compile_time(sol.GPUS["h200"], B, N, D), gemm + 2 * B * N / (0.9 * 4.8e12))
+    # ... and two launches (GEMM, reduction) of 5 µs, as every fastood kernel is charged.
+    assert sol.torch_compile_time(H100, B, N, D) == pytest.approx(gemm + 2 * B * N / (0.9 * 3.35e12) + 10e-6)
+    assert math.isclose(sol.torch_compile_time(sol.GPUS["h200"], B, N, D),
+                        gemm + 2 * B * N / (0.9 * 4.8e12) + 10e-6)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_launcher_work_counts_what_the_sm90_launcher_enqueues(splits):
+    # The Hopper launcher at a small shape, kernels stubbed: its three kernels (+ the two merge
+    # kernels when split), and the fills whose sizes are known by hand: lse = −inf (B·S fp32),
+    # max0 = −inf (B fp32), the row-block flags (⌈B/128⌉ int32).
+    B, N, D, G = 300, 1000, 64, 4
+    S = G + 1
+    w = sol.launcher_work("fastood.ops._triton_segment_lse_sm90", B, N, D, G, blocks=(128, 128, 64), splits=splits)
+    names = [n for n, _, _ in w.triton]
+    expected = {"_sm90_segment_lse_fwd_kernel", "_sm90_segment0_kernel", "_sm90_segment_lse_exact_kernel"}
+    assert expected <= set(names)
+    assert ("_segment_lse_merge_kernel" in names) == (splits > 1)
+    grids = {n: g for n, g, _ in w.triton}
+    assert grids["_sm90_segment_lse_fwd_kernel"] == (math.ceil(B / 128), splits)
+    fills = [b for n, b in w.other if n == "full"]
+    assert B * S * 4 in fills and B * 4 in fills
+    assert ("zeros", math.ceil(B / 128) * 4) in w.other
+    # Costing: one launch each plus bytes at 90 % of HBM; the modelled kernels cost nothing here.
+    expect = sum(5e-6 + b / (0.9 * 3.35e12) for n, g, b in w.triton if n not in expected) + \
+        sum(5e-6 + b / (0.9 * 3.35e12) for _, b in w.other)
+    assert w.seconds(H100, expected) == pytest.approx(expect)
+    assert w.seconds(H100, expected) >= 5e-6 * (len(w.other) + (2 if splits > 1 else 0))
 
 
 def test_classify():
