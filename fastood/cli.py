@@ -637,7 +637,9 @@ def _score(args: argparse.Namespace) -> int:
         if out.exists() and out.resolve() != journal_file.resolve():
             done |= {O.path_key(r["path"]) for r in O.read_rows(out)}
         shard = files[rank::world]
-        todo = [f for f in shard if O.path_key(f) not in done]
+        # one realpath per image (a syscall per path component): reused for the work list and the rows
+        key_of = {f: O.path_key(f) for f in shard}
+        todo = [f for f in shard if key_of[f] not in done]
         # Score in the uninterrupted run's batches: the shard cut into fixed batch_size chunks,
         # a chunk with any row left re-encoded whole (only its missing rows written). The image
         # tower's numerics depend on the batch it runs in, so this is what makes a resumed file
@@ -645,7 +647,7 @@ def _score(args: argparse.Namespace) -> int:
         # chunk but the shard's last is full.
         bs = args.batch_size
         work = [f for i in range(0, len(shard), bs) for f in shard[i : i + bs]
-                if any(O.path_key(g) not in done for g in shard[i : i + bs])] if todo else []
+                if any(key_of[g] not in done for g in shard[i : i + bs])] if todo else []
         n_done = sum(dist.gather(len(shard) - len(todo)))
         if rank == 0:
             where = f" on {world} ranks (rank 0's progress shown)" if world > 1 else ""
@@ -664,7 +666,7 @@ def _score(args: argparse.Namespace) -> int:
                     scores, preds, is_ood = _predict_batch(det, batch.pixels)
                     rows = []
                     for i, name in enumerate(batch.names):
-                        if O.path_key(name) in done:
+                        if (key_of[name] if name in key_of else O.path_key(name)) in done:
                             continue  # already in the output: encoded again only to keep the batch
                         p = int(preds[i]) if preds is not None else None
                         rows.append({
