@@ -276,10 +276,21 @@ bool cuda_fwd_vector_loads(uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb
   return fc::fwd_vector_loads(as_ptr<const void>(x), ldx, as_ptr<const void>(bank), ldb, D);
 }
 
-void segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
-                      int64_t N, int64_t D, uintptr_t offsets, int64_t S, uintptr_t row_scale, uintptr_t lse,
-                      uintptr_t max0, uintptr_t argmax0, int64_t splits, int64_t chunk, uintptr_t workspace,
-                      int64_t workspace_bytes, uintptr_t stream) {
+py::object cuda_sm90_request(const std::string& dtype, int64_t B, int64_t N, int64_t S, int sm_count,
+                             int64_t num_splits, int64_t max_bytes) {
+  require(B >= 1 && N >= 1 && S >= 1, "cuda_sm90_request: B, N and S must be >= 1");
+  require(num_splits >= 0, "num_splits must be >= 0 (0 = the launcher's heuristic)");
+  require(max_bytes >= 0, "max_bytes must be >= 0");
+  fc::Sm90Request r;
+  if (!fc::sm90_request(parse_dtype(dtype), B, N, S, sm_count, num_splits, max_bytes, &r)) return py::none();
+  return py::make_tuple(r.splits, r.splits0, r.workspace_bytes);
+}
+
+std::string segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb,
+                             int64_t B, int64_t N, int64_t D, uintptr_t offsets, int64_t S, uintptr_t row_scale,
+                             uintptr_t lse, uintptr_t max0, uintptr_t argmax0, int64_t splits, int64_t chunk,
+                             uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream, int64_t sm90_splits,
+                             int64_t sm90_splits0) {
   fc::SegmentLseArgs a;
   a.dtype = parse_dtype(dtype);
   require(B >= 1 && N >= 1 && D >= 1 && S >= 1, "segment_lse_cuda: B, N, D and S must be >= 1");
@@ -304,12 +315,17 @@ void segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintpt
   a.workspace_bytes = workspace_bytes;
   a.plan.workspace_bytes = workspace_bytes;
   a.stream = as_ptr<void>(stream);
-  std::string err;
+  require(sm90_splits >= 0 && sm90_splits0 >= 0, "segment_lse_cuda: sm90_splits and sm90_splits0 must be >= 0");
+  a.sm90_splits = sm90_splits;
+  a.sm90_splits0 = sm90_splits0;
+  std::string err, path;
+  a.path = &path;
   {
     py::gil_scoped_release nogil;
     err = fc::segment_lse(a);
   }
   if (!err.empty()) throw std::runtime_error(err);
+  return path;
 }
 
 fc::HeadConfig head_config(const std::string& method, int64_t num_id, int64_t groups, double temperature,
@@ -334,7 +350,7 @@ int64_t cuda_head_workspace_bytes(const std::string& method, int64_t num_id, int
   return fc::head_workspace_bytes(c, B, N);
 }
 
-void head_score_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
+std::string head_score_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb, int64_t B,
                      int64_t N, int64_t D, const std::string& method, int64_t num_id, int64_t groups,
                      double temperature, bool normalize, uintptr_t score, uintptr_t pred, uintptr_t workspace,
                      int64_t workspace_bytes, int sm_count, uintptr_t stream) {
@@ -358,12 +374,14 @@ void head_score_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr
   a.workspace_bytes = workspace_bytes;
   a.sm_count = sm_count;
   a.stream = as_ptr<void>(stream);
-  std::string err;
+  std::string err, path;
+  a.path = &path;
   {
     py::gil_scoped_release nogil;
     err = fc::head_score(a);
   }
   if (!err.empty()) throw std::runtime_error(err);
+  return path;
 }
 
 void register_cuda(py::module_& m) {
@@ -383,13 +401,25 @@ void register_cuda(py::module_& m) {
         py::arg("ldb"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("offsets"), py::arg("S"),
         py::arg("row_scale"), py::arg("lse"), py::arg("max0"), py::arg("argmax0"), py::arg("splits"),
         py::arg("chunk"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
-        R"doc(Enqueue the CUDA segmented-LSE kernel(s) on `stream` (a cudaStream_t as int).
+        py::arg("sm90_splits") = 0, py::arg("sm90_splits0") = 0,
+        R"doc(Enqueue the segmented-LSE kernel(s) on `stream` (a cudaStream_t as int); returns the path
+that ran ("sm90 tma", "sm90 ptr: ...", "aot (...)", "cuda (...)"; FASTOOD_CUDA_PATH forces one).
 
 All pointers are device addresses as ints (0 = None for argmax0 / workspace); x (B, D) and
 bank (N, D) have unit stride along D and row strides ldx / ldb (elements); offsets (S+1,)
 int64 (validated by the caller); row_scale (B,) f32; lse (B, S) f32 row-major; max0 (B,) f32;
-argmax0 (B,) int64. (splits, chunk, workspace_bytes) from cuda_plan_splits; the workspace must
-be 256-byte aligned. Asynchronous: errors of the launch itself raise RuntimeError.)doc");
+argmax0 (B,) int64. (splits, chunk, workspace_bytes) from cuda_plan_splits, (sm90_splits,
+sm90_splits0) from cuda_sm90_request; the workspace must hold the larger of the two byte counts
+and be 256-byte aligned. Asynchronous: errors of the launch itself raise RuntimeError.)doc");
+  m.def("cuda_sm90_request", &cuda_sm90_request, py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("S"),
+        py::arg("sm_count"), py::arg("num_splits") = 0, py::arg("max_bytes") = 2 * fc::kDefaultSplitWorkspaceBytes,
+        "(splits, splits0, workspace_bytes) of the Hopper AOT sequence for this problem on the current device "
+        "(num_splits > 0 forces both; partials fitted to max_bytes), or None when this build embeds no sm90 "
+        "kernel set for the device and dtype.");
+  m.def("cuda_sm90_workspace_bound", &fc::sm90_workspace_bound, py::arg("B"), py::arg("N"), py::arg("S"),
+        py::arg("max_partials_bytes"),
+        "Device-independent bound on the sm90 sequence's workspace over the embedded sm90 kernel sets "
+        "(0 when none): what head_workspace_bytes reserves for it.");
   m.def("cuda_head_workspace_bytes", &cuda_head_workspace_bytes, py::arg("method"), py::arg("num_id"),
         py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("B"), py::arg("N"),
         "Workspace bytes of head_score_cuda for B rows (non-decreasing in B: the size for the largest batch "
@@ -399,7 +429,8 @@ be 256-byte aligned. Asynchronous: errors of the launch itself raise RuntimeErro
         py::arg("groups"), py::arg("temperature"), py::arg("normalize"), py::arg("score"), py::arg("pred"),
         py::arg("workspace"), py::arg("workspace_bytes"), py::arg("sm_count"), py::arg("stream"),
         R"doc(The TensorRT plugin's computation (NegLabel / MCM score + int32 prediction) on raw
-device pointers: score (B,) f32, pred (B,) int32 or 0. For tests of the plugin path without TensorRT.)doc");
+device pointers: score (B,) f32, pred (B,) int32 or 0; returns segment_lse's path. For tests of the
+plugin path without TensorRT.)doc");
 }
 #endif  // FASTOOD_WITH_CUDA
 }  // namespace

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/cuda_path.h"
+
 namespace fastood {
 namespace cuda {
 
@@ -95,15 +97,44 @@ struct SegmentLseArgs {
   float* lse = nullptr;              // device, (B, S) row-major
   float* max0 = nullptr;             // device, (B,)
   int64_t* argmax0 = nullptr;        // device, (B,) or nullptr when not wanted
-  SplitPlan plan;                    // from plan_splits
-  void* workspace = nullptr;         // device, >= plan.workspace_bytes, 256-byte aligned
+  SplitPlan plan;                    // from plan_splits (the CUDA C++ and portable AOT kernels)
+  // The Hopper sequence's split requests (hot kernel, segment-0 kernel), from sm90_request;
+  // 0 = the launcher's heuristic on the current device (the workspace must then hold it).
+  int64_t sm90_splits = 0, sm90_splits0 = 0;
+  void* workspace = nullptr;         // device, 256-byte aligned, >= the bytes of the path that runs:
+                                     // max(plan.workspace_bytes, sm90_request's) covers every path
   int64_t workspace_bytes = 0;
   void* stream = nullptr;            // cudaStream_t
+  std::string* path = nullptr;       // out (optional): the kernels that ran, e.g. "sm90 tma",
+                                     // "aot (sm90: …)", "cuda (sm90: …; aot: …)"
 };
 
 // Validate the arguments and enqueue the kernels on `stream`. Returns "" on success,
-// else a message (bad argument, or the CUDA error of a failed launch).
+// else a message (bad argument, a workspace too small for the path that would run, or the
+// CUDA error of a failed launch). The path: choose_cuda_path (cuda_path.h).
 std::string segment_lse(const SegmentLseArgs& a);
+
+// ---- Workspace of the Hopper sequence (segment_lse_sm90_aot, segment_lse_aot.h) ----------
+// colseg (N int32) + row-block flags + partial (m, l) per hot-kernel split, segment and row
+// + segment 0's partial (m, l, argmax) per segment-0 split, each region 256-byte aligned.
+struct Sm90Request {
+  int64_t splits = 1, splits0 = 1;  // requests as segment_lse's sm90_splits / sm90_splits0
+  int64_t workspace_bytes = 0;      // sm90_workspace_layout(...).total for them
+};
+// The request segment_lse's sm90 path takes for (dtype, B, N, S) on the current device:
+// num_splits > 0 forces both kernels' splits (as the Python launcher's num_splits does),
+// else the launcher's heuristic (sm90_choose_splits) on sm_count SMs; then the larger of the
+// two partial buffers is split less until the workspace is <= max_bytes (colseg and flags
+// always fit: they are counted even when max_bytes is smaller). false, with the reason in
+// *why, when this build embeds no sm90 kernel set for the device and dtype (then no sm90
+// workspace is needed).
+bool sm90_request(DType dtype, int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits, int64_t max_bytes,
+                  Sm90Request* out, std::string* why = nullptr);
+// A device-independent bound, over every sm90 kernel set this build embeds, on the bytes the
+// sm90 path needs when its partial buffers are capped at max_partials_bytes: colseg + flags +
+// min(max_partials_bytes, partials with one split per column tile). Non-decreasing in B;
+// 0 when no sm90 set is embedded. sm90_request(..., max_bytes = this bound) always fits.
+int64_t sm90_workspace_bound(int64_t B, int64_t N, int64_t S, int64_t max_partials_bytes);
 
 // ---- The fused detector head (what the TensorRT plugin runs) ------------------------
 //
@@ -130,7 +161,9 @@ int64_t head_segments(const HeadConfig& cfg);
 // Workspace bytes for a batch of B rows. Non-decreasing in B and independent of the GPU,
 // so the size reserved for the largest batch (TensorRT's getWorkspaceSize at the profile's
 // max) also covers every smaller batch: head_score plans its column split inside
-// head_workspace_bytes(cfg, B, N) for the B it runs.
+// head_workspace_bytes(cfg, B, N) for the B it runs. The split part is the larger of the
+// CUDA C++ / portable bound and, when sm90 kernels are embedded, sm90_workspace_bound
+// (both with partials capped at kHeadSplitWorkspaceBytes): whichever path runs fits.
 int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t B, int64_t N);
 
 struct HeadArgs {
@@ -147,6 +180,7 @@ struct HeadArgs {
   int64_t workspace_bytes = 0;  // >= head_workspace_bytes(cfg, B, N)
   int sm_count = 0;  // <= 0: query the current device
   void* stream = nullptr;
+  std::string* path = nullptr;  // out (optional): segment_lse's path (SegmentLseArgs::path)
 };
 
 std::string head_score(const HeadArgs& a);

@@ -130,14 +130,24 @@ std::string head_check(const HeadConfig& cfg, int64_t N) {
 
 int64_t head_segments(const HeadConfig& cfg) { return cfg.method == HeadMethod::kMcm ? 1 : 1 + cfg.groups; }
 
+namespace {
+// The CUDA C++ / portable AOT kernels' part: at most one split per 64-column tile, capped
+// like plan_splits. Grows with B.
+int64_t portable_split_bound(const HeadConfig& cfg, int64_t B, int64_t N) {
+  const int64_t S = head_segments(cfg);
+  const int64_t tiles = (std::max<int64_t>(used_rows(cfg, N), 1) + kTileN - 1) / kTileN;
+  return std::min(kHeadSplitWorkspaceBytes, split_workspace_bytes(tiles, S, std::max<int64_t>(B, 1)));
+}
+}  // namespace
+
 int64_t head_workspace_bytes(const HeadConfig& cfg, int64_t B, int64_t N) {
-  // fixed part + a bound on the split workspace that holds for every GPU: at most one
-  // split per 64-column tile, capped like plan_splits. Both terms grow with B.
+  // fixed part + a bound on the split workspace that holds for every GPU and every path
+  // segment_lse may take: the portable bound, or the sm90 sequence's (colseg, flags, its
+  // partials capped alike) when this build embeds sm90 kernels. Both grow with B.
   const int64_t S = head_segments(cfg);
   B = std::max<int64_t>(B, 1);
-  const int64_t tiles = (std::max<int64_t>(used_rows(cfg, N), 1) + kTileN - 1) / kTileN;
-  const int64_t split = std::min(kHeadSplitWorkspaceBytes, split_workspace_bytes(tiles, S, B));
-  return head_layout(B, S).fixed + split;
+  const int64_t sm90 = sm90_workspace_bound(B, std::max<int64_t>(used_rows(cfg, N), 1), S, kHeadSplitWorkspaceBytes);
+  return head_layout(B, S).fixed + std::max(portable_split_bound(cfg, B, N), sm90);
 }
 
 std::string head_score(const HeadArgs& a) {
@@ -165,7 +175,11 @@ std::string head_score(const HeadArgs& a) {
   std::string occ_err;
   const int per_sm = fwd_blocks_per_sm(a.dtype, fwd_vector_loads(a.x, a.ldx, a.bank, a.ldb, a.D), &occ_err);
   if (per_sm < 1) return "fastood head: " + occ_err;
-  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, per_sm, 0, need - lay.fixed);
+  const SplitPlan plan = plan_splits(a.B, n_used, S, sms, per_sm, 0, portable_split_bound(a.cfg, a.B, a.N));
+  // The sm90 sequence's splits, fitted to the same B-dependent budget (false: no sm90 set
+  // for this device and dtype, so segment_lse will not take that path).
+  Sm90Request r90;
+  const bool sm90 = sm90_request(a.dtype, a.B, n_used, S, sms, 0, need - lay.fixed, &r90);
 
   char* base = static_cast<char*>(a.workspace);
   auto* off = reinterpret_cast<int64_t*>(base + lay.off);
@@ -217,9 +231,14 @@ std::string head_score(const HeadArgs& a) {
   s.max0 = max0;
   s.argmax0 = arg;
   s.plan = plan;
-  s.workspace = plan.workspace_bytes > 0 ? base + lay.split : nullptr;
+  if (sm90) {
+    s.sm90_splits = r90.splits;
+    s.sm90_splits0 = r90.splits0;
+  }
+  s.workspace = base + lay.split;  // the split part: whichever path runs plans inside it
   s.workspace_bytes = need - lay.fixed;
   s.stream = a.stream;
+  s.path = a.path;
   why = segment_lse(s);
   if (!why.empty()) return "fastood head: " + why;
 

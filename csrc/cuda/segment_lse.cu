@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -538,7 +539,88 @@ const void* fwd_kernel(DType dtype, bool vec) {
   return nullptr;
 }
 
+#ifdef FASTOOD_WITH_TRITON_AOT
+// Compute capability major of the current device (0 when there is none).
+int device_cc_major() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return major;
+}
+
+// sm90_request's fitting on one kernel set: split the larger partial buffer less until the
+// layout is <= max_bytes (or nothing is split).
+Sm90Request fit_sm90(const SegmentLseSm90AotKernels& k, int64_t B, int64_t N, int64_t S, int64_t splits,
+                     int64_t splits0, int64_t max_bytes) {
+  Sm90Plan p = sm90_plan(N, splits, splits0, k.block_n);
+  Sm90WsLayout w = sm90_workspace_layout(p, S, B, N, k.block_b);
+  while (w.total > max_bytes && (p.splits > 1 || p.splits0 > 1)) {
+    const int64_t hot = p.splits > 1 ? p.splits * S * B * 8 : 0;
+    const int64_t seg0 = p.splits0 > 1 ? p.splits0 * B * 12 : 0;
+    // Requests: the hot kernel's is re-rounded to whole tiles by sm90_plan (never above it).
+    if (hot >= seg0) splits = p.splits - 1;
+    else splits0 = p.splits0 - 1;
+    p = sm90_plan(N, splits, splits0, k.block_n);
+    w = sm90_workspace_layout(p, S, B, N, k.block_b);
+  }
+  Sm90Request r;
+  r.splits = p.splits;
+  r.splits0 = p.splits0;
+  r.workspace_bytes = w.total;
+  return r;
+}
+#endif
+
 }  // namespace
+
+bool sm90_request(DType dtype, int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits, int64_t max_bytes,
+                  Sm90Request* out, std::string* why) {
+  if (out != nullptr) *out = Sm90Request{0, 0, 0};
+  if (B < 1 || N < 1 || S < 1) {
+    if (why) *why = "sm90_request: B, N and S must be >= 1";
+    return false;
+  }
+#ifdef FASTOOD_WITH_TRITON_AOT
+  const SegmentLseSm90AotKernels* k = sm90_aot_kernels_for(dtype, why);
+  if (k == nullptr) return false;
+  int64_t splits = num_splits, splits0 = num_splits;
+  if (num_splits < 1) {
+    const int sms = std::max(sm_count, 1);
+    splits = sm90_choose_splits(B, N, S, sms, k->block_b, k->block_n);
+    splits0 = sm90_choose_splits(B, N, 1, sms, k->block_b, k->block_n);
+  }
+  const Sm90Request r = fit_sm90(*k, B, N, S, std::min<int64_t>(splits, 65535), std::min<int64_t>(splits0, 65535),
+                                 max_bytes);
+  if (out != nullptr) *out = r;
+  return true;
+#else
+  (void)dtype, (void)sm_count, (void)num_splits, (void)max_bytes;
+  if (why) *why = "built without FASTOOD_TRITON_AOT";
+  return false;
+#endif
+}
+
+int64_t sm90_workspace_bound(int64_t B, int64_t N, int64_t S, int64_t max_partials_bytes) {
+  int64_t bound = 0;
+#ifdef FASTOOD_WITH_TRITON_AOT
+  B = std::max<int64_t>(B, 1);
+  N = std::max<int64_t>(N, 1);
+  for (int i = 0; i < sm90_aot_set_count(); ++i) {
+    const SegmentLseSm90AotKernels& k = *sm90_aot_set(i);
+    if (k.block_b < 1 || k.block_n < 1) continue;
+    const int64_t tiles = cdiv(N, k.block_n);
+    const int64_t base = sm90_workspace_layout(sm90_plan(N, 1, 1, k.block_n), S, B, N, k.block_b).total;
+    const int64_t most = sm90_workspace_layout(sm90_plan(N, tiles, tiles, k.block_n), S, B, N, k.block_b).total;
+    bound = std::max(bound, base + std::min(max_partials_bytes, most - base));
+  }
+#else
+  (void)B, (void)N, (void)S, (void)max_partials_bytes;
+#endif
+  return bound;
+}
 
 WsLayout split_workspace_layout(int64_t splits, int64_t S, int64_t B) { return ws_layout(splits, S, B); }
 
@@ -648,13 +730,57 @@ std::string segment_lse(const SegmentLseArgs& a) {
   if (plan.splits > 1 && cdiv(a.N, plan.chunk) != plan.splits) return "segment_lse: split plan does not match N";
   if (plan.splits == 1 && plan.chunk < a.N) return "segment_lse: a single pass needs chunk >= N";
 
+  // Which kernels run (cuda_path.h): the Hopper AOT sequence, the portable AOT kernel, or
+  // the CUDA C++ kernel below; FASTOOD_CUDA_PATH forces one.
+  const bool half = a.dtype == DType::kFloat16 || a.dtype == DType::kBFloat16;
 #ifdef FASTOOD_WITH_TRITON_AOT
-  // The Triton kernel compiled ahead of time, when this build embeds one for the device and
-  // the operands have the alignment it was compiled for (README, architecture).
-  if (const SegmentLseAotKernels* k = aot_kernels_for(a.dtype)) {
-    if (segment_lse_aot_applicable(a, *k).empty()) return segment_lse_aot(a, *k);
+  std::string sm90_unfit, aot_unfit;
+  const SegmentLseSm90AotKernels* k90 = sm90_aot_kernels_for(a.dtype, &sm90_unfit);
+  if (k90 != nullptr) sm90_unfit = segment_lse_sm90_aot_applicable(a, *k90);
+  const SegmentLseAotKernels* kaot = aot_kernels_for(a.dtype, &aot_unfit);
+  if (kaot != nullptr) aot_unfit = segment_lse_aot_applicable(a, *kaot);
+  const PathChoice choice =
+      choose_cuda_path(device_cc_major(), half, a.B, sm90_unfit, aot_unfit, std::getenv("FASTOOD_CUDA_PATH"));
+#else
+  const std::string not_built = "not embedded (built without FASTOOD_TRITON_AOT)";
+  const PathChoice choice = choose_cuda_path(0, half, a.B, not_built, not_built, std::getenv("FASTOOD_CUDA_PATH"));
+#endif
+  if (!choice.error.empty()) return "segment_lse: " + choice.error;
+  const auto report = [&](const std::string& what) {
+    if (a.path != nullptr) *a.path = choice.why.empty() ? what : what + " (" + choice.why + ")";
+  };
+#ifdef FASTOOD_WITH_TRITON_AOT
+  if (choice.path == CudaPath::kSm90) {
+    // The caller's requests (sized with sm90_request), else the launcher's heuristic; the
+    // workspace must hold the sequence's layout: a clear error otherwise, never another path.
+    Sm90Plan plan90;
+    if (a.sm90_splits > 0) {
+      plan90 = sm90_plan(a.N, a.sm90_splits, a.sm90_splits0 > 0 ? a.sm90_splits0 : a.sm90_splits, k90->block_n);
+    } else {
+      std::string e;
+      const int dev = current_device(&e);
+      const int sms = dev >= 0 ? device_sm_count(dev, &e) : -1;
+      if (sms < 1) return "segment_lse: " + e;
+      plan90 = sm90_plan(a.N, sm90_choose_splits(a.B, a.N, a.S, sms, k90->block_b, k90->block_n),
+                         sm90_choose_splits(a.B, a.N, 1, sms, k90->block_b, k90->block_n), k90->block_n);
+    }
+    const Sm90WsLayout w = sm90_workspace_layout(plan90, a.S, a.B, a.N, k90->block_b);
+    if (a.workspace == nullptr || a.workspace_bytes < w.total)
+      return "segment_lse: the workspace is too small for the sm90 kernels (" + std::to_string(a.workspace_bytes) +
+             " < " + std::to_string(w.total) + " bytes): size it with sm90_request (fastood._C.cuda_sm90_request)";
+    if (reinterpret_cast<uintptr_t>(a.workspace) % 256 != 0) return "segment_lse: workspace must be 256-byte aligned";
+    std::string operands;
+    const std::string err = segment_lse_sm90_aot(a, *k90, plan90, &operands);
+    if (err.empty()) report("sm90 " + operands);
+    return err;
+  }
+  if (choice.path == CudaPath::kAot) {
+    const std::string err = segment_lse_aot(a, *kaot);
+    if (err.empty()) report("aot");
+    return err;
   }
 #endif
+  report("cuda");
 
   FwdParams p{};
   p.x = a.x;

@@ -112,6 +112,12 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
 // Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.
 const SegmentLseAotKernels* aot_kernels_for(DType dtype, std::string* why = nullptr);
 
+// Every sm90 kernel set this build embeds, whatever the device (workspace bounds that must
+// not depend on the GPU: head_workspace_bytes): sm90_aot_set(i) for i < sm90_aot_set_count().
+// Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.
+int sm90_aot_set_count();
+const SegmentLseSm90AotKernels* sm90_aot_set(int i);
+
 // The embedded sm90 (Hopper, TMA) kernel set for the current device and `dtype`, or nullptr
 // (reason in *why; FASTOOD_TRITON_SM90=0 and FASTOOD_CUDA_KERNEL=wmma refuse it).
 // Defined by segment_lse_aot_registry.cpp in builds with FASTOOD_TRITON_AOT=ON.

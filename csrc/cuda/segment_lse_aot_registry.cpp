@@ -46,6 +46,12 @@ const SegmentLseAotKernels* aot_kernels_for(DType dtype, std::string* why) {
   return nullptr;
 }
 
+int sm90_aot_set_count() { return kSegmentLseSm90AotSetCount; }
+
+const SegmentLseSm90AotKernels* sm90_aot_set(int i) {
+  return i >= 0 && i < kSegmentLseSm90AotSetCount ? &kSegmentLseSm90AotSets[i] : nullptr;
+}
+
 const SegmentLseSm90AotKernels* sm90_aot_kernels_for(DType dtype, std::string* why) {
   // FASTOOD_TRITON_SM90=0 keeps the portable kernels, as it does for the Python launcher.
   const char* env = std::getenv("FASTOOD_TRITON_SM90");

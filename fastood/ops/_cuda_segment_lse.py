@@ -17,6 +17,11 @@ In a build with ``FASTOOD_TRITON_AOT=ON`` (CMake), ``fastood._C`` embeds the Tri
 of ``_triton_segment_lse.py`` compiled ahead of time for the listed sm_XX / dtypes and
 launches it instead when the device and the 16-element alignment match
 (``csrc/cuda/segment_lse_aot.cpp``; ``FASTOOD_CUDA_KERNEL=wmma`` keeps the C++ kernel).
+On a compute-capability-9.x GPU with fp16/bf16 inputs and at least 1,024 rows it runs the
+Hopper sequence (``segment_lse_sm90_aot``) first when an sm90 set is embedded
+(``csrc/cuda/cuda_path.h``; ``FASTOOD_CUDA_PATH=sm90|aot|cuda`` forces a path). The
+workspace is sized for whichever path runs: ``max(plan_splits' bytes, cuda_sm90_request's)``;
+``last_path()`` says which kernels the last call ran.
 
 The split planner fills one wave: SMs × the resident blocks per SM that
 ``cudaOccupancyMaxActiveBlocksPerMultiprocessor`` reports for the forward-kernel variant
@@ -38,12 +43,23 @@ from torch import Tensor
 
 from fastood._backends import load_extension
 
-__all__ = ["segment_lse_cuda", "plan_splits", "head_score_cuda", "WORKSPACE_BYTES"]
+__all__ = ["segment_lse_cuda", "plan_splits", "sm90_request", "workspace_bytes", "head_score_cuda", "last_path",
+           "WORKSPACE_BYTES"]
 
 # Cap on the split-N workspace (partial m, l per split × segment × row, argmax per split × row).
 WORKSPACE_BYTES = 64 * 2**20
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+# The path of the last segment_lse_cuda / head_score_cuda call in this process (selfcheck, tests).
+_LAST_PATH: str | None = None
+
+
+def last_path() -> str | None:
+    """Which kernels the last ``segment_lse_cuda`` / ``head_score_cuda`` call ran: ``"sm90 tma"``,
+    ``"sm90 ptr: <why>"``, ``"aot (<why not sm90>)"`` or ``"cuda (<why not the others>)"``; None
+    before the first call."""
+    return _LAST_PATH
 
 
 def _ext():
@@ -102,6 +118,36 @@ def plan_splits(
     n = 0 if num_splits is None else int(num_splits)
     per_sm = _blocks_per_sm(index, _DTYPE_NAMES[dtype], bool(vector_loads))
     return tuple(ext.cuda_plan_splits(B, N, S, _sm_count(index), per_sm, n, WORKSPACE_BYTES))  # type: ignore[return-value]
+
+
+def sm90_request(
+    B: int, N: int, S: int, device: torch.device, num_splits: int | None = None, *, dtype: torch.dtype = torch.float16,
+) -> tuple[int, int, int] | None:
+    """``(splits, splits0, workspace_bytes)`` of the Hopper AOT sequence on ``device``, or None when
+    ``fastood._C`` embeds no sm90 kernel set for that device and ``dtype``.
+
+    ``splits`` / ``splits0``: the hot and segment-0 kernels' column splits (the Python
+    launcher's heuristic on the device's SMs, or ``num_splits`` for both); the workspace is
+    colseg (N int32) + row-block flags + the partials, the partials fitted to
+    ``2 · WORKSPACE_BYTES``.
+    """
+    ext = _ext()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    n = 0 if num_splits is None else int(num_splits)
+    with torch.cuda.device(index):
+        r = ext.cuda_sm90_request(_DTYPE_NAMES[dtype], B, N, S, _sm_count(index), n, 2 * WORKSPACE_BYTES)
+    return None if r is None else tuple(r)  # type: ignore[return-value]
+
+
+def workspace_bytes(
+    B: int, N: int, S: int, device: torch.device, num_splits: int | None = None, *,
+    dtype: torch.dtype = torch.float16, vector_loads: bool = True,
+) -> int:
+    """Bytes ``segment_lse_cuda`` reserves: ``max(plan_splits(...)[2], sm90_request(...)[2])`` —
+    enough for whichever path ``fastood._C`` takes (CUDA C++, portable AOT or Hopper AOT)."""
+    portable = plan_splits(B, N, S, device, num_splits, dtype=dtype, vector_loads=vector_loads)[2]
+    sm90 = sm90_request(B, N, S, device, num_splits, dtype=dtype)
+    return max(portable, 0 if sm90 is None else sm90[2])
 
 
 def segment_lse_cuda(
@@ -179,11 +225,16 @@ def segment_lse_cuda(
 
     vec = ext.cuda_fwd_vector_loads(x.data_ptr(), ldx, bank.data_ptr(), ldb, D)
     splits, chunk, ws_bytes = plan_splits(B, N, S, device, num_splits, dtype=x.dtype, vector_loads=vec)
+    # The Hopper sequence's own splits and workspace (None: not embedded for this device/dtype).
+    req = sm90_request(B, N, S, device, num_splits, dtype=x.dtype)
+    sm90_splits, sm90_splits0 = (0, 0) if req is None else req[:2]
+    ws_bytes = max(ws_bytes, 0 if req is None else req[2])
     # torch's caching allocator returns 512-byte aligned blocks: the 256-byte requirement holds.
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes > 0 else None
+    global _LAST_PATH
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
-        ext.segment_lse_cuda(
+        _LAST_PATH = ext.segment_lse_cuda(
             _DTYPE_NAMES[x.dtype],
             x.data_ptr(), ldx,
             bank.data_ptr(), ldb,
@@ -194,7 +245,7 @@ def segment_lse_cuda(
             arg0.data_ptr() if want_argmax else 0,
             splits, chunk,
             ws.data_ptr() if ws is not None else 0, ws_bytes,
-            stream,
+            stream, sm90_splits, sm90_splits0,
         )
     return lse, max0, arg0
 
@@ -237,9 +288,10 @@ def head_score_cuda(
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
     score = torch.empty(B, dtype=torch.float32, device=device)
     pred = torch.empty(B, dtype=torch.int32, device=device)
+    global _LAST_PATH
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
-        ext.head_score_cuda(
+        _LAST_PATH = ext.head_score_cuda(
             _DTYPE_NAMES[x.dtype], x.data_ptr(), ldx, bank.data_ptr(), ldb, B, N, D,
             method, num_id, groups, float(temperature), bool(normalize),
             score.data_ptr(), pred.data_ptr(), ws.data_ptr(), ws_bytes, sms, stream,

@@ -6,11 +6,14 @@
 //                                  max0.bin, argmax0.bin and plan.txt ("splits chunk blocks_per_sm")
 //   emu_driver head DIR            reads args.txt, x.bin, bank.bin; writes score.bin, pred.bin
 //   emu_driver split_starts DIR    reads args.txt (S chunk splits), offsets.bin; writes starts.bin (int32)
+//   emu_driver sizes DIR           head / sm90 workspace sizes over a list of batches (run_sizes)
+// segment_lse and head also write path.txt (the kernels segment_lse ran: cuda_path.h).
 //
 // Every buffer is allocated at its exact size (so AddressSanitizer catches any access past
 // it) and the outputs and workspace start as all-ones bytes (NaN / −1), so an element the
 // kernels never write shows up in the comparison. Exit 0 on success, 3 with the launcher's
 // message on stderr when it refuses, 2 on a usage or I/O error.
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -64,11 +67,25 @@ int run_segment_lse(const std::string& dir) {
   const int per_sm = fc::fwd_blocks_per_sm(a.dtype, fc::fwd_vector_loads(a.x, a.ldx, a.bank, a.ldb, a.D), &occ_err);
   if (per_sm < 1) die(occ_err, 3);
   a.plan = fc::plan_splits(a.B, a.N, a.S, sms, per_sm, geti(kv, "splits"), fc::kDefaultSplitWorkspaceBytes);
-  Buffer ws(static_cast<std::size_t>(a.plan.workspace_bytes));
+  // As the Python backend sizes it: the larger of the portable plan's and the sm90 request's.
+  fc::Sm90Request r90;
+  int64_t ws_bytes = a.plan.workspace_bytes;
+  if (fc::sm90_request(a.dtype, a.B, a.N, a.S, sms, geti(kv, "splits"), 2 * fc::kDefaultSplitWorkspaceBytes, &r90)) {
+    a.sm90_splits = r90.splits;
+    a.sm90_splits0 = r90.splits0;
+    ws_bytes = std::max(ws_bytes, r90.workspace_bytes);
+  }
+  // ws_sm90_minus (tests): reserve that many bytes less than the sm90 request, to see the
+  // too-small error.
+  if (kv.count("ws_sm90_minus")) ws_bytes = r90.workspace_bytes - geti(kv, "ws_sm90_minus");
+  Buffer ws(static_cast<std::size_t>(std::max<int64_t>(ws_bytes, 0)));
   a.workspace = ws.ptr;
-  a.workspace_bytes = a.plan.workspace_bytes;
+  a.workspace_bytes = ws_bytes;
+  std::string path;
+  a.path = &path;
   const std::string err = fc::segment_lse(a);
   if (!err.empty()) die(err, 3);
+  std::ofstream(dir + "/path.txt") << path << "\n";
   write_file(dir + "/lse.bin", lse.ptr, lse.bytes);
   write_file(dir + "/max0.bin", max0.ptr, max0.bytes);
   write_file(dir + "/argmax0.bin", arg.ptr, arg.bytes);
@@ -103,10 +120,46 @@ int run_head(const std::string& dir) {
   a.workspace_bytes = fc::head_workspace_bytes(a.cfg, a.B, a.N);
   Buffer ws(static_cast<std::size_t>(a.workspace_bytes));
   a.workspace = ws.ptr;
+  std::string path;
+  a.path = &path;
   const std::string err = fc::head_score(a);
   if (!err.empty()) die(err, 3);
+  std::ofstream(dir + "/path.txt") << path << "\n";
+  std::ofstream(dir + "/workspace.txt") << a.workspace_bytes << "\n";
   write_file(dir + "/score.bin", score.ptr, score.bytes);
   write_file(dir + "/pred.bin", pred.ptr, pred.bytes);
+  return 0;
+}
+
+// args.txt: dtype method num_id groups N sm_count and B_list (comma-separated batch sizes);
+// writes sizes.txt, per B: "B head_workspace_bytes sm90_workspace_bound request" where
+// request is "splits splits0 bytes" of sm90_request within the head's split budget
+// (head_workspace_bytes − head_fixed, head_fixed given as args: the test computes it), or "none".
+int run_sizes(const std::string& dir) {
+  auto kv = read_args(dir);
+  fc::HeadConfig cfg;
+  cfg.method = kv.at("method") == "mcm" ? fc::HeadMethod::kMcm : fc::HeadMethod::kNegLabel;
+  cfg.num_id = geti(kv, "num_id");
+  cfg.groups = geti(kv, "groups");
+  const int64_t N = geti(kv, "N");
+  const std::string why = fc::head_check(cfg, N);
+  if (!why.empty()) die(why, 3);
+  const int64_t S = fc::head_segments(cfg);
+  const int64_t used = cfg.method == fc::HeadMethod::kMcm ? cfg.num_id
+                                                          : cfg.num_id + cfg.groups * ((N - cfg.num_id) / cfg.groups);
+  std::ofstream out(dir + "/sizes.txt");
+  std::string list = kv.at("B_list") + ",";
+  for (std::size_t pos = 0, next; (next = list.find(',', pos)) != std::string::npos; pos = next + 1) {
+    const int64_t B = std::stoll(list.substr(pos, next - pos));
+    const int64_t head = fc::head_workspace_bytes(cfg, B, N);
+    const int64_t fixed = geti(kv, ("fixed_" + std::to_string(B)).c_str());
+    out << B << " " << head << " " << fc::sm90_workspace_bound(B, used, S, fc::kHeadSplitWorkspaceBytes);
+    fc::Sm90Request r;
+    if (fc::sm90_request(dtype_of(kv.at("dtype")), B, used, S, static_cast<int>(geti(kv, "sm_count")), 0, head - fixed, &r))
+      out << " " << r.splits << " " << r.splits0 << " " << r.workspace_bytes << "\n";
+    else
+      out << " none\n";
+  }
   return 0;
 }
 
@@ -131,5 +184,6 @@ int main(int argc, char** argv) {
   if (mode == "segment_lse") return run_segment_lse(argv[2]);
   if (mode == "head") return run_head(argv[2]);
   if (mode == "split_starts") return run_split_starts(argv[2]);
+  if (mode == "sizes") return run_sizes(argv[2]);
   die("unknown mode " + mode);
 }

@@ -164,9 +164,20 @@ const char* CUDARTAPI cudaGetErrorString(cudaError_t error) {
 }
 
 // The emulated device: FASTOOD_EMU_SM_COUNT multiprocessors (default 132, an H100 SXM),
-// so the split planner makes the choices it makes on that GPU.
+// so the split planner makes the choices it makes on that GPU, and compute capability
+// FASTOOD_EMU_CC (major·10 + minor, default 90), which segment_lse's path choice reads.
 cudaError_t CUDARTAPI cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
   if (value == nullptr || device != 0) return cudaErrorInvalidValue;
+  const char* cc = std::getenv("FASTOOD_EMU_CC");
+  const int arch = cc ? std::atoi(cc) : 90;
+  if (attr == cudaDevAttrComputeCapabilityMajor) {
+    *value = arch / 10;
+    return cudaSuccess;
+  }
+  if (attr == cudaDevAttrComputeCapabilityMinor) {
+    *value = arch % 10;
+    return cudaSuccess;
+  }
   if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
   const char* env = std::getenv("FASTOOD_EMU_SM_COUNT");
   *value = env ? std::atoi(env) : 132;

@@ -1,0 +1,334 @@
+// TEST ONLY — the three driver-facing calls of triton_aot.h (launch, encode_tensor_map,
+// memset_d32) for the CPU emulator, with a model of each sm90 Triton kernel in place of its
+// cubin: segment_lse() → segment_lse_sm90_aot → these, over the stand-in kernel sets of
+// fake_aot/ (tests/test_cuda_dispatch.py). Everything else (the path choice, the head's and
+// the Python backend's workspace sizing, the sequence's buffers, pre-fills, grids, the colseg
+// kernel) is the real code; the emulator's device memory is host memory, so the models read
+// and write the buffers the sequence hands them.
+//
+// Each model follows its kernel's contract (fastood/ops/_triton_segment_lse_sm90.py and the
+// portable merge of _triton_segment_lse.py), computing in float64 and storing fp32 (base-2
+// states: m = max t, l = Σ 2^(t−m), t = L·log2 e, L = row_scale · x·bank):
+//   hot        grid (row blocks, splits): segments >= 1 over the split's columns; lse directly,
+//              or with SPLIT the partial (m, l) at ws[(q·S + s)·B + row];
+//   merge      grid (S, row blocks of merge_block): the splits segment s spans, in order;
+//              writes lse[:, s] and, for s = 0, max0 (never argmax: the sequence uses merge[0]);
+//   seg0       grid (row blocks, splits0): segment 0's column tiles p, p + splits0, …; lse,
+//              max0, argmax0 or with SPLIT the partial (m, l, first argmax) at ws0[p·B + row];
+//   seg0_merge grid (row blocks of merge_block): combines those, ties to the smaller column;
+//   exact      grid (row blocks): row blocks whose flag is set, all segments (the models
+//              never set one, as the kernels do not when nothing underflows).
+// Every launch is also printed ("launch NAME GX GY GZ"); FASTOOD_MODEL_LOG=path appends there.
+// The portable images (fake_aot/segment_lse_aot_kernels.h) are only recorded.
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cuda/segment_lse_aot.h"
+#include "segment_lse_aot_kernels.h"
+#include "segment_lse_sm90_aot_kernels.h"
+
+namespace fastood {
+namespace cuda {
+namespace aot {
+namespace {
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+double half_to_double(uint16_t h) {
+  const int sign = h >> 15, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  double v;
+  if (exp == 0) v = std::ldexp(static_cast<double>(man), -24);
+  else if (exp == 31) v = man ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+  else v = std::ldexp(static_cast<double>(man | 0x400), exp - 25);
+  return sign ? -v : v;
+}
+
+double bf16_to_double(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void log_line(const std::string& s) {
+  std::printf("%s\n", s.c_str());
+  if (const char* path = std::getenv("FASTOOD_MODEL_LOG")) {
+    if (FILE* f = std::fopen(path, "a")) {
+      std::fprintf(f, "%s\n", s.c_str());
+      std::fclose(f);
+    }
+  }
+}
+
+struct Slot {
+  const SegmentLseSm90AotKernels* set = nullptr;
+  std::string kind;  // hot, merge, seg0, seg0_merge, exact
+  bool tma = false, split = false, argmax = false;
+};
+
+Slot find_slot(const TritonKernelImage* k) {
+  Slot s;
+  for (int i = 0; i < kSegmentLseSm90AotSetCount; ++i) {
+    const SegmentLseSm90AotKernels& set = kSegmentLseSm90AotSets[i];
+    s.set = &set;
+    for (int t = 0; t < 2; ++t)
+      for (int v = 0; v < 2; ++v) {
+        if (k == set.hot[t][v]) return s.kind = "hot", s.tma = t, s.split = v, s;
+        for (int p = 0; p < 2; ++p)
+          if (k == set.seg0[t][v][p]) return s.kind = "seg0", s.tma = t, s.argmax = v, s.split = p, s;
+      }
+    for (int v = 0; v < 2; ++v) {
+      if (k == set.exact[v]) return s.kind = "exact", s.argmax = v, s;
+      if (k == set.seg0_merge[v]) return s.kind = "seg0_merge", s.argmax = v, s;
+      if (k == set.merge[v]) return s.kind = "merge", s.argmax = v, s;
+    }
+  }
+  s.set = nullptr;
+  return s;
+}
+
+// The launch's arguments by parameter name (tensor maps: the tensor they describe).
+struct Args {
+  std::map<std::string, uint64_t> v;
+  std::map<std::string, const TensorMap*> maps;
+  template <typename T>
+  T* p(const char* n) const { return reinterpret_cast<T*>(static_cast<uintptr_t>(v.at(n))); }
+  int64_t i(const char* n) const { return static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v.at(n)))); }
+  const void* operand(const char* n) const {
+    auto m = maps.find(n);
+    return m != maps.end() ? m->second->src.base : p<const void>(n);
+  }
+};
+
+struct Problem {
+  const Args& a;
+  DType dtype;
+  int64_t B, N, D, S, ldx, ldb;
+  const void *x, *bank;
+  const int64_t* off;
+  const float* scale;
+  explicit Problem(const Args& args, DType t)
+      : a(args), dtype(t), B(args.i("B")), N(args.i("N")), D(args.i("D")), S(args.i("S")), ldx(args.i("stride_xb")),
+        ldb(args.i("stride_bn")), x(args.operand("x_ptr")), bank(args.operand("bank_ptr")),
+        off(args.p<const int64_t>("off_ptr")), scale(args.p<const float>("scale_ptr")) {}
+  double elem(const void* base, int64_t idx) const {
+    uint16_t h;
+    if (dtype == DType::kFloat32) return static_cast<const float*>(base)[idx];
+    std::memcpy(&h, static_cast<const char*>(base) + 2 * idx, 2);
+    return dtype == DType::kFloat16 ? half_to_double(h) : bf16_to_double(h);
+  }
+  // t = L · log2 e (base 2), L = scale · x_r · bank_c.
+  double t(int64_t r, int64_t c) const {
+    double acc = 0.0;
+    for (int64_t d = 0; d < D; ++d) acc += elem(x, r * ldx + d) * elem(bank, c * ldb + d);
+    return static_cast<double>(scale[r]) * acc * kLog2e;
+  }
+};
+
+struct State {
+  double m = kNegInf, l = 0.0;
+  int64_t arg = 0;
+  bool any = false;
+};
+
+// Add the columns [lo, hi) to the state: m' = max(m, max t), l' = l·2^(m−m') + Σ 2^(t−m');
+// arg: the first column of the visit's maximum, replacing the old one only when strictly
+// greater (visits in column order: the first maximiser overall).
+void accumulate(const Problem& pr, int64_t r, int64_t lo, int64_t hi, State* st) {
+  if (lo >= hi) return;
+  std::vector<double> ts;
+  for (int64_t c = lo; c < hi; ++c) ts.push_back(pr.t(r, c));
+  std::size_t first = 0;
+  for (std::size_t j = 1; j < ts.size(); ++j)
+    if (ts[j] > ts[first]) first = j;
+  const double mt = ts[first];
+  if (!st->any || mt > st->m) st->arg = lo + static_cast<int64_t>(first);
+  const double m = st->any ? std::max(st->m, mt) : mt;
+  double l = st->any ? st->l * std::exp2(st->m - m) : 0.0;
+  for (double v : ts) l += std::exp2(v - m);
+  st->m = m;
+  st->l = l;
+  st->any = true;
+}
+
+float finish(double m, double l) {
+  return static_cast<float>((m + std::log2(std::max(l, 1e-30))) * kLn2);
+}
+
+void run_hot(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
+  const int64_t bb = s.set->block_b, chunk = pr.a.i("chunk");
+  float* lse = pr.a.p<float>("lse_ptr");
+  float* ws_m = pr.a.p<float>("ws_m_ptr");
+  float* ws_l = pr.a.p<float>("ws_l_ptr");
+  for (int64_t bx = 0; bx < gx; ++bx)
+    for (int64_t q = 0; q < gy; ++q) {
+      const int64_t c0 = q * chunk, c1 = std::min(pr.N, c0 + chunk);
+      for (int64_t r = bx * bb; r < std::min(pr.B, (bx + 1) * bb); ++r)
+        for (int64_t seg = 1; seg < pr.S; ++seg) {
+          const int64_t lo = std::max(c0, pr.off[seg]), hi = std::min(c1, pr.off[seg + 1]);
+          if (lo >= hi) continue;
+          State st;
+          accumulate(pr, r, lo, hi, &st);
+          if (s.split) {
+            ws_m[(q * pr.S + seg) * pr.B + r] = static_cast<float>(st.m);
+            ws_l[(q * pr.S + seg) * pr.B + r] = static_cast<float>(st.l);
+          } else {
+            lse[r * pr.S + seg] = finish(st.m, st.l);
+          }
+        }
+    }
+}
+
+void run_merge(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
+  const int64_t mb = s.set->merge_block, chunk = pr.a.i("chunk");
+  const float* ws_m = pr.a.p<const float>("ws_m_ptr");
+  const float* ws_l = pr.a.p<const float>("ws_l_ptr");
+  float* lse = pr.a.p<float>("lse_ptr");
+  float* max0 = pr.a.p<float>("max0_ptr");
+  for (int64_t seg = 0; seg < gx; ++seg)
+    for (int64_t r = 0; r < std::min<int64_t>(pr.B, gy * mb); ++r) {
+      const int64_t lo = pr.off[seg], hi = pr.off[seg + 1];
+      const int64_t first = lo / chunk, n = hi > lo ? (hi - 1) / chunk - first + 1 : 0;
+      double m = kNegInf, l = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t w = ((first + k) * pr.S + seg) * pr.B + r;
+        const double mp = ws_m[w], lp = ws_l[w];
+        const double mn = std::max(m, mp), ref = mn == kNegInf ? 0.0 : mn;
+        l = l * std::exp2(m - ref) + lp * std::exp2(mp - ref);
+        m = mn;
+      }
+      lse[r * pr.S + seg] = finish(m, l);
+      if (seg == 0) max0[r] = static_cast<float>(m * kLn2);
+    }
+}
+
+void run_seg0(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
+  const int64_t bb = s.set->block_b, bn = s.set->block_n, n_splits = pr.a.i("n_splits");
+  const int64_t end0 = pr.off[1], n_t0 = (end0 + bn - 1) / bn;
+  float* lse = pr.a.p<float>("lse_ptr");
+  float* max0 = pr.a.p<float>("max0_ptr");
+  for (int64_t bx = 0; bx < gx; ++bx)
+    for (int64_t p = 0; p < gy; ++p)
+      for (int64_t r = bx * bb; r < std::min(pr.B, (bx + 1) * bb); ++r) {
+        State st;
+        for (int64_t tile = s.split ? p : 0; tile < n_t0; tile += s.split ? n_splits : 1)
+          accumulate(pr, r, tile * bn, std::min(end0, (tile + 1) * bn), &st);
+        if (s.split) {
+          if (p >= n_t0) continue;
+          pr.a.p<float>("ws_m_ptr")[p * pr.B + r] = static_cast<float>(st.m);
+          pr.a.p<float>("ws_l_ptr")[p * pr.B + r] = static_cast<float>(st.l);
+          if (s.argmax) pr.a.p<int32_t>("ws_arg_ptr")[p * pr.B + r] = static_cast<int32_t>(st.arg);
+        } else if (end0 > 0) {
+          lse[r * pr.S] = finish(st.m, st.l);
+          max0[r] = static_cast<float>(st.m * kLn2);
+          if (s.argmax) pr.a.p<int64_t>("arg0_ptr")[r] = st.arg;
+        }
+      }
+}
+
+void run_seg0_merge(const Problem& pr, const Slot& s, unsigned gx) {
+  const int64_t mb = s.set->merge_block, bn = s.set->block_n, n_splits = pr.a.i("n_splits");
+  const int64_t end0 = pr.off[1];
+  const float* ws_m = pr.a.p<const float>("ws_m_ptr");
+  const float* ws_l = pr.a.p<const float>("ws_l_ptr");
+  const int32_t* ws_arg = pr.a.p<const int32_t>("ws_arg_ptr");
+  for (int64_t r = 0; r < std::min<int64_t>(pr.B, gx * mb); ++r) {
+    double m = kNegInf, l = 0.0;
+    int64_t arg = 0;
+    for (int64_t p = 0; p < std::min(n_splits, (end0 + bn - 1) / bn); ++p) {
+      const double mp = ws_m[p * pr.B + r], lp = ws_l[p * pr.B + r];
+      if (s.argmax) {
+        const int64_t ap = ws_arg[p * pr.B + r];
+        if (mp > m || (mp == m && ap < arg)) arg = ap;
+      }
+      const double mn = std::max(m, mp), ref = mn == kNegInf ? 0.0 : mn;
+      l = l * std::exp2(m - ref) + lp * std::exp2(mp - ref);
+      m = mn;
+    }
+    if (end0 > 0) {
+      pr.a.p<float>("lse_ptr")[r * pr.S] = finish(m, l);
+      pr.a.p<float>("max0_ptr")[r] = static_cast<float>(m * kLn2);
+      if (s.argmax) pr.a.p<int64_t>("arg0_ptr")[r] = arg;
+    }
+  }
+}
+
+void run_exact(const Problem& pr, const Slot& s, unsigned gx) {
+  const int64_t bb = s.set->block_b;
+  const int32_t* flag = pr.a.p<const int32_t>("flag_ptr");
+  for (int64_t bx = 0; bx < gx; ++bx) {
+    if (flag[bx] == 0) continue;
+    for (int64_t r = bx * bb; r < std::min(pr.B, (bx + 1) * bb); ++r)
+      for (int64_t seg = 0; seg < pr.S; ++seg) {
+        State st;
+        accumulate(pr, r, pr.off[seg], pr.off[seg + 1], &st);
+        if (!st.any) continue;
+        pr.a.p<float>("lse_ptr")[r * pr.S + seg] = finish(st.m, st.l);
+        if (seg == 0) {
+          pr.a.p<float>("max0_ptr")[r] = static_cast<float>(st.m * kLn2);
+          if (s.argmax) pr.a.p<int64_t>("arg0_ptr")[r] = st.arg;
+        }
+      }
+  }
+}
+
+}  // namespace
+
+std::string launch(const TritonKernelImage& k, unsigned gx, unsigned gy, unsigned gz, const std::vector<TritonArg>& args,
+                   void* global_scratch, void*) {
+  const Slot s = find_slot(&k);
+  char head[160];
+  std::snprintf(head, sizeof(head), "launch %s%s%s%s %u %u %u", s.set ? s.kind.c_str() : k.name,
+                s.tma ? " tma" : "", s.split ? " split" : "", s.argmax ? " argmax" : "", gx, gy, gz);
+  log_line(head);
+  if (s.set == nullptr) return std::string();  // a portable image: recorded only
+  PackedParams packed;  // the real packing: the kinds and the count must match the image
+  std::string why = pack_params(k, args, global_scratch, nullptr, &packed);
+  if (!why.empty()) return why;
+  Args a;
+  std::size_t i = 0;
+  for (int j = 0; j < k.num_params; ++j) {
+    const ParamKind kind = k.params[j].kind;
+    if (kind == ParamKind::kGlobalScratch || kind == ParamKind::kProfileScratch || kind == ParamKind::kDescShape ||
+        kind == ParamKind::kDescStride)
+      continue;
+    if (kind == ParamKind::kTensorMap) a.maps[k.params[j].name] = args[i].map;
+    a.v[k.params[j].name] = args[i].bits;
+    ++i;
+  }
+  const Problem pr(a, s.set->dtype);
+  if (s.kind == "hot") run_hot(pr, s, gx, gy);
+  else if (s.kind == "merge") run_merge(pr, s, gx, gy);
+  else if (s.kind == "seg0") run_seg0(pr, s, gx, gy);
+  else if (s.kind == "seg0_merge") run_seg0_merge(pr, s, gx);
+  else run_exact(pr, s, gx);
+  return std::string();
+}
+
+std::string encode_tensor_map(const TritonTensorDesc& desc, const TensorDescArg& a, TensorMap* out) {
+  TmaEncodeArgs e;
+  const std::string why = tma_encode_args(desc, a, &e);  // the real TMA rules
+  if (!why.empty()) return why;
+  std::memset(out->bytes, 0, sizeof(out->bytes));
+  out->src = a;
+  return std::string();
+}
+
+std::string memset_d32(void* dst, uint32_t value, std::size_t count, void*) {
+  uint32_t* p = static_cast<uint32_t*>(dst);
+  for (std::size_t i = 0; i < count; ++i) p[i] = value;
+  return std::string();
+}
+
+}  // namespace aot
+}  // namespace cuda
+}  // namespace fastood
