@@ -40,7 +40,10 @@ Model and assumptions (every one of them is a number to calibrate on a GPU):
    ``columns`` (``all``; ``segment0`` / ``after_segment0`` / ``flagged`` for a kernel that is
    one part of an implementation: see ``column_tiles``; such parts are summed per module into
    one implementation row), ``extra_mma_flops`` (MMA FLOPs per tile and block besides the
-   GEMM, e.g. one-hot segment sums: they are excluded when the K-loop trips are inferred)):
+   GEMM, e.g. one-hot segment sums: they are excluded when the K-loop trips are inferred),
+   ``split_on_end0`` (a segment-0 kernel whose launcher sizes its splits on segment 0's
+   columns); a module's ``sol_splits(B, N, S, sms, block_b, block_n, blocks_per_sm)`` is
+   the split rule its launcher runs, used instead of the portable one):
    ``chains`` = independent tile pipelines per block. Today's kernels run one: all
    warps do the MMA, then the softmax, in lock step (``serial``), and the K pipeline
    refills at every tile (``refill``: one L2 latency, 600 clk, exposed per tile). A
@@ -491,9 +494,18 @@ def _segments(groups: int) -> int:
     return 1 + groups  # ID segment + G negative groups (NegLabel)
 
 
-def _splits(B: int, N: int, block_b: int, gpu: GPU) -> int:
-    """The launcher's split heuristic (fastood.ops._triton_segment_lse._choose_splits: 64-row
-    blocks; a kernel whose launcher counts other row blocks declares ``split_rows``)."""
+def _splits(B: int, N: int, block_b: int, gpu: GPU, module: str | None = None, S: int = 1,
+            block_n: int = 128, blocks_per_sm: int = 2) -> int:
+    """The launcher's split heuristic: the module's own ``sol_splits(B, N, S, sms, block_b,
+    block_n, blocks_per_sm)`` where it defines one (the rule its launcher runs), else the
+    portable launcher's (fastood.ops._triton_segment_lse._choose_splits: 64-row blocks; a
+    kernel whose launcher counts other row blocks declares ``split_rows``)."""
+    if module is not None:
+        import importlib
+
+        rule = getattr(importlib.import_module(module), "sol_splits", None)
+        if rule is not None:
+            return int(rule(B, N, S, gpu.sms, block_b, block_n, blocks_per_sm))
     b_blocks = math.ceil(B / block_b)
     target = 2 * gpu.sms
     if b_blocks >= target:
@@ -558,7 +570,10 @@ def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, e
                             blocks_per_sm=k, chains=cm.desc.get("chains", 1), refill=cm.desc.get("refill", True)).cycles
 
     split_rows = cm.desc.get("split_rows", 64)
-    splits = cm.desc.get("splits", None) or (_splits(B, N, split_rows, gpu) if "split" in cm.name else 1)
+    # A segment-0 kernel whose launcher sizes its splits on segment 0's columns declares ``split_on_end0``.
+    n_split = segment0_end(N, S - 1) if cm.desc.get("split_on_end0") else N
+    splits = cm.desc.get("splits", None) or (_splits(B, n_split, split_rows, gpu, cm.module, S, bn, cm.blocks_per_sm)
+                                             if "split" in cm.name else 1)
     programs = math.ceil(B / bb) * splits
     tiles = column_tiles(cm.desc.get("columns", "all"), N, S, bn, splits)
     if cm.desc.get("columns") == "segment0":
@@ -690,7 +705,9 @@ def main(args) -> None:
                 # A kernel without split variants (e.g. a segment-0 pass) runs unsplit at every B.
                 has_split = any("split" in o.name for o in configs if o.kernel == kernel)
                 rows = c.desc.get("split_rows", 64)
-                if c.kernel != kernel or not (("split" in c.name) == (_splits(B, N, rows, gpu) > 1)
+                bn_c = c.desc.get("tile_cols", c.constexprs.get("BLOCK_N", 128))
+                if c.kernel != kernel or not (("split" in c.name) == (_splits(B, N, rows, gpu, c.module, S, bn_c,
+                                                                              c.blocks_per_sm) > 1)
                                               or c.desc.get("splits") or not has_split):
                     continue
                 try:
