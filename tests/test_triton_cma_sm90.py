@@ -64,7 +64,9 @@ def _check(out, st64, a64, at64, tol_fwd, tol_bwd):
 def test_interpreter_against_float64(mode, splits):
     """Pair mode B = 40 (row blocks of 16: the diagonal of block 1, rows 16–31, meets two
     column tiles when the tiles are 16 wide and split-N moves their start), class mode
-    K = 17; D = 40 (two and a half D chunks); s = 80."""
+    K = 17; D = 40 (two and a half D chunks of the forward); s = 80. The backward's default
+    interpreter tiles (BLOCK_DO 64 >= D) take the fused path (one zero-padded K step from the
+    resident row block); the rectangular-tile test below takes the K loop over D."""
     pair = mode == "pair"
     x64, t64, labels = make_inputs(40, 40, K=None if pair else 17, seed=3)
     s = torch.tensor(80.0, dtype=torch.float64)
@@ -130,7 +132,7 @@ def test_aot_specs_contract():
     backward tiles × their three flag sets, wgmma intended for every main loop; nothing
     for sm_80 or fp32 (not routed there)."""
     from fastood.ops import _aot
-    from fastood.ops._triton_cma_sm90 import BWD_CONFIG, BWD_SLICED_CONFIG, SOL_KERNELS, aot_specs
+    from fastood.ops._triton_cma_sm90 import BWD_CONFIG, BWD_SLICED_CONFIG, FUSED_BWD, SOL_KERNELS, aot_specs
 
     assert "fastood.ops._triton_cma_sm90" in _aot.KERNEL_MODULES
     specs = aot_specs(90, torch.float16, full=False)
@@ -138,9 +140,14 @@ def test_aot_specs_contract():
     assert len(names) == len(set(names)) == 2 + 1 + 1 + 2 * 3
     assert all(s.intended_mma == "wgmma" for s in specs if s.main_loop)
     assert [s.name for s in specs if not s.main_loop] == ["cma_sm90_row_merge[256]"]
-    assert {n.split("[")[0] for n in names} == set(SOL_KERNELS) | {"cma_sm90_row_merge"}
+    assert {n.split("[")[0] for n in names} | ({"cma_sm90_bwd_fused"} if not FUSED_BWD else set()) == \
+        set(SOL_KERNELS) | {"cma_sm90_row_merge"}
     for cfg in (BWD_CONFIG, BWD_SLICED_CONFIG):
         assert sum("{}x{}x{} do{}".format(*cfg[:4]) in n for n in names) == 3
+    # The fused backward (one K = BLOCK_DO step, no K loop) where the installed Triton compiles it.
+    fused = [n for n in names if n.startswith("cma_sm90_bwd_fused[")]
+    assert len(fused) == (3 if FUSED_BWD else 0)
+    assert all(BWD_CONFIG[2] == BWD_CONFIG[3] for _ in fused)
     assert aot_specs(80, torch.float16, full=True) == [] and aot_specs(90, torch.float32, full=True) == []
     with pytest.raises(TypeError, match="dtype"):
         aot_specs(90, torch.int8, full=False)

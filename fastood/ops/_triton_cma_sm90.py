@@ -37,14 +37,19 @@ target / diagonal masks (compare, two selects, a sum, a max) on *every* tile. He
    ``p = exp2(fma(acc·rb, ta_i, −mt_i))``: the scale, the norms and log2 e in one FFMA.
 
 Compiled (ptxas of Triton 3.8, sm_90a, no GPU): 128×128×128, 8 warps, 3 stages, TMA:
-204 registers (fp16; 153 bf16), 0 spill, 192 KB shared memory, one block per SM. The
-model (bench/sol.py's rates) puts a tile at MMA 4,096 + issue ≈ 3,200 + refill 600 =
-≈ 7,900 SM cycles (serial chain): ≈ 49 % of the dense peak at B = 32,768. Tried: a
-128-register cap (two blocks per SM) spills ≈ 400 B; BLOCK_D 64 costs 4 % more issue
-slots (K-loop bookkeeping); the column sums are mostly cross-lane / cross-warp
-reductions of the per-column vectors.
+128 registers (fp16 and bf16; Triton 3.6: 232), 0 spill, 192 KB shared memory (so still
+one block per SM). Per-tile issue slots cut from 3,218 to 2,978 by two changes read off the
+SASS: ``tl.assume(D > 0)`` (the K loop's zero-trip path, with its own 32 accumulator
+zeroing CS2R and guards, is gone) and the flush flag stored by every low column (masked
+store of the same 1) instead of a cross-warp min-reduction per tile. The model (bench/sol.py's
+rates) puts a tile at MMA 4,096 + issue 2,978 + refill 600 = 7,674 SM cycles (serial chain):
+51 % of the dense peak at B = 32,768 (28 % at 4,096, where the launches and a partial
+wave weigh). Tried: a 128-register cap (two blocks per SM) spills ≈ 400 B
+and 192 KB of pipeline leave no room for a second block anyway; BLOCK_D 64 costs 4 % more
+issue slots (K-loop bookkeeping); the column sums are mostly cross-lane / cross-warp
+reductions of the per-column vectors (208 SHFL per warp and tile).
 
-Backward, run twice with the roles swapped (own rows × other rows), 64×64 logit tile,
+Backward, run twice with the roles swapped (own rows × other rows), 64×32 logit tile (fused, 8.),
 output slice BLOCK_DO (the flash-attention-backward shape: one program owns BLOCK_M
 rows and BLOCK_DO output columns, walks every column tile, recomputes the logit tile
 ``acc = a_blk @ b_tileᵀ`` and ``G~`` from the saved LSEs, accumulates
@@ -59,11 +64,24 @@ rows and BLOCK_DO output columns, walks every column tile, recomputes the logit 
    rounded once instead of v; with |b_j| ≫ 1 its smallest representable magnitude rises
    by |b_j|: terms below 2⁻¹⁴/|b_j| become subnormal — negligible next to the O(1) target.)
 7. Pair-mode targets only in the diagonal tiles (their own loop, as 3.).
-8. ``BLOCK_DO = D`` for D ≤ 512 (a 64×512 fp32 accumulator: 220 registers, 0 spill):
-   the logit tile is computed once per pass, the executed MMA work per pass is the ideal
-   ``2·2·M·N·D``. Wider D runs 256-wide output slices, ``(D/256 + 1)·2·M·N·D``.
-   Compiled: 211–220 registers, 0 spill, 128 KB, one block per SM; the model: MMA 2,048 +
-   issue ≈ 1,640 + refill 600 ≈ 4,290 cycles per 64×64 tile, ≈ 46 % at B = 32,768.
+8. **Fused for D ≤ 512** (``BWD_CONFIG``, Triton ≥ 3.8): ``BLOCK_DO = 512 ≥ D``, one
+   program owns the whole output width, and the logit tile is ``a_blk @ b_tileᵀ`` with
+   K = BLOCK_DO in one step from the row block, loaded once per program (resident in shared
+   memory), and the *same* [BLOCK_N, 512] b tile that the output GEMM reads: b crosses L2
+   once per tile instead of twice, a once per program instead of once per tile, and the tile
+   loop has no K loop, so Triton's pipeliner pipelines it (3 stages: the TMA of tile i+2 is
+   issued in iteration i; no refill per tile). Beyond D the TMA zero-fills both operands
+   (the padded K adds exact zeros; D < 512 pays the padded K, as the output GEMM already
+   did). G~ is computed inside an always-taken branch: a dot feeding a dot directly is laid
+   out "chained" by Triton (all warps along M; with BLOCK_M = 64 both warpgroups would
+   compute the whole tile: 2× the logit MMA and exp2, 216 B spill). 64×32 tiles: 64×64
+   spills 24 B in the pair pass, and 3 stages of 64×512 b tiles do not fit next to the row
+   block. Compiled: 236–255 registers, 0 spill, 165–168 KB, one block per SM; the model:
+   MMA 1,024 + issue 682 (no refill) = 1,706 cycles per 64×32 tile, L2 683: 58 % at
+   B = 32,768 (42 % at 4,096). Triton 3.6's pipeliner fails on the fused kernel
+   ("PassManager::run failed"; 3.7 unchecked): those run the unfused tile (64×64×128, a K
+   loop over D, 222–235 registers on 3.6, 0 spill; 46 % in the model). Wider D runs
+   256-wide output slices (``BWD_SLICED_CONFIG``), ``(D/256 + 1)·2·M·N·D``.
 
 The interpreter runs the pointer-load variant of the same bodies (``USE_TMA=False``).
 """
@@ -88,21 +106,38 @@ FWD_CONFIG = (128, 128, 128, 8, 3)
 # warps, stages. BLOCK_D = 128 spills 24 B (fp16, ptxas); 64 does not.
 FIX_CONFIG = (64, 8, 3)
 # (BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO, num_warps, num_stages) of the backward: the whole
-# output width in one program for D <= D_MAX (no recomputation of the logit tile; ptxas:
-# 220 registers, 0 spill), output slices of 256 beyond (D/256 recomputations).
+# output width in one program for D <= D_MAX, fused (BLOCK_D = BLOCK_DO: the logit tile in
+# one K = BLOCK_DO step from the resident row block and the output GEMM's b tile; docstring,
+# 8.), output slices of 256 beyond (D/256 recomputations, a K loop over D).
 D_MAX = 512
-BWD_CONFIG = (64, 64, 128, D_MAX, 8, 2)
+
+
+def _triton_version() -> tuple[int, int]:
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+# The fused backward compiles on Triton 3.8 (ptxas: 236–255 registers, 0 spill); Triton 3.6's
+# pipeliner fails on it (checked, "PassManager::run failed"), 3.7 is unchecked: those run the
+# unfused tile (a K loop over D, 220 registers, 0 spill on 3.6 and 3.8).
+FUSED_BWD = _triton_version() >= (3, 8)
+BWD_CONFIG = (64, 32, D_MAX, D_MAX, 8, 3) if FUSED_BWD else (64, 64, 128, D_MAX, 8, 2)
 BWD_SLICED_CONFIG = (64, 64, 64, 256, 8, 3)
 # Interpreter tiles (tiny; the same bodies on the pointer path).
 _INTERPRET_FWD = (16, 16, 16)
-_INTERPRET_BWD = (16, 16, 16, 16)
+_INTERPRET_BWD = (16, 16, 64, 64)  # fused for D <= 64 (the tests' D = 40); blocks= reaches the K loop
 # A column partial below this against the shared reference takes the exact path (docstring, 2.).
 COL_FLOOR = tl.constexpr(1.262177448353619e-29)  # 2^-96
 
 # What the speed-of-light model reads (bench/sol.py, keyed by the AOT spec name before "[").
 SOL_KERNELS = {
     "cma_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False},
-    "cma_sm90_bwd": {"chains": 1, "refill": True, "a_resident": False},
+    # Fused backward: the row block is loaded once per program (a_resident); the tile loop
+    # is the pipelined loop (3 stages, no K loop): the TMA of tile i+2 is issued in iteration i
+    # (SASS: two UTMALDG before the loop, one per iteration), a whole tile (> 1,600 clk) before
+    # its wait, more than the 600 clk L2 latency: no refill per tile.
+    "cma_sm90_bwd_fused": {"chains": 1, "refill": False, "a_resident": True},
+    "cma_sm90_bwd": {"chains": 1, "refill": True, "a_resident": False},  # D > D_MAX: sliced, K loop
     "cma_sm90_fix": {"chains": 1, "refill": True, "a_resident": False},  # rare tiles + one diagonal per row block
 }
 WARP_ORGANISATION = {
@@ -188,8 +223,10 @@ def _fwd_tiles(
                 tl.store(col_m_ptr + ws, tl.zeros([BLOCK_N], tl.float32) + R)
                 tl.store(col_l_ptr + ws, cs)
             # A flushed column (rare): flag the tile, the fix-up kernel recomputes it exactly.
-            low = tl.min(cs, axis=0) < COL_FLOOR
-            tl.store(flag_ptr + pid_m.to(tl.int64) * n_tiles + n0 // BLOCK_N, 1, mask=low)
+            # Every low column stores the same 1 to the tile's flag (no min-reduction over
+            # the columns: a cross-warp reduction per tile for a flag that is almost never set).
+            flag_at = flag_ptr + pid_m.to(tl.int64) * n_tiles + n0 // BLOCK_N
+            tl.store(flag_at + tl.zeros([BLOCK_N], tl.int32), tl.full([BLOCK_N], 1, tl.int8), mask=cs < COL_FLOOR)
     return m, l
 
 
@@ -207,6 +244,7 @@ def _sm90_cma_fwd_kernel(
     diagonal columns [r0, r0 + BLOCK_M) (two loops around them: no target test in the hot
     loop), column partials for those tiles; the diagonal is the fix-up kernel's. Class
     mode: every tile, the label compared per logit (K is small), no column statistics."""
+    tl.assume(D > 0)  # the K loops run at least once: no zero-trip path (its own acc zeroing)
     pid_m = tl.program_id(0)
     pid_p = tl.program_id(1)
     NEG_INF: tl.constexpr = float("-inf")
@@ -379,7 +417,7 @@ def _sm90_row_merge_kernel(
 
 
 @triton.jit
-def _g_tile(acc, rb, ta, own2, tgt_row, tgt, rows64, cols64, col_ok, oth_lse_ptr, oth_comp_ptr, lab_ptr, cols,
+def _g_tile(acc, rb, ta, own2, tgt_row, tgt, r0, rows64, cols64, col_ok, oth_lse_ptr, oth_comp_ptr, lab_ptr, cols,
             alpha, beta, OWN_LSE: tl.constexpr, OTH_LSE: tl.constexpr, TARGET: tl.constexpr,
             WITH_TGT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """G~·rb on one tile (docstring, 4.–6.): fp32, padded columns exactly 0."""
@@ -395,7 +433,8 @@ def _g_tile(acc, rb, ta, own2, tgt_row, tgt, rows64, cols64, col_ok, oth_lse_ptr
         if OTH_LSE:
             tv -= beta * tl.load(oth_comp_ptr + cols, mask=col_ok, other=0.0)[None, :]
         if TARGET == 0:
-            hit = rows64[:, None] == cols64[None, :]
+            # int32 (M, N < 2^31): an int64 row vector live over the loops costs registers.
+            hit = (r0 + tl.arange(0, BLOCK_M))[:, None] == cols[None, :]
         elif TARGET == 1:
             hit = cols64[None, :] == tgt[:, None]
         else:
@@ -408,31 +447,44 @@ def _g_tile(acc, rb, ta, own2, tgt_row, tgt, rows64, cols64, col_ok, oth_lse_ptr
 @triton.jit
 def _bwd_tiles(
     a_ptr, b_ptr, bo_ptr, rb_ptr, oth_lse_ptr, oth_comp_ptr, lab_ptr,
-    out, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok, lo, hi, D, alpha, beta,
+    out, a_res, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok, lo, hi, D, alpha, beta,
     stride_a0, stride_a1, stride_b0, stride_b1,
     USE_TMA: tl.constexpr, OWN_LSE: tl.constexpr, OTH_LSE: tl.constexpr, TARGET: tl.constexpr,
-    WITH_TGT: tl.constexpr,
+    WITH_TGT: tl.constexpr, FUSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
 ):
     """out += (G~·rb) @ b[:, slice] over the column tiles [lo, hi) (K loop over D, output
     slice BLOCK_DO); the target entries of G~ are set only when WITH_TGT (pair mode: only
-    the diagonal tiles have any)."""
+    the diagonal tiles have any). FUSED (D <= BLOCK_DO, one slice at o0 = 0): the logit
+    tile is ``a_res @ boᵀ`` from the resident row block and the same [BLOCK_N, BLOCK_DO]
+    tile of b that the second GEMM reads (docstring, 8.), no K loop."""
     offs_n = tl.arange(0, BLOCK_N)
     for n0 in tl.range(lo, hi, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < hi
         cols64 = cols.to(tl.int64)
-        acc = _acc_tile(a_ptr, b_ptr, r0, n0, rows64, row_ok, cols64, col_ok, D,
-                        stride_a0, stride_a1, stride_b0, stride_b1, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D)
-        rb = tl.load(rb_ptr + cols, mask=col_ok, other=0.0)
-        gw = _g_tile(acc, rb, ta, own2, tgt_row, tgt, rows64, cols64, col_ok, oth_lse_ptr, oth_comp_ptr, lab_ptr,
-                     cols, alpha, beta, OWN_LSE, OTH_LSE, TARGET, WITH_TGT, BLOCK_M, BLOCK_N)
         if USE_TMA:
             bo = bo_ptr.load([n0, o0])
         else:
             bo = tl.load(b_ptr + cols64[:, None] * stride_b0 + offs_o[None, :] * stride_b1,
                          mask=col_ok[:, None] & o_ok[None, :], other=0.0)
-        out = tl.dot(gw.to(bo.dtype), bo, out)
+        if FUSED:
+            # Zero-filled beyond D on both sides: the padded K adds exact zeros.
+            acc = tl.dot(a_res, bo.T)
+        else:
+            acc = _acc_tile(a_ptr, b_ptr, r0, n0, rows64, row_ok, cols64, col_ok, D,
+                            stride_a0, stride_a1, stride_b0, stride_b1, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D)
+        rb = tl.load(rb_ptr + cols, mask=col_ok, other=0.0)
+        # G~ inside an (always taken) branch: a dot whose result reaches another dot directly
+        # is laid out "chained" by Triton (all warps along M: with BLOCK_M = 64 both
+        # warpgroups would compute the whole tile, 2x the logit MMA and exp2 work; ptxas
+        # 216 B spill). Through the branch the tile is split across the warpgroups and its
+        # G~ exchanged through shared memory for the second dot, as in the unfused kernel.
+        gw = tl.zeros([BLOCK_M, BLOCK_N], bo.dtype)
+        if D > 0:
+            gw = _g_tile(acc, rb, ta, own2, tgt_row, tgt, r0, rows64, cols64, col_ok, oth_lse_ptr, oth_comp_ptr,
+                         lab_ptr, cols, alpha, beta, OWN_LSE, OTH_LSE, TARGET, WITH_TGT, BLOCK_M, BLOCK_N).to(bo.dtype)
+        out = tl.dot(gw, bo, out)
     return out
 
 
@@ -444,6 +496,7 @@ def _sm90_cma_bwd_kernel(
     M, N, D, chunk, alpha, beta, g_tgt,
     stride_a0, stride_a1, stride_b0, stride_b1,
     USE_TMA: tl.constexpr, OWN_LSE: tl.constexpr, OTH_LSE: tl.constexpr, TARGET: tl.constexpr,
+    FUSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
 ):
     """out[splits, M, D] slab ``pid_p``: Σ_j G~_ij·rb_j·b_j over this split's columns
@@ -460,11 +513,13 @@ def _sm90_cma_bwd_kernel(
     s2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634
     ta = tl.load(ra_ptr + rows, mask=row_ok, other=0.0) * s2
     # Target entries: G~ = g_tgt − α·comp_own − β·comp_oth, from the saved complements 1 − P.
+    # Pair mode loads tgt_row just before its diagonal tiles (live over one loop, not three).
     tgt_row = tl.zeros([BLOCK_M], tl.float32) + g_tgt
     own2 = tl.zeros([BLOCK_M], tl.float32)
     if OWN_LSE:
         own2 = tl.load(own_lse_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
-        tgt_row -= alpha * tl.load(own_comp_ptr + rows, mask=row_ok, other=0.0)
+        if TARGET != 0:
+            tgt_row -= alpha * tl.load(own_comp_ptr + rows, mask=row_ok, other=0.0)
     tgt = rows64
     if TARGET == 1:
         tgt = tl.load(lab_ptr + rows, mask=row_ok, other=-1)
@@ -472,30 +527,47 @@ def _sm90_cma_bwd_kernel(
     offs_o = o0 + tl.arange(0, BLOCK_DO)
     o_ok = offs_o < D
     out = tl.zeros([BLOCK_M, BLOCK_DO], tl.float32)
+    if FUSED:  # the row block, resident for the whole walk (a is [BLOCK_M, BLOCK_DO] on the TMA path)
+        if USE_TMA:
+            a_res = a_ptr.load([r0, 0])
+        else:
+            a_res = tl.load(a_ptr + rows64[:, None] * stride_a0 + offs_o[None, :] * stride_a1,
+                            mask=row_ok[:, None] & o_ok[None, :], other=0.0)
+    else:
+        a_res = r0  # unused
     col_lo = pid_p * chunk
     col_hi = tl.minimum(N, col_lo + chunk)
     if TARGET == 0:
         out = _bwd_tiles(a_ptr, b_ptr, bo_ptr, rb_ptr, oth_lse_ptr, oth_comp_ptr, lab_ptr,
-                         out, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
+                         out, a_res, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
                          col_lo, tl.minimum(col_hi, r0), D, alpha, beta, stride_a0, stride_a1, stride_b0, stride_b1,
-                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, False, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
+                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, False, FUSED,
+                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
+        if OWN_LSE:
+            tgt_row -= alpha * tl.load(own_comp_ptr + rows, mask=row_ok, other=0.0)
         out = _bwd_tiles(a_ptr, b_ptr, bo_ptr, rb_ptr, oth_lse_ptr, oth_comp_ptr, lab_ptr,
-                         out, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
+                         out, a_res, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
                          tl.maximum(col_lo, r0), tl.minimum(col_hi, r0 + BLOCK_M), D, alpha, beta,
                          stride_a0, stride_a1, stride_b0, stride_b1,
-                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, True, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
+                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, True, FUSED,
+                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
         out = _bwd_tiles(a_ptr, b_ptr, bo_ptr, rb_ptr, oth_lse_ptr, oth_comp_ptr, lab_ptr,
-                         out, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
+                         out, a_res, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
                          tl.maximum(col_lo, r0 + BLOCK_M), col_hi, D, alpha, beta,
                          stride_a0, stride_a1, stride_b0, stride_b1,
-                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, False, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
+                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, False, FUSED,
+                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
     else:
         out = _bwd_tiles(a_ptr, b_ptr, bo_ptr, rb_ptr, oth_lse_ptr, oth_comp_ptr, lab_ptr,
-                         out, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
+                         out, a_res, r0, o0, rows64, row_ok, ta, own2, tgt_row, tgt, offs_o, o_ok,
                          col_lo, col_hi, D, alpha, beta, stride_a0, stride_a1, stride_b0, stride_b1,
-                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, True, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
-    o_ptrs = out_ptr + pid_p.to(tl.int64) * M * D + rows64[:, None] * D + offs_o[None, :]
-    tl.store(o_ptrs, out, mask=row_ok[:, None] & o_ok[None, :])
+                         USE_TMA, OWN_LSE, OTH_LSE, TARGET, True, FUSED,
+                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DO)
+    # Output columns recomputed here: kept from the top they stay live over the loops (ptxas spills).
+    offs_s = o0 + tl.arange(0, BLOCK_DO)
+    rows_s = (r0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+    o_ptrs = out_ptr + pid_p.to(tl.int64) * M * D + rows_s[:, None] * D + offs_s[None, :]
+    tl.store(o_ptrs, out, mask=(rows_s < M)[:, None] & (offs_s < D)[None, :])
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -665,23 +737,25 @@ def _bwd_pass_sm90(own, oth, r_own, r_oth, scale, own_stats, oth_stats, labels, 
     if bm % bn:
         raise ValueError(f"blocks: BLOCK_M must be a multiple of BLOCK_N, got {blocks}")
     chunk, splits = _chunk(N, num_splits, _CHUNK_ALIGN if not interpreting else bn)
+    # One output slice (and a Triton that compiles it): the logit tile from the resident row block and the b tile.
+    fused = bdo >= D and (interpreting or FUSED_BWD)
     out = torch.empty(splits, M, D, dtype=torch.float32, device=device)
     dummy = r_own
     own_lse, own_comp = own_stats if own_stats is not None else (dummy, dummy)
     oth_lse, oth_comp = oth_stats if oth_stats is not None else (dummy, dummy)
     g_tgt = (alpha if own_stats is not None else 0.0) + (beta if oth_stats is not None else 0.0) - 1.0
     if use_tma:
-        a_arg, b_arg, bo_arg = _desc(own, [bm, bd]), _desc(oth, [bn, bd]), _desc(oth, [bn, bdo])
+        a_arg, b_arg, bo_arg = _desc(own, [bm, bdo if fused else bd]), _desc(oth, [bn, bd]), _desc(oth, [bn, bdo])
     else:
         a_arg, b_arg, bo_arg = own, oth, oth
-    warps, stages = (4, 1) if interpreting else (BWD_CONFIG if bdo >= D else BWD_SLICED_CONFIG)[4:]
+    warps, stages = (4, 1) if interpreting else (BWD_CONFIG if fused else BWD_SLICED_CONFIG)[4:]
     _sm90_cma_bwd_kernel[(triton.cdiv(M, bm), triton.cdiv(D, bdo), splits)](
         a_arg, b_arg, bo_arg, r_own, r_oth, scale,
         own_lse, own_comp, oth_lse, oth_comp, labels if labels is not None else dummy,
         out, M, N, D, chunk, float(alpha), float(beta), float(g_tgt),
         own.stride(0), own.stride(1), oth.stride(0), oth.stride(1),
         USE_TMA=bool(use_tma), OWN_LSE=own_stats is not None, OTH_LSE=oth_stats is not None, TARGET=target,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bdo, num_warps=warps, num_stages=stages,
+        FUSED=fused, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DO=bdo, num_warps=warps, num_stages=stages,
     )
     return out[0] if splits == 1 else out.sum(dim=0)  # fixed-order reduction: deterministic
 
@@ -774,19 +848,21 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
     ))
     for cfg in (BWD_CONFIG, BWD_SLICED_CONFIG):
         bm, bn, bd, bdo, warps, stages = cfg
+        fused = cfg is BWD_CONFIG and FUSED_BWD  # launched for D <= BLOCK_DO
+        kname = "cma_sm90_bwd_fused" if fused else "cma_sm90_bwd"
         for own, oth, target in ((True, True, 0), (True, False, 1), (False, True, 2)):
-            sig = {"a_ptr": f"tensordesc<{tn}[{bm},{bd}]>", "b_ptr": f"tensordesc<{tn}[{bn},{bd}]>",
+            sig = {"a_ptr": f"tensordesc<{tn}[{bm},{bdo if fused else bd}]>", "b_ptr": f"tensordesc<{tn}[{bn},{bd}]>",
                    "bo_ptr": f"tensordesc<{tn}[{bn},{bdo}]>", "ra_ptr": "*fp32", "rb_ptr": "*fp32",
                    "scale_ptr": "*fp32", "own_lse_ptr": "*fp32", "own_comp_ptr": "*fp32", "oth_lse_ptr": "*fp32",
                    "oth_comp_ptr": "*fp32", "lab_ptr": "*fp32" if target == 0 else "*i64", "out_ptr": "*fp32",
                    "M": "i32", "N": "i32", "D": "i32", "chunk": "i32", "alpha": "fp32", "beta": "fp32",
                    "g_tgt": "fp32", **strides}
             specs.append(AotSpec(
-                name=(f"cma_sm90_bwd[{bm}x{bn}x{bd} do{bdo} w{warps} s{stages} tma "
+                name=(f"{kname}[{bm}x{bn}x{bd} do{bdo} w{warps} s{stages} tma "
                       f"t{target}{' own' if own else ''}{' oth' if oth else ''}]"),
                 fn=_sm90_cma_bwd_kernel, signature=sig,
                 constexprs={**unit, "USE_TMA": True, "OWN_LSE": own, "OTH_LSE": oth, "TARGET": target,
-                            "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DO": bdo},
+                            "FUSED": fused, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DO": bdo},
                 num_warps=warps, num_stages=stages, aligned=aligned_of(sig), intended_mma="wgmma",
             ))
     return specs
@@ -851,7 +927,8 @@ def sol_predictions(gpu_name: str = "h100", dtype: str = "float16", reports=None
         reports = _aot.compile_specs(90, [dtype], full=False, modules=[__name__], want_sass=True, jobs=1)
     out = []
     for r in reports:
-        if r.name.split("[")[0] not in ("cma_sm90_fwd", "cma_sm90_bwd"):
+        kname = r.name.split("[")[0]
+        if kname not in ("cma_sm90_fwd", "cma_sm90_bwd", "cma_sm90_bwd_fused"):
             continue  # the fix-up and merge kernels: estimated below, not modelled per tile
         if r.name.startswith("cma_sm90_bwd") and "{}x{}x{} do{}".format(*BWD_CONFIG[:4]) not in r.name:
             continue  # the sliced backward runs only for D > D_MAX
@@ -884,8 +961,12 @@ def sol_predictions(gpu_name: str = "h100", dtype: str = "float16", reports=None
                 chunk = math.ceil(math.ceil(N_ / splits) / _CHUNK_ALIGN) * _CHUNK_ALIGN
                 splits = math.ceil(N_ / chunk)
                 programs = row_blocks * splits
-                flop = 2.0 * bm * bn * (D + bdo)
-                l2 = ((bm + bn) * D + bn * bdo) * 2
+                fused = kname == "cma_sm90_bwd_fused"
+                # Fused: the logit GEMM runs K = BLOCK_DO (zero-padded beyond D) on the b tile
+                # the output GEMM reads; the row block is read once per program (a_resident).
+                flop = 2.0 * bm * bn * ((bdo if fused else D) + bdo)
+                a_bytes = 0 if SOL_KERNELS[kname]["a_resident"] else bm * D
+                l2 = (a_bytes + (0 if fused else bn * D) + bn * bdo) * 2
                 useful = 4.0 * M_ * N_ * D
                 chunk_cols = chunk
                 B, N = M_, N_
