@@ -2,9 +2,11 @@
 
 Without CUDA these run its pointer-load path in Triton's CPU interpreter (the same kernel
 body as the TMA path, selected by a constexpr), with small tiles (16×32×16) so that the
-one-hot window (16 segments), the split-N merge, the tile-spread underflow fallback and
-the > 16-segments-per-tile path are all exercised. ``@pytest.mark.gpu`` cases run the
-real sm_90 launch (TMA descriptors, 128×64×64 tiles) when an H100-class GPU is present.
+one-hot window (8 segments), the split-N merge, the tile-spread underflow fallback and
+the > 8-segments-per-tile path are all exercised. ``@pytest.mark.gpu`` cases run the
+real sm_90 launch (TMA descriptors, 128×128×64 tiles) when an H100-class GPU is present.
+The packed bf16 hi/lo split of the GPU path (inline PTX) has no interpreter twin: only the
+GPU cases run it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ LAYOUTS = [
     ("empty_and_size1", 100, [0, 0, 30, 31, 31, 70, 100, 100]),
     ("neglabel", 260, neglabel_offsets(60, 8, 25)),
     ("wider_than_tile", 150, [0, 70, 150]),
-    ("size1_run_over_window", 70, list(range(0, 40)) + [40, 40, 70]),  # 32 segments in a tile > 16
+    ("size1_run_over_window", 70, list(range(0, 40)) + [40, 40, 70]),  # 32 segments in a tile > 8
     ("empty_first", 129, [0, 0, 64, 64, 96, 128, 129]),
     # Segment 0 over several splits (3 splits: chunk 96): its partials merge across splits.
     ("wide_segment0", 230, [0, 200, 201, 230]),
@@ -61,6 +63,27 @@ LAYOUTS = [
 @pytest.mark.parametrize("splits", [1, 3])
 def test_fp32_matches_float64(name, N, offsets, splits):
     gen = torch.Generator().manual_seed(17 * N + splits)
+    B, D = 19, 40
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    row_scale = torch.linspace(1.0, 100.0, B)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
+    check(out, x, bank, offsets, row_scale)
+
+
+PADDED = [c for c in LAYOUTS if c[0] in ("neglabel", "empty_and_size1", "size1_run_over_window", "wide_segment0")]
+
+
+@pytest.mark.parametrize("name,N,offsets", PADDED, ids=[c[0] for c in PADDED])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_padded_onehot_matches_float64(monkeypatch, name, N, offsets, splits):
+    """The one-hot product taken 2·W wide (segment k in column 2k, zero odd columns, σ read
+    from the even columns): Triton 3.6's route to a wgmma, forced here on the installed
+    Triton. Same float64 bound as the 8-wide product; several segments share each 32-column
+    tile, so a wrong column order would move sums between segments."""
+    from fastood.ops import _triton_segment_lse_sm90 as m
+
+    monkeypatch.setattr(m, "ONEHOT_PAD", True)
+    gen = torch.Generator().manual_seed(5 * N + splits)
     B, D = 19, 40
     x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
     row_scale = torch.linspace(1.0, 100.0, B)
@@ -268,10 +291,46 @@ def test_sol_column_ranges_of_the_three_kernels():
     tiles = {k: sol.column_tiles(v.get("columns", "all"), 11400, 101, 128, 1) for k, v in m.SOL_KERNELS.items()}
     assert tiles == {"segment_lse_sm90_fwd": 83, "segment_lse_sm90_seg0": 8, "segment_lse_sm90_exact": 0}
     assert sol.column_tiles("all", 11400, 101, 128, 1) == 90
-    # The one-hot sums: p_hi @ H and p_lo @ H, [BB, BN] @ [BN, W] each.
-    assert m.SOL_KERNELS["segment_lse_sm90_fwd"]["extra_mma_flops"] == 2 * 2 * 128 * 128 * m.SEG_WINDOW
+    # The one-hot sums: p_hi @ H and p_lo @ H, [BB, BN] @ [BN, n] each; n = 8 (16 padded on Triton < 3.8).
+    assert m.SOL_KERNELS["segment_lse_sm90_fwd"]["extra_mma_flops"] == 2 * 2 * 128 * 128 * m.ONEHOT_N
+    assert m.ONEHOT_N == (16 if m._triton_version() < (3, 8) else 8)
     with pytest.raises(ValueError, match="columns"):
         sol.column_tiles("some", 11400, 101, 128, 1)
+
+
+# ----------------------------------------------- registers: the version gate and ptxas
+def test_register_cap_and_onehot_width_by_triton_version():
+    """The table of the module's version gates, from ptxas (sm_90a, the hot kernel's TMA path,
+    fp16 and bf16, split or not, maxnreg=128): Triton 3.8 127–128 registers, 3.6 125–127
+    (with the 16-wide one-hot; 60–88 B of spill with the 8-wide one on mma.sync), both 0
+    spill bytes; 3.7 and older than 3.6 unchecked, so uncapped. The model's blocks per SM
+    follows the cap."""
+    from fastood.ops import _triton_segment_lse_sm90 as m
+
+    versions = [(3, 5), (3, 6), (3, 7), (3, 8), (3, 9), (4, 0)]
+    assert [m._cap_registers(v) for v in versions] == [False, True, False, True, True, True]
+    assert [m._onehot_pad(v) for v in versions] == [True, True, True, False, False, False]
+    assert m.CAP_REGISTERS == m._cap_registers(m._triton_version())
+    assert m.WARP_ORGANISATION["blocks_per_sm"] == (2 if m.CAP_REGISTERS else 1)
+
+
+def test_installed_triton_compiles_the_hot_kernel_to_the_blocks_per_sm_the_model_assumes():
+    """ptxas' report for the installed Triton (CI: 3.8; with PYTHONPATH pointing at a 3.6 the
+    same test checks 3.6): the hot kernel's TMA fp16 launch spills nothing and fits the
+    blocks per SM that WARP_ORGANISATION gives bench/sol (two under the cap). One compile."""
+    from fastood.ops import _aot
+    from fastood.ops import _triton_segment_lse_sm90 as m
+
+    name = "segment_lse_sm90_fwd[128x128x64 w8 s3 tma]"
+    (rep,) = _aot.compile_specs(90, ["float16"], full=False, jobs=1,
+                                modules=["fastood.ops._triton_segment_lse_sm90"],
+                                select=lambda mod, spec: spec.name == name)
+    assert rep.error is None, rep.error
+    assert rep.spill_stores == 0 and rep.spill_loads == 0
+    assert rep.mma == "wgmma"
+    assert rep.blocks_per_sm == m.WARP_ORGANISATION["blocks_per_sm"]
+    if m.CAP_REGISTERS:
+        assert 0 < rep.registers <= 128
 
 
 # ------------------------------------------------------------------------------ GPU

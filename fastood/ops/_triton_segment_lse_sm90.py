@@ -149,10 +149,24 @@ def _triton_version() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-# The 128-register cap of the hot kernel's TMA path: 0 spill bytes with Triton 3.8 (ptxas,
-# sm_90a), but 64–88 bytes with Triton 3.6 (uncapped there: 145–147 registers, 0 spill,
-# one block per SM). Only applied where it was checked spill-free.
-CAP_REGISTERS = _triton_version() >= (3, 8)
+def _onehot_pad(version: tuple[int, int]) -> bool:
+    """Whether the one-hot product is taken 2·SEG_WINDOW wide (``_onehot_sums``): Triton
+    before 3.8 lowers an n = 8 dot to ``mma.sync`` with the one-hot in registers (16 per
+    thread), n = 16 to a wgmma reading it from shared memory."""
+    return version < (3, 8)
+
+
+def _cap_registers(version: tuple[int, int]) -> bool:
+    """Whether the hot kernel's TMA launch takes ``maxnreg=128`` (two blocks per SM): the
+    versions where ptxas (sm_90a, fp16 and bf16, split or not) reports 0 spill bytes under
+    the cap — Triton 3.8 (127–128 registers) and 3.6 (125–127, padded one-hot). Others
+    (3.7, < 3.6): unchecked, uncapped (one block per SM)."""
+    return version == (3, 6) or version >= (3, 8)
+
+
+ONEHOT_PAD = _onehot_pad(_triton_version())
+ONEHOT_N = 2 * SEG_WINDOW if ONEHOT_PAD else SEG_WINDOW  # the n of the one-hot product's MMA
+CAP_REGISTERS = _cap_registers(_triton_version())
 # The exact kernel (flagged row blocks only): same BLOCK_B (it reads the hot kernel's
 # per-row-block flags), a tile that fits its heavier epilogue without spills.
 EXACT_CONFIG = (128, 64, 64, 8, 3)
@@ -162,15 +176,15 @@ _INTERPRET_BLOCKS = (16, 32, 16)
 WARP_ORGANISATION = {
     "kernel": "_sm90_segment_lse_fwd_kernel",
     "warps_per_block": CUDA_CONFIG[3],
-    # TMA path: 128 registers (maxnreg) and 98 KB shared memory → 2 (Triton >= 3.8); 145-147
-    # registers uncapped → 1 (Triton 3.6). The pointer path: 1.
+    # TMA path: at most 128 registers (maxnreg) and 98 KB shared memory → 2 (Triton 3.6, 3.8);
+    # unchecked versions run uncapped → 1. The pointer path: 1.
     "blocks_per_sm": 2 if CAP_REGISTERS else 1,
     "mma_async": True,                # wgmma, loads by TMA, 3-stage pipeline over the K loop
     # Within a block the epilogue follows its tile's MMA (serial chain); the other
     # resident block's MMA overlaps it.
     "epilogue_overlaps_mma": "across blocks",
     "tile": {"BLOCK_B": CUDA_CONFIG[0], "BLOCK_N": CUDA_CONFIG[1], "BLOCK_D": CUDA_CONFIG[2]},
-    "per_tile_extra_mma_flops": 2 * 2 * CUDA_CONFIG[0] * CUDA_CONFIG[1] * SEG_WINDOW,  # p_hi @ H, p_lo @ H
+    "per_tile_extra_mma_flops": 2 * 2 * CUDA_CONFIG[0] * CUDA_CONFIG[1] * ONEHOT_N,  # p_hi @ H, p_lo @ H
 }
 
 
@@ -190,22 +204,54 @@ def _bf16_rne(v):
 def _split_bf16(p, INTERP: tl.constexpr):
     """p = p_hi + p_lo + O(2⁻¹⁸·p) with p_hi, p_lo bf16 (round to nearest each).
 
-    On the GPU two packed cvt; the interpreter (whose cast truncates) rounds with
-    integers and keeps the bf16 values in fp32 (exactly representable, same sums).
+    On the GPU, per pair of neighbouring elements (a, b) of a thread (pack=2; the first
+    one in the low half of each packed output, Triton's order for bf16 pairs, the one its
+    own lowering and the wgmma A operand use)::
+
+        hi  = cvt.rn.bf16x2(b, a)                 # round to nearest even, = .to(bf16)
+        a_h = hi << 16,  b_h = hi & 0xFFFF0000    # the two bf16 back to fp32 (exact)
+        lo  = cvt.rn.bf16x2(b − b_h, a − a_h)
+
+    3 instructions per element. Triton's lowering of ``p.to(bf16)`` followed by
+    ``hi.to(fp32)`` converts hi one element at a time and packs it (4 per element): on
+    Triton 3.6 that is ~20 B of spill in the hot kernel under the 128-register cap (ptxas,
+    sm_90a). The interpreter (whose cast truncates) rounds with integers and keeps the
+    bf16 values in fp32 (exactly representable, same sums).
     """
     if INTERP:
         hi = _bf16_rne(p)
         lo = _bf16_rne(p - hi)
     else:
-        hi = p.to(tl.bfloat16, fp_downcast_rounding="rtne")
-        lo = (p - hi.to(tl.float32)).to(tl.bfloat16, fp_downcast_rounding="rtne")
+        hi, lo = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 ah, bh;
+            .reg .f32 al, bl;
+            cvt.rn.bf16x2.f32 $0, $3, $2;
+            shl.b32 ah, $0, 16;
+            and.b32 bh, $0, 0xFFFF0000;
+            sub.f32 al, $2, ah;
+            sub.f32 bl, $3, bh;
+            cvt.rn.bf16x2.f32 $1, bl, al;
+            }""",
+            constraints="=r,=r,r,r", args=[p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
+        )
     return hi, lo
 
 
 @triton.jit
-def _onehot_sums(hi, lo, hit, INTERP: tl.constexpr):
+def _onehot_sums(hi, lo, hit, INTERP: tl.constexpr, PAD: tl.constexpr):
     """σ[i, k] = Σ_j (hi + lo)[i, j] · H[j, k], H = one-hot ``hit`` (exact in bf16), on the
-    tensor cores with fp32 accumulation (fp32 products in the interpreter: same values)."""
+    tensor cores with fp32 accumulation (fp32 products in the interpreter: same values).
+
+    ``PAD``: the product is taken with H widened to 2W columns, segment k in column 2k and
+    zeros in the odd ones, and σ read back from the even columns (a split of register pairs
+    in the MMA layout: no data movement). Triton 3.6 lowers an n = 8 dot to ``mma.sync``,
+    whose one-hot operand is 16 registers per thread; n = 16 is a wgmma with the one-hot
+    in shared memory (ptxas: 20 B of spill → 0 under the 128-register cap).
+    """
+    W: tl.constexpr = hit.shape[1]
+    if PAD:
+        hit = tl.join(hit, tl.zeros_like(hit)).reshape([hit.shape[0], 2 * W])
     if INTERP:
         H = hit.to(tl.float32)
         s = tl.dot(hi, H, input_precision="ieee")
@@ -214,6 +260,8 @@ def _onehot_sums(hi, lo, hit, INTERP: tl.constexpr):
         H = hit.to(tl.bfloat16)
         s = tl.dot(hi, H)
         s = tl.dot(lo, H, s)
+    if PAD:
+        s, _ = tl.split(s.reshape([s.shape[0], W, 2]))
     return s
 
 
@@ -360,6 +408,7 @@ def _sm90_segment_lse_fwd_kernel(
     stride_xb, stride_xd, stride_bn, stride_bd,
     USE_TMA: tl.constexpr, SPLIT: tl.constexpr, IEEE_FP32: tl.constexpr, INTERP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr,
+    PAD_ONEHOT: tl.constexpr,
 ):
     """The hot kernel: segments 1..S-1 with the shared-reference fast path only.
 
@@ -417,7 +466,7 @@ def _sm90_segment_lse_fwd_kernel(
             mk = tl.zeros([BLOCK_B, W], tl.float32) + M[:, None]
             hit = ((cseg - s_first)[:, None] == kr[None, :]) & col_ok[:, None]  # one-hot col → segment
             cnt = tl.sum(hit.to(tl.int32), axis=0)                  # columns of each segment here
-            sig = _onehot_sums(p_hi, p_lo, hit, INTERP)             # [BLOCK_B, W] segment sums
+            sig = _onehot_sums(p_hi, p_lo, hit, INTERP, PAD_ONEHOT)  # [BLOCK_B, W] segment sums
             m_c, l_c = _close_window(sig, mk, cnt, s_first, s_c, m_c, l_c, m_c, s_last, n_end, pid_p,
                                      r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
                                      SPLIT, BLOCK_B, W, False)
@@ -767,7 +816,7 @@ def segment_lse_triton_sm90(
         B, N, D, S, chunk,
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
         USE_TMA=bool(use_tma), SPLIT=split, IEEE_FP32=x.dtype == torch.float32, INTERP=interpreting,
-        BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW,
+        BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW, PAD_ONEHOT=ONEHOT_PAD,
         num_warps=warps, num_stages=stages, **extra,
     )
     mb = 32 if interpreting else 128
@@ -852,7 +901,8 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
             specs.append(AotSpec(
                 name=f"segment_lse_sm90_fwd[{tag}]", fn=_sm90_segment_lse_fwd_kernel, signature=sig,
                 constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "SPLIT": split, "IEEE_FP32": False,
-                            "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
+                            "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW,
+                            "PAD_ONEHOT": ONEHOT_PAD},
                 num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
                 extra_options={"maxnreg": MAXNREG_TMA} if (tma and CAP_REGISTERS) else {},
             ))
