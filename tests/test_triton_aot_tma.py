@@ -635,3 +635,38 @@ def test_gpu_sm90_aot_against_float64_and_the_jit_launcher(sm90, tmp_path, offse
     jl, jm, ja = segment_lse_triton_sm90(x.cuda(), bank.cuda(), off.cuda(), scale.cuda(), argmax, num_splits=splits)
     assert (lse - jl.cpu().double())[finite].abs().max().item() <= 1e-5
     assert (max0 - jm.cpu().double()).abs().max().item() <= 1e-5
+
+
+# ------------------------------------------------- the head through the real images' sequence
+def test_head_through_the_real_sm90_images_matches_float64(sm90, tmp_path):
+    """The fused head (TensorRT plugin's computation) built as FASTOOD_TRITON_AOT=ON builds it,
+    with the real sm_90 fp16 kernel set (this module's fixture) in the registry and the
+    emulator's sm_90 device: segment_lse takes the sm90 TMA path inside head_workspace_bytes,
+    and with each launch replaced by a model of its kernel (csrc/cuda/testing/aot_sm90_model.cpp,
+    reading the images' own parameter names) the scores equal float64. Shows the real images'
+    signatures carry every argument the sequence and the models need, and that the head's
+    buffers and workspace hold the sequence's layout; the cubins themselves run only on a GPU."""
+    from tests.test_cuda_dispatch import _head, _head_reference, _problem
+
+    embed = sm90["embed"]
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    (inc / "segment_lse_sm90_aot_kernels.h").write_text(sm90["text"])
+    (inc / "segment_lse_aot_kernels.h").write_text(embed.registry([], "128x128x64 w8 s3"))  # no portable set
+    sources = cuda_emulator._kernel_sources(tmp_path / "kernels")
+    exe = tmp_path / "emu_driver_aot"
+    cuda_emulator._compile(["-DFASTOOD_WITH_TRITON_AOT=1", "-I", str(inc), str(cuda_emulator.EMU_DIR / "emu_driver.cpp"),
+                            *map(str, sources), str(CUDA_DIR / "segment_lse_aot.cpp"),
+                            str(CUDA_DIR / "segment_lse_aot_registry.cpp"),
+                            str(cuda_emulator.EMU_DIR / "aot_sm90_model.cpp"), "-o", str(exe)],
+                           "plain", "the emulator with the real sm90 images")
+    B, N, D, K, G = 1030, 302, 64, 140, 4
+    x, bank = _problem(B, N, D, torch.float16, seed=9)
+    log = tmp_path / "launches.txt"
+    env = {"FASTOOD_EMU_CC": "90", "FASTOOD_CUDA_PATH": "auto", "FASTOOD_MODEL_LOG": str(log)}
+    score, pred, path = _head(exe, tmp_path / "run", x, bank, K, "neglabel", G, env)
+    assert path == "sm90 tma", path
+    assert "launch hot tma split" in log.read_text()
+    ref, L = _head_reference(x, bank, K, "neglabel", G)
+    assert (score.double() - ref).abs().max().item() <= 1e-4
+    assert (L[:, :K].gather(1, pred.long()[:, None])[:, 0] - L[:, :K].max(1).values).abs().max().item() <= 1e-3

@@ -19,7 +19,10 @@
 //   exact      grid (row blocks): row blocks whose flag is set, all segments (the models
 //              never set one, as the kernels do not when nothing underflows).
 // Every launch is also printed ("launch NAME GX GY GZ"); FASTOOD_MODEL_LOG=path appends there.
-// The portable images (fake_aot/segment_lse_aot_kernels.h) are only recorded.
+// Other images (the portable set of fake_aot/segment_lse_aot_kernels.h) are only recorded.
+// The kernel sets may be the stand-ins of fake_aot/ or the real images embed_triton.py
+// generates (tests/test_triton_aot_tma.py): the models read their arguments by the Triton
+// signatures' parameter names.
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -27,11 +30,11 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cuda/segment_lse_aot.h"
-#include "segment_lse_aot_kernels.h"
 #include "segment_lse_sm90_aot_kernels.h"
 
 namespace fastood {
@@ -100,12 +103,16 @@ Slot find_slot(const TritonKernelImage* k) {
 struct Args {
   std::map<std::string, uint64_t> v;
   std::map<std::string, const TensorMap*> maps;
+  // A kernel's own parameters (v.at: a name it lacks is a model bug, reported by the throw).
   template <typename T>
   T* p(const char* n) const { return reinterpret_cast<T*>(static_cast<uintptr_t>(v.at(n))); }
   int64_t i(const char* n) const { return static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(v.at(n)))); }
+  // What every kernel may read; 0 / nullptr where this kernel does not take it (the merges).
+  int64_t i_or0(const char* n) const { return v.count(n) ? i(n) : 0; }
   const void* operand(const char* n) const {
     auto m = maps.find(n);
-    return m != maps.end() ? m->second->src.base : p<const void>(n);
+    if (m != maps.end()) return m->second->src.base;
+    return v.count(n) ? p<const void>(n) : nullptr;
   }
 };
 
@@ -117,9 +124,10 @@ struct Problem {
   const int64_t* off;
   const float* scale;
   explicit Problem(const Args& args, DType t)
-      : a(args), dtype(t), B(args.i("B")), N(args.i("N")), D(args.i("D")), S(args.i("S")), ldx(args.i("stride_xb")),
-        ldb(args.i("stride_bn")), x(args.operand("x_ptr")), bank(args.operand("bank_ptr")),
-        off(args.p<const int64_t>("off_ptr")), scale(args.p<const float>("scale_ptr")) {}
+      : a(args), dtype(t), B(args.i("B")), N(args.i_or0("N")), D(args.i_or0("D")), S(args.i("S")),
+        ldx(args.i_or0("stride_xb")), ldb(args.i_or0("stride_bn")), x(args.operand("x_ptr")),
+        bank(args.operand("bank_ptr")), off(args.p<const int64_t>("off_ptr")),
+        scale(static_cast<const float*>(args.operand("scale_ptr"))) {}
   double elem(const void* base, int64_t idx) const {
     uint16_t h;
     if (dtype == DType::kFloat32) return static_cast<const float*>(base)[idx];
@@ -305,12 +313,16 @@ std::string launch(const TritonKernelImage& k, unsigned gx, unsigned gy, unsigne
     a.v[k.params[j].name] = args[i].bits;
     ++i;
   }
-  const Problem pr(a, s.set->dtype);
-  if (s.kind == "hot") run_hot(pr, s, gx, gy);
-  else if (s.kind == "merge") run_merge(pr, s, gx, gy);
-  else if (s.kind == "seg0") run_seg0(pr, s, gx, gy);
-  else if (s.kind == "seg0_merge") run_seg0_merge(pr, s, gx);
-  else run_exact(pr, s, gx);
+  try {
+    const Problem pr(a, s.set->dtype);
+    if (s.kind == "hot") run_hot(pr, s, gx, gy);
+    else if (s.kind == "merge") run_merge(pr, s, gx, gy);
+    else if (s.kind == "seg0") run_seg0(pr, s, gx, gy);
+    else if (s.kind == "seg0_merge") run_seg0_merge(pr, s, gx);
+    else run_exact(pr, s, gx);
+  } catch (const std::out_of_range&) {
+    return "model of " + s.kind + ": the image lacks a parameter the model reads";
+  }
   return std::string();
 }
 
