@@ -300,11 +300,11 @@ def test_sol_column_ranges_of_the_three_kernels():
 
 # ----------------------------------------------- registers: the version gate and ptxas
 def test_register_cap_and_onehot_width_by_triton_version():
-    """The table of the module's version gates, from ptxas (sm_90a, the hot kernel's TMA path,
-    fp16 and bf16, split or not, maxnreg=128): Triton 3.8 127–128 registers, 3.6 125–127
-    (with the 16-wide one-hot; 60–88 B of spill with the 8-wide one on mma.sync), both 0
-    spill bytes; 3.7 and older than 3.6 unchecked, so uncapped. The model's blocks per SM
-    follows the cap."""
+    """The table of the module's version gates, from ptxas (sm_90a, the hot kernel, fp16 and
+    bf16, split or not, maxnreg=128): TMA path Triton 3.8 127–128 registers, 3.6 125–127
+    (with the 16-wide one-hot and the packed split; 60–88 B of spill before), pointer path
+    128 on both, all 0 spill bytes; 3.7 and older than 3.6 unchecked, so uncapped. The
+    model's blocks per SM follows the cap."""
     from fastood.ops import _triton_segment_lse_sm90 as m
 
     versions = [(3, 5), (3, 6), (3, 7), (3, 8), (3, 9), (4, 0)]
@@ -316,21 +316,23 @@ def test_register_cap_and_onehot_width_by_triton_version():
 
 def test_installed_triton_compiles_the_hot_kernel_to_the_blocks_per_sm_the_model_assumes():
     """ptxas' report for the installed Triton (CI: 3.8; with PYTHONPATH pointing at a 3.6 the
-    same test checks 3.6): the hot kernel's TMA fp16 launch spills nothing and fits the
-    blocks per SM that WARP_ORGANISATION gives bench/sol (two under the cap). One compile."""
+    same test checks 3.6): the hot kernel's fp16 launches, TMA and pointer paths, spill
+    nothing and fit the blocks per SM that WARP_ORGANISATION gives bench/sol (two under the
+    cap). Two compiles."""
     from fastood.ops import _aot
     from fastood.ops import _triton_segment_lse_sm90 as m
 
-    name = "segment_lse_sm90_fwd[128x128x64 w8 s3 tma]"
-    (rep,) = _aot.compile_specs(90, ["float16"], full=False, jobs=1,
-                                modules=["fastood.ops._triton_segment_lse_sm90"],
-                                select=lambda mod, spec: spec.name == name)
-    assert rep.error is None, rep.error
-    assert rep.spill_stores == 0 and rep.spill_loads == 0
-    assert rep.mma == "wgmma"
-    assert rep.blocks_per_sm == m.WARP_ORGANISATION["blocks_per_sm"]
-    if m.CAP_REGISTERS:
-        assert 0 < rep.registers <= 128
+    names = {"segment_lse_sm90_fwd[128x128x64 w8 s3 tma]", "segment_lse_sm90_fwd[128x128x64 w8 s3 ptr]"}
+    reps = _aot.compile_specs(90, ["float16"], full=False, jobs=2, modules=["fastood.ops._triton_segment_lse_sm90"],
+                              select=lambda mod, spec: spec.name in names)
+    assert {r.name for r in reps} == names
+    for rep in reps:
+        assert rep.error is None, rep.error
+        assert rep.spill_stores == 0 and rep.spill_loads == 0, rep.name
+        assert rep.mma == "wgmma"
+        assert rep.blocks_per_sm == m.WARP_ORGANISATION["blocks_per_sm"], (rep.name, rep.registers)
+        if m.CAP_REGISTERS:
+            assert 0 < rep.registers <= 128
 
 
 # ------------------------------------------------------------------------------ GPU

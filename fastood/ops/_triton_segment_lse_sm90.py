@@ -157,10 +157,11 @@ def _onehot_pad(version: tuple[int, int]) -> bool:
 
 
 def _cap_registers(version: tuple[int, int]) -> bool:
-    """Whether the hot kernel's TMA launch takes ``maxnreg=128`` (two blocks per SM): the
-    versions where ptxas (sm_90a, fp16 and bf16, split or not) reports 0 spill bytes under
-    the cap — Triton 3.8 (127–128 registers) and 3.6 (125–127, padded one-hot). Others
-    (3.7, < 3.6): unchecked, uncapped (one block per SM)."""
+    """Whether the hot kernel's launches take ``maxnreg=128`` (two blocks per SM): the
+    versions where ptxas (sm_90a, fp16 and bf16, TMA and pointer paths, split or not)
+    reports 0 spill bytes under the cap — Triton 3.8 (TMA 127–128 registers, pointer 128)
+    and 3.6 (TMA 125–127 with the padded one-hot, pointer 128). Others (3.7, < 3.6):
+    unchecked, uncapped (one block per SM)."""
     return version == (3, 6) or version >= (3, 8)
 
 
@@ -176,8 +177,8 @@ _INTERPRET_BLOCKS = (16, 32, 16)
 WARP_ORGANISATION = {
     "kernel": "_sm90_segment_lse_fwd_kernel",
     "warps_per_block": CUDA_CONFIG[3],
-    # TMA path: at most 128 registers (maxnreg) and 98 KB shared memory → 2 (Triton 3.6, 3.8);
-    # unchecked versions run uncapped → 1. The pointer path: 1.
+    # At most 128 registers (maxnreg) and 98 KB shared memory → 2 (Triton 3.6, 3.8, both
+    # operand paths); unchecked versions run uncapped → 1.
     "blocks_per_sm": 2 if CAP_REGISTERS else 1,
     "mma_async": True,                # wgmma, loads by TMA, 3-stage pipeline over the K loop
     # Within a block the epilogue follows its tile's MMA (serial chain); the other
@@ -807,9 +808,9 @@ def segment_lse_triton_sm90(
         x_arg, b_arg = x, bank
 
     warps, stages = (4, 1) if interpreting else (CUDA_CONFIG[3], CUDA_CONFIG[4])
-    # TMA path: capped at 128 registers (0 spill per ptxas) → two blocks per SM. The pointer
-    # path would spill under the cap: it keeps its natural count (one block per SM).
-    extra = {"maxnreg": MAXNREG_TMA} if (use_tma and CAP_REGISTERS and not interpreting) else {}
+    # Both operand paths capped at 128 registers (0 spill per ptxas, Triton 3.6 and 3.8) → two
+    # blocks per SM.
+    extra = {"maxnreg": MAXNREG_TMA} if (CAP_REGISTERS and not interpreting) else {}
     _sm90_segment_lse_fwd_kernel[(n_blocks, splits)](
         x_arg, b_arg, colseg, offsets, row_scale, flag,
         lse, ws_m, ws_l,
@@ -904,7 +905,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
                             "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW,
                             "PAD_ONEHOT": ONEHOT_PAD},
                 num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
-                extra_options={"maxnreg": MAXNREG_TMA} if (tma and CAP_REGISTERS) else {},
+                extra_options={"maxnreg": MAXNREG_TMA} if CAP_REGISTERS else {},
             ))
         for argmax in (False, True):
             for split in (False, True):
