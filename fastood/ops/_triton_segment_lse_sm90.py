@@ -40,9 +40,12 @@ The hot kernel, per 128×128 tile:
    ``H[j, k] = 1`` iff column j is in the tile's k-th segment (BLOCK_N × 8, exact in
    bf16). fp32 accuracy from two bf16 MMAs, p = p_hi + p_lo (round-to-nearest each; bf16
    has fp32's range): |p − p_hi − p_lo| ≤ 2⁻¹⁸·p, σ's relative error ≤ 4·10⁻⁶ plus fp32
-   accumulation. Cost: ≈ 3 instructions per element for the split and 2 × 128 clk of
-   MMA, whatever the number of segments in the tile — masked sums cost 2 instructions
-   per element *per segment* (select + add) plus per-segment control flow.
+   accumulation. Cost: 3 instructions per element for the split (two packed
+   ``cvt.rn.bf16x2`` per pair, inline PTX: ``_split_bf16``) and 2 × 128 clk of MMA,
+   whatever the number of segments in the tile — masked sums cost 2 instructions per
+   element *per segment* (select + add) plus per-segment control flow. On Triton < 3.8
+   the product is taken 16 wide (segment k in column 2k, odd columns zero): Triton 3.6
+   lowers n = 8 to ``mma.sync`` with H in registers, n = 16 to a wgmma (``_onehot_sums``).
 4. **Segment bookkeeping per tile**: a column → segment table (``colseg``, int32, N
    entries, ``searchsorted`` once per call) gives H; the state carried between tiles is
    (m, l) of the one open segment, with the shared reference as m (an upper bound of
@@ -59,27 +62,39 @@ The hot kernel, per 128×128 tile:
 6. **Empty segments** are never visited: ``lse`` / ``max0`` are pre-filled with -inf
    (B·S·4 bytes, ≈ 10 µs at B = 65,536), ``colseg`` names non-empty segments only.
 
-Registers and residency (ptxas of Triton 3.8 for sm_90a, no GPU): the hot kernel on the
-TMA path compiles to 128 registers with ``maxnreg=128`` and 0 spill bytes, 98 KB of
-shared memory → **two blocks per SM**, so one block's epilogue (FP32/MUFU pipes) overlaps
-the other's wgmma (tensor pipe). Getting there: Triton's loop-invariant code motion
-hoisted [BLOCK_B, W]-shaped address/mask tensors out of the tile loop (live across the
-MMA: ``disable_licm``), 2-D masked stores of the closing segments (per-column stores
-instead), the segment-0 max/argmax in the hot loop (~100 B of spill: its own kernel),
-a 16-wide one-hot (8). The pointer path (layouts TMA cannot take) keeps 176–178
-registers, one block per SM. Triton 3.8 does not apply ``warp_specialize`` to this loop
-on sm_90 (no ``setmaxnreg``, no partitions in the PTX), ``num_ctas=2`` (cluster, TMA
+Registers and residency (ptxas for sm_90a, no GPU, fp16 and bf16, split or not): the hot
+kernel compiles under ``maxnreg=128`` to 127–128 registers with Triton 3.8 and 125–127 with
+Triton 3.6 (the GPU machines') on the TMA path, 128 on the pointer path (layouts TMA
+cannot take), 0 spill bytes everywhere, 98 KB of shared memory → **two blocks per SM**, so
+one block's epilogue (FP32/MUFU pipes) overlaps the other's wgmma (tensor pipe). Getting
+there: Triton's loop-invariant code motion hoisted [BLOCK_B, W]-shaped address/mask
+tensors out of the tile loop (live across the MMA: ``disable_licm``), 2-D masked stores
+of the closing segments (per-column stores instead), the segment-0 max/argmax in the hot
+loop (~100 B of spill: its own kernel), a 16-wide one-hot (8), and Triton's own hi/lo
+split, which converts hi one element at a time to take it back to fp32 (4 instructions
+per element, more live temporaries: the packed split, 3). Triton 3.6 in particular (TMA
+path, 60–88 B of spill under the cap before; 145–147 registers uncapped, one block per
+SM): the 8-wide one-hot product was an ``mma.sync`` holding H in 16 registers per thread
+(16 wide: a wgmma, H in shared memory; 8–24 B left) and the scalar split (the packed
+split alone: 0–4 B; both: 0). Neither 2 or 4 stages, BLOCK_D 32 or 128 nor a 4-wide
+one-hot had helped (52–80 B). The pointer path compiled to 176–178 registers uncapped on
+3.8 before the packed split (uncapped after: 130–171 on 3.8, 166–168 on 3.6; 128 capped
+on both). Triton 3.8 does not apply ``warp_specialize`` to this loop on sm_90 (no ``setmaxnreg``, no partitions in the PTX), ``num_ctas=2`` (cluster, TMA
 multicast) fails in its PlanCTA pass, and FA3's in-block ping-pong is not expressible in
 Triton: two resident blocks are the overlap.
 
-Count of the hot tile (bench/sol.py from the SASS, TMA path, Triton 3.8): MMA 4,224 clk
-(incl. the one-hot), issue 3,688 clk, MUFU 1,088, L2 → SM (128 + 128)·512·2 B at
-48 B/clk = 5,461 clk. Serial chain 8,512 clk per block; with two blocks 4,256 per tile, so
-the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor peak**. At B = 65,536, N = 11,400,
-D = 512, G = 100 the model predicts 0.996 ms (hot, 83 tiles per row block) + 0.100 ms
-(segment 0, 8 tiles) + 0.005 ms (exact kernel, nothing flagged: its launch) = 1.101 ms:
-70 % of the dense fp16 peak, **1.45× the modelled torch.compile path — the 1.5× target is
-not met**. What would meet it, and why it is not here (checked with Triton 3.8, no GPU):
+Count of the hot tile (bench/sol.py's model_config on the SASS, TMA path, fp16, commit
+0f07050): Triton 3.8 MMA 4,224 clk (incl. the one-hot), issue 3,540 clk, MUFU 1,088,
+L2 → SM (128 + 128)·512·2 B at 48 B/clk = 5,461 clk, serial chain 8,364 clk per block;
+Triton 3.6 MMA 4,352 (16-wide one-hot), issue 3,682, chain 8,634. With two blocks ≤ 4,317
+per tile, so the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor peak** on both
+(3.6 uncapped before: one block, chain-bound at 8,835 clk, hot kernel 1.608 ms). At
+B = 65,536, N = 11,400, D = 512, G = 100 the model predicts 0.996 ms (hot, 83 tiles per
+row block) + 0.100 ms (segment 0, 8 tiles) + 0.079 ms of launcher work (the exact
+kernel's launch, nothing flagged; the -inf fills, ``colseg``, the flags) = 1.175 ms: 66 %
+of the dense fp16 peak, **1.37× the modelled torch.compile path (1.610 ms) — the 1.5×
+target is not met**. What would meet it, and why it is not here (checked with Triton
+3.8, no GPU):
 
 * Keeping X (128 rows × D) resident in shared memory: only the bank streams, L2 → SM
   2,731 clk < MMA 4,224. But X alone is 128 KB at D = 512: one block per SM, so the
@@ -100,10 +115,6 @@ FA3-style ping-pong (two consumer warpgroups, one of them in softmax while the o
 wgmma runs, a producer warp for TMA) with X resident needs explicit shared-memory buffers,
 async wgmma with ``wait(1)`` across tiles and named barriers: Gluon or CUTLASS/CuTe, not
 the Triton language as of 3.8.
-
-Triton 3.6 (the GPU machines): the 128-register cap spills there (64 B stores + 60 B
-loads on the hot TMA path; also with 2 or 4 stages, BLOCK_D 32 or 128, a 4-wide one-hot:
-52–80 B), so it is not applied: 145–147 registers, one block per SM, chain-bound.
 """
 
 from __future__ import annotations
