@@ -10,7 +10,11 @@
 //            1 pred  (B,) int32   — first argmax over the K ID cosines
 // The math runs in fastood::cuda::head_score (csrc/cuda/head.cu): row scale, fused
 // segmented LSE (tensor cores for 16-bit inputs, IEEE fp32 otherwise), score epilogue —
-// the same kernels `fastood._C.head_score_cuda` exposes to the GPU tests.
+// the same kernels `fastood._C.head_score_cuda` exposes to the GPU tests. The segmented LSE
+// is segment_lse()'s path (csrc/cuda/cuda_path.h): in a FASTOOD_TRITON_AOT=ON build, on an
+// sm_90 GPU with fp16/bf16 inputs and >= 1,024 rows, the Hopper Triton sequence compiled ahead
+// of time; else the portable AOT Triton kernel; else the CUDA C++ kernel. getWorkspaceSize
+// (head_workspace_bytes) reserves for whichever runs; FASTOOD_CUDA_PATH forces one.
 //
 // Interface: IPluginV3 with IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime and
 // an IPluginCreatorV3One (TensorRT >= 10.0; IPluginV2* is deprecated there). Name
