@@ -85,8 +85,14 @@ def _kernel_demo(args: argparse.Namespace) -> int:
         within = err <= bound  # False for NaN too
         if not within:
             failed.append(name)
+        # The cuda backend's kernels (fastood._C's path: sm90 AOT, portable AOT or CUDA C++).
+        ran = ""
+        if name == "cuda":
+            from fastood.ops._cuda_segment_lse import last_path
+
+            ran = f"  [{last_path()}]" if last_path() else ""
         print(f"  {name:<7} {dt * 1e3:8.2f} ms/batch  {b / dt:12,.0f} images/s  max |err| vs float64 = {err:.2e}"
-              f"  {'ok' if within else f'FAIL (> {bound:.1e})'}")
+              f"  {'ok' if within else f'FAIL (> {bound:.1e})'}{ran}")
     if not results:
         print("selfcheck FAILED: no backend could run")
         return 1
