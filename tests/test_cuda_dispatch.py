@@ -355,3 +355,132 @@ def test_head_runs_the_sm90_sequence_and_matches_float64(exe, tmp_path, method, 
     score_c, _, path_c = _head(exe, tmp_path / "cuda", x, bank, K, method, G, _env(90, "cuda"))
     assert path_c.startswith("cuda")
     assert (score_c.double() - ref).abs().max().item() <= 1e-3
+
+
+# ----------------------------------------------------------------- the TensorRT plugin
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    """The TensorRT plugin (against csrc/trt/testing's stand-in API) linked with the kernels
+    built as FASTOOD_TRITON_AOT=ON builds them, the stand-in sets and the sm90 models."""
+    out = tmp_path_factory.mktemp("plugin_aot")
+    testing = ROOT / "csrc" / "trt" / "testing"
+    lib = out / "lib"
+    lib.mkdir()
+    stand_in = ["-I", str(testing)]
+    cuda_emulator._compile([*stand_in, "-shared", "-fPIC", str(testing / "registry_stub.cpp"), "-o",
+                            str(lib / "libnvinfer.so")], "plain", "the stand-in libnvinfer")
+    so = out / "libfastood_trt_plugin.so"
+    kernels = cuda_emulator._kernel_sources(out / "kernels")
+    cuda_emulator._compile([*stand_in, "-DFASTOOD_WITH_TRITON_AOT=1", "-I", str(FAKE), "-shared", "-fPIC",
+                            str(ROOT / "csrc" / "trt" / "segment_lse_score_plugin.cpp"), *map(str, kernels),
+                            str(CUDA_DIR / "segment_lse_aot.cpp"), str(CUDA_DIR / "segment_lse_aot_registry.cpp"),
+                            str(cuda_emulator.EMU_DIR / "aot_sm90_model.cpp"), "-o", str(so), "-L", str(lib),
+                            "-lnvinfer", "-Wl,--no-undefined"], "plain", "the plugin with the AOT dispatch")
+    harness = out / "plugin_harness"
+    cuda_emulator._compile([*stand_in, str(testing / "plugin_harness.cpp"), "-o", str(harness), "-L", str(lib),
+                            "-lnvinfer", "-ldl", f"-Wl,-rpath,{lib}"], "plain", "the plugin harness")
+    return harness, so
+
+
+def test_plugin_runs_the_sm90_sequence_in_its_reserved_workspace(plugin, tmp_path):
+    """The plugin's getWorkspaceSize (for a profile up to 4,096 rows) and enqueue (1,030 rows)
+    on an emulated sm_90: the sm90 sequence runs (its launches are logged) inside the
+    workspace TensorRT reserved, and the NegLabel scores equal float64."""
+    harness, so = plugin
+    B, N, D, K, G = 1030, 302, 64, 140, 4
+    x, bank = _problem(B, N, D, torch.float16, seed=13)
+    log = tmp_path / "launches.txt"
+    old = {k: os.environ.get(k) for k in ("FASTOOD_EMU_CC", "FASTOOD_CUDA_PATH", "FASTOOD_MODEL_LOG")}
+    os.environ.update(_env(90, log=log))
+    try:
+        score, pred = cuda_emulator.head_score(harness, tmp_path / "run", x, bank, K, groups=G, plugin=so,
+                                               max_batch=4096)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    launches = log.read_text()
+    assert "launch hot tma split" in launches and "launch exact argmax" in launches, launches
+    ref, _ = _head_reference(x, bank, K, "neglabel", G)
+    assert (score.double() - ref).abs().max().item() <= 1e-4
+
+
+# ------------------------------------------------------------------ the Python backend
+def test_bindings_for_the_sm90_workspace():
+    """fastood._C's sm90 sizing bindings: arguments checked; in a build without sm90 images
+    (or without a device) no sm90 workspace is asked for."""
+    from fastood._backends import load_extension
+
+    mod, why = load_extension()
+    if mod is None or not mod.cuda_available():
+        pytest.skip(f"fastood._C without CUDA kernels: {why}")
+    with pytest.raises(ValueError, match="B, N and S must be >= 1"):
+        mod.cuda_sm90_request("float16", 0, 10, 1, 132, 0, 1 << 20)
+    with pytest.raises(ValueError, match="dtype"):
+        mod.cuda_sm90_request("int8", 1, 10, 1, 132, 0, 1 << 20)
+    if not torch.cuda.is_available():
+        assert mod.cuda_sm90_request("float16", 4096, 11400, 101, 132) is None
+    bound = mod.cuda_sm90_workspace_bound(4096, 11400, 101, 16 << 20)
+    assert bound == 0 or bound >= sm90_layout_total(1, 1, 101, 4096, 11400)
+
+
+def test_python_backend_reserves_the_larger_workspace(monkeypatch):
+    """workspace_bytes = max(the portable plan's bytes, the sm90 request's) — the request's
+    arguments are the problem's (dtype name, B, N, S, the device's SMs, num_splits)."""
+    import contextlib
+
+    from fastood.ops import _cuda_segment_lse as m
+
+    seen = []
+
+    class Ext:
+        def cuda_plan_splits(self, B, N, S, sms, per_sm, n, cap):
+            return (2, 128, 1_000)
+
+        def cuda_sm90_request(self, dtype, B, N, S, sms, n, cap):
+            seen.append((dtype, B, N, S, sms, n))
+            return answer
+
+    monkeypatch.setattr(m, "_ext", lambda: Ext())
+    monkeypatch.setattr(m, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(m, "_blocks_per_sm", lambda index, dtype, vec: 3)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    dev = torch.device("cuda", 0)
+    answer = (3, 2, 5_000)
+    assert m.workspace_bytes(1030, 300, 5, dev, dtype=torch.bfloat16) == 5_000
+    assert seen[-1] == ("bfloat16", 1030, 300, 5, 132, 0)
+    assert m.sm90_request(1030, 300, 5, dev, 4) == (3, 2, 5_000) and seen[-1][-1] == 4
+    answer = None
+    assert m.workspace_bytes(1030, 300, 5, dev) == 1_000
+
+
+@pytest.mark.gpu
+def test_gpu_python_backend_takes_the_sm90_path():
+    """On an sm_90 GPU with a FASTOOD_TRITON_AOT=ON build: fp16, 2,048 rows → the sm90 path
+    (TMA), within 2e-3 of float64; FASTOOD_CUDA_PATH=cuda gives the C++ kernel, close to it."""
+    from fastood._backends import load_extension
+    from fastood.ops import _cuda_segment_lse as m
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs an sm_90 GPU")
+    mod, _ = load_extension()
+    if mod is None or not mod.cuda_available() or mod.cuda_sm90_workspace_bound(1, 1, 1, 0) == 0:
+        pytest.skip("fastood._C built without FASTOOD_TRITON_AOT (no sm90 images)")
+    x, bank = _problem(2048, 1000, 512, torch.float16, seed=21)
+    off = [0, 100, 400, 400, 1000]
+    rs = torch.full((2048,), 100.0) / x.float().norm(dim=1)
+    lse, max0, arg = m.segment_lse_cuda(x.cuda(), bank.cuda(), torch.tensor(off).cuda(), rs.cuda(), True)
+    assert m.last_path() == "sm90 tma", m.last_path()
+    _, ref, ref_max = _reference(x, bank, off, rs)
+    fin = torch.isfinite(ref)
+    assert ((lse.cpu().double() - ref)[fin]).abs().max().item() <= 2e-3
+    assert (max0.cpu().double() - ref_max).abs().max().item() <= 2e-3
+    os.environ["FASTOOD_CUDA_PATH"] = "cuda"
+    try:
+        lse_c, _, _ = m.segment_lse_cuda(x.cuda(), bank.cuda(), torch.tensor(off).cuda(), rs.cuda(), True)
+        assert m.last_path().startswith("cuda"), m.last_path()
+    finally:
+        os.environ.pop("FASTOOD_CUDA_PATH")
+    assert ((lse_c - lse).cpu()[fin]).abs().max().item() <= 2e-3
