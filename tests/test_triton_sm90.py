@@ -298,6 +298,71 @@ def test_sol_column_ranges_of_the_three_kernels():
         sol.column_tiles("some", 11400, 101, 128, 1)
 
 
+# ------------------------------------------- the GPU's packed bf16 split, evaluated on CPU
+def _bf16_rne_bits(bits):
+    """Round-to-nearest-even bf16 of fp32 bit patterns (torch's CPU cast), as uint32 in [0, 2¹⁶)."""
+    import numpy as np
+
+    f = torch.from_numpy(bits.view(np.float32).copy())
+    return f.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+
+
+def _eval_ptx(ptx, a, b):
+    """Run the PTX of SPLIT_BF16_PTX on fp32 arrays a ($2), b ($3) with the PTX ISA's meaning
+    of its four instructions: ``cvt.rn.bf16x2.f32 d, x, y`` puts RNE bf16(x) in the upper and
+    bf16(y) in the lower half of d; ``shl.b32`` / ``and.b32`` on bits; ``sub.f32`` in fp32.
+    Returns the bit patterns of $0 and $1; any other instruction fails."""
+    import numpy as np
+
+    regs = {"$2": a.view(np.uint32), "$3": b.view(np.uint32)}
+    for line in ptx.splitlines():
+        line = line.strip().rstrip(";")
+        if line in ("", "{", "}") or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        d, *src = [t.strip() for t in rest.split(",")]
+        if op == "cvt.rn.bf16x2.f32":
+            regs[d] = (_bf16_rne_bits(regs[src[0]]) << np.uint32(16)) | _bf16_rne_bits(regs[src[1]])
+        elif op == "shl.b32":
+            regs[d] = regs[src[0]] << np.uint32(int(src[1], 0))
+        elif op == "and.b32":
+            regs[d] = regs[src[0]] & np.uint32(int(src[1], 0))
+        elif op == "sub.f32":
+            regs[d] = (regs[src[0]].view(np.float32) - regs[src[1]].view(np.float32)).view(np.uint32)
+        else:
+            raise AssertionError(f"unexpected PTX instruction {op}")
+    return regs["$0"], regs["$1"]
+
+
+def test_packed_bf16_split_ptx_gives_round_to_nearest_hi_and_lo():
+    """The inline PTX of the GPU path (no interpreter twin), evaluated instruction by
+    instruction: for each pair (a, b) of fp32 p values, $0 holds (bf16(a), bf16(b)) and $1
+    (bf16(a − hi_a), bf16(b − hi_b)), the first of each pair in the low half (Triton's
+    packing order), as torch's round-to-nearest-even casts give them; hi + lo is within
+    2⁻¹⁷·p of p in float64 (lo rounds |p − hi| < 2⁻⁸·p to 8 bits; plus 2⁻¹³⁴ where lo is a
+    bf16 subnormal). Values: (0, 1] down to 2⁻¹²⁰, bf16-exact values, exact ties."""
+    import numpy as np
+
+    from fastood.ops._triton_segment_lse_sm90 import SPLIT_BF16_PTX
+
+    gen = torch.Generator().manual_seed(31)
+    p = torch.exp2(-torch.rand(4096, generator=gen, dtype=torch.float64) * 120).float()
+    p[:64] = torch.rand(64, generator=gen).to(torch.bfloat16).float()               # hi exact, lo = 0
+    ties = torch.rand(64, generator=gen).to(torch.bfloat16).float().numpy().view(np.uint32) | np.uint32(0x8000)
+    p[64:128] = torch.from_numpy(ties.view(np.float32))                              # exactly halfway
+    a, b = p[0::2].numpy(), p[1::2].numpy()
+    hi, lo = _eval_ptx(str(getattr(SPLIT_BF16_PTX, "value", SPLIT_BF16_PTX)), a.copy(), b.copy())
+    hi_ref = p.to(torch.bfloat16)
+    lo_ref = (p - hi_ref.float()).to(torch.bfloat16)
+    bits = lambda t: t.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)  # noqa: E731
+    assert (hi & 0xFFFF == bits(hi_ref[0::2])).all() and (hi >> 16 == bits(hi_ref[1::2])).all()
+    assert (lo & 0xFFFF == bits(lo_ref[0::2])).all() and (lo >> 16 == bits(lo_ref[1::2])).all()
+    as_f64 = lambda w: torch.from_numpy((w << np.uint32(16)).view(np.float32).copy()).double()  # noqa: E731
+    for half, q in ((lambda w: w & 0xFFFF, p[0::2].double()), (lambda w: w >> 16, p[1::2].double())):
+        err = (as_f64(half(hi)) + as_f64(half(lo)) - q).abs()
+        assert (err <= 2.0 ** -17 * q + 2.0 ** -134).all()  # + half the bf16 subnormal spacing
+
+
 # ----------------------------------------------- registers: the version gate and ptxas
 def test_register_cap_and_onehot_width_by_triton_version():
     """The table of the module's version gates, from ptxas (sm_90a, the hot kernel, fp16 and

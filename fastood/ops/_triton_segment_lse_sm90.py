@@ -39,7 +39,8 @@ The hot kernel, per 128×128 tile:
 3. **Per-segment sums on the tensor cores**: ``σ = p @ H`` with the one-hot
    ``H[j, k] = 1`` iff column j is in the tile's k-th segment (BLOCK_N × 8, exact in
    bf16). fp32 accuracy from two bf16 MMAs, p = p_hi + p_lo (round-to-nearest each; bf16
-   has fp32's range): |p − p_hi − p_lo| ≤ 2⁻¹⁸·p, σ's relative error ≤ 4·10⁻⁶ plus fp32
+   has fp32's range): |p − p_hi − p_lo| ≤ 2⁻¹⁷·p (p_lo rounds |p − p_hi| < 2⁻⁸·p to 8
+   bits; + 2⁻¹³⁴ where p_lo is subnormal), σ's relative error ≤ 8·10⁻⁶ plus fp32
    accumulation. Cost: 3 instructions per element for the split (two packed
    ``cvt.rn.bf16x2`` per pair, inline PTX: ``_split_bf16``) and 2 × 128 clk of MMA,
    whatever the number of segments in the tile — masked sums cost 2 instructions per
@@ -212,9 +213,24 @@ def _bf16_rne(v):
     return b.to(tl.float32, bitcast=True)
 
 
+# _split_bf16's packed split on the GPU: $2, $3 = two neighbouring fp32 elements (a, b) of a
+# thread, $0 = (hi_a, hi_b), $1 = (lo_a, lo_b) as bf16 pairs, the first in the low half. A
+# module constant so that the tests can evaluate it without a GPU.
+SPLIT_BF16_PTX = tl.constexpr("""{
+    .reg .b32 ah, bh;
+    .reg .f32 al, bl;
+    cvt.rn.bf16x2.f32 $0, $3, $2;
+    shl.b32 ah, $0, 16;
+    and.b32 bh, $0, 0xFFFF0000;
+    sub.f32 al, $2, ah;
+    sub.f32 bl, $3, bh;
+    cvt.rn.bf16x2.f32 $1, bl, al;
+}""")
+
+
 @triton.jit
 def _split_bf16(p, INTERP: tl.constexpr):
-    """p = p_hi + p_lo + O(2⁻¹⁸·p) with p_hi, p_lo bf16 (round to nearest each).
+    """p = p_hi + p_lo + O(2⁻¹⁷·p) with p_hi, p_lo bf16 (round to nearest each).
 
     On the GPU, per pair of neighbouring elements (a, b) of a thread (pack=2; the first
     one in the low half of each packed output, Triton's order for bf16 pairs, the one its
@@ -235,17 +251,8 @@ def _split_bf16(p, INTERP: tl.constexpr):
         lo = _bf16_rne(p - hi)
     else:
         hi, lo = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 ah, bh;
-            .reg .f32 al, bl;
-            cvt.rn.bf16x2.f32 $0, $3, $2;
-            shl.b32 ah, $0, 16;
-            and.b32 bh, $0, 0xFFFF0000;
-            sub.f32 al, $2, ah;
-            sub.f32 bl, $3, bh;
-            cvt.rn.bf16x2.f32 $1, bl, al;
-            }""",
-            constraints="=r,=r,r,r", args=[p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
+            asm=SPLIT_BF16_PTX, constraints="=r,=r,r,r", args=[p], dtype=(tl.bfloat16, tl.bfloat16),
+            is_pure=True, pack=2,
         )
     return hi, lo
 
