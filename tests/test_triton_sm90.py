@@ -5,8 +5,8 @@ body as the TMA path, selected by a constexpr), with small tiles (16×32×16) so
 one-hot window (8 segments), the split-N merge, the tile-spread underflow fallback and
 the > 8-segments-per-tile path are all exercised. ``@pytest.mark.gpu`` cases run the
 real sm_90 launch (TMA descriptors, 128×128×64 tiles) when an H100-class GPU is present.
-The packed bf16 hi/lo split of the GPU path (inline PTX) has no interpreter twin: only the
-GPU cases run it.
+The packed bf16 hi/lo split of the GPU path (inline PTX) has no interpreter twin: the GPU
+cases run it, and its PTX text is evaluated instruction by instruction on CPU.
 """
 
 from __future__ import annotations
