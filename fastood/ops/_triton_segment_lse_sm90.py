@@ -242,7 +242,7 @@ def _split_bf16(p, INTERP: tl.constexpr):
 
     3 instructions per element. Triton's lowering of ``p.to(bf16)`` followed by
     ``hi.to(fp32)`` converts hi one element at a time and packs it (4 per element): on
-    Triton 3.6 that is ~20 B of spill in the hot kernel under the 128-register cap (ptxas,
+    Triton 3.6 that is 8–24 B of spill in the hot kernel under the 128-register cap (ptxas,
     sm_90a). The interpreter (whose cast truncates) rounds with integers and keeps the
     bf16 values in fp32 (exactly representable, same sums).
     """
