@@ -254,12 +254,12 @@ def sm90_layout_total(splits: int, splits0: int, S: int, B: int, N: int, block_b
 
 
 def launcher_splits(B: int, cols: int, S: int, sms: int, bb: int = 128, bn: int = 128) -> int:
-    """_choose_splits_sm90 of the Python launcher (fastood/ops/_triton_segment_lse_sm90.py)."""
-    b_blocks = -(-B // bb)
-    if b_blocks >= 2 * sms:
-        return 1
-    splits = min(-(-2 * sms // b_blocks), -(-cols // bn))
-    return max(1, min(splits, max(1, (64 * 2**20) // (B * S * 8))))
+    """The Python launcher's split rule (fastood/ops/_triton_segment_lse_sm90.py, sol_splits:
+    the wave-aware rule on its TMA path, two resident blocks per SM)."""
+    pytest.importorskip("triton")
+    from fastood.ops._triton_segment_lse_sm90 import sol_splits
+
+    return sol_splits(B, cols, S, sms, bb, bn, 2)
 
 
 def plan_splits(N: int, req: int, bn: int = 128) -> int:

@@ -192,13 +192,15 @@ def test_non_contiguous_inputs(layout):
 
 
 def test_split_heuristic_fills_two_blocks_per_sm(monkeypatch):
-    """Hand-computed: 132 SMs → 264 programs wanted; B = 4096 gives 32 row blocks of 128 →
-    9 splits; B = 65,536 (512 row blocks) needs none; the 64 MB workspace bound caps S."""
+    """Hand-computed, the wave rule (fastood/ops/_split_plan.py) on 132 SMs × 2 blocks: B = 4096
+    gives 32 row blocks of 128 → 8 splits (256 programs, one wave of ⌈90/8⌉ + 1 = 13 tile
+    times; 9 splits would be 288 programs: a full wave and a 24-program one, (10 + 1)·1.78 =
+    19.6); B = 65,536 (512 row blocks) needs none; the 64 MB workspace bound caps S."""
     import fastood.ops._triton_segment_lse_sm90 as m
 
     monkeypatch.setattr(m, "_sm_count", lambda index: 132)
     cuda = torch.device("cuda", 0)
-    assert m._choose_splits_sm90(4096, 11400, 101, cuda, False, 128, 128) == 9
+    assert m._choose_splits_sm90(4096, 11400, 101, cuda, False, 128, 128) == 8
     assert m._choose_splits_sm90(65536, 11400, 101, cuda, False, 128, 128) == 1
     assert m._choose_splits_sm90(4096, 11400, 5000, cuda, False, 128, 128) == 1  # 64 MB / (4096·5000·8) < 1
     assert m._choose_splits_sm90(300, 256, 3, cuda, False, 128, 128) == 2       # at most one split per tile
@@ -207,13 +209,14 @@ def test_split_heuristic_fills_two_blocks_per_sm(monkeypatch):
 def test_segment0_gets_its_own_split_at_small_batches(monkeypatch):
     """Segment 0 (1,000 columns) was walked by ⌈B/128⌉ programs of 8 tiles each whatever the
     batch (32 programs on 132 SMs at B = 4,096). Its own split, strided over its tiles and
-    sized without end0 (no device sync): ⌈264/32⌉ = 9 at B = 4,096 (8 of them get one tile),
-    ⌈264/2⌉ = 132 → 90 (one per tile of N) at B = 256; 512 row blocks fill the GPU alone."""
+    sized on all N columns when end0 is not on the host (offsets on the device: no sync): the
+    wave rule's 8 at B = 4,096 (one tile each), 90 (one per tile of N: 180 programs, one
+    round of 1 + 1 tile times) at B = 256; 512 row blocks fill the GPU alone."""
     from fastood.ops import _triton_segment_lse_sm90 as m
 
     monkeypatch.setattr(m, "_sm_count", lambda index: 132)
     dev = torch.device("cuda", 0)
-    assert m._segment0_splits(4096, 11400, dev, False, 128, 128, None) == 9
+    assert m._segment0_splits(4096, 11400, dev, False, 128, 128, None) == 8
     assert m._segment0_splits(256, 11400, dev, False, 128, 128, None) == 90
     assert m._segment0_splits(65536, 11400, dev, False, 128, 128, None) == 1
     assert m._segment0_splits(64, 130, dev, True, 16, 32, 3) == 3       # forced (tests)

@@ -1,5 +1,6 @@
 // segment_lse on the AOT-compiled Triton kernels (segment_lse_aot.h).
 #include "cuda/segment_lse_aot.h"
+#include "cuda/split_plan.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -122,12 +123,10 @@ Sm90Plan sm90_plan(int64_t N, int64_t requested_splits, int64_t requested_splits
 }
 
 int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n) {
-  const int64_t b_blocks = cdiv(B, block_b);
-  const int64_t target = 2 * static_cast<int64_t>(sm_count);
-  if (b_blocks >= target) return 1;
-  int64_t splits = std::min(cdiv(target, b_blocks), cdiv(cols, block_n));
-  splits = std::min(splits, std::max<int64_t>(1, (int64_t{64} << 20) / (B * S * 8)));
-  return std::max<int64_t>(1, splits);
+  // sol_splits of the Python launcher: the wave rule (split_plan.h) on the TMA path's two
+  // resident blocks per SM, within a 64 MB split workspace (m and l per split, segment, row).
+  const int64_t cap = std::max<int64_t>(1, (int64_t{64} << 20) / (B * S * 8));
+  return wave_splits(cdiv(B, block_b), cdiv(std::max<int64_t>(cols, 1), block_n), std::max(sm_count, 1), 2, cap);
 }
 
 Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t S, int64_t B, int64_t N, int64_t block_b) {

@@ -78,10 +78,11 @@ struct Sm90Plan {
 // segment 0 takes its request as is (programs past segment 0's last tile exit).
 Sm90Plan sm90_plan(int64_t N, int64_t requested_splits, int64_t requested_splits0, int64_t block_n);
 
-// The launcher's split heuristic (_choose_splits_sm90): 1 when the row blocks fill two
-// resident blocks on every SM, else enough splits for that, at least one tile each, and a
-// workspace (m and l per split, segment and row) of at most 64 MB. The segment-0 kernel's
-// request is the same heuristic with S = 1 (_segment0_splits).
+// The launcher's split rule (sol_splits / _choose_splits_sm90): the wave-aware count of
+// split_plan.h (fastood/ops/_split_plan.py) for two resident blocks per SM, 1 when the row
+// blocks alone fill them, at least one tile per split, and a workspace (m and l per split,
+// segment and row) of at most 64 MB. The segment-0 kernel's request is the same rule with
+// S = 1 on all N columns (_segment0_splits without end0 on the host: offsets on the device).
 int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n);
 
 // Workspace of the sm90 sequence (each region 256-byte aligned): colseg (N int32), the

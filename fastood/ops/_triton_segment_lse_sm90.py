@@ -121,15 +121,20 @@ the Triton language as of 3.8.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastood.ops._split_plan import wave_splits
 from fastood.ops._triton_segment_lse import _segment_lse_merge_kernel, _sm_count
 
-__all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION"]
+__all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION", "sol_splits",
+           "SegmentTable"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -713,28 +718,40 @@ def _tma_ok(t: Tensor) -> bool:
     return t.stride(1) == 1 and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and t.shape[1] * es >= 16
 
 
-def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreting: bool, bb: int, bn: int) -> int:
-    """Column splits (1 = none): enough programs for two resident blocks on every SM when
-    the row blocks alone are fewer, at least one tile per split, and a split workspace
-    (m and l per split, segment and row) of at most 64 MB."""
+# The split workspace (m and l per split, segment and row, fp32) is kept under this.
+SPLIT_WORKSPACE_BYTES = 64 * 2**20
+
+
+def sol_splits(B: int, N: int, S: int, sms: int, bb: int, bn: int, blocks_per_sm: int) -> int:
+    """The launcher's column-split rule as arithmetic (``bench/sol.py`` runs it too): the
+    wave-aware count of :func:`fastood.ops._split_plan.wave_splits` over ⌈B/bb⌉ row blocks
+    and ⌈N/bn⌉ column tiles on ``sms`` SMs with ``blocks_per_sm`` resident blocks, within
+    a split workspace of ``SPLIT_WORKSPACE_BYTES``."""
+    cap = max(1, SPLIT_WORKSPACE_BYTES // (B * S * 8))
+    return wave_splits(triton.cdiv(B, bb), triton.cdiv(max(N, 1), bn), sms, blocks_per_sm=blocks_per_sm,
+                       max_splits=cap)
+
+
+def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreting: bool, bb: int, bn: int,
+                        blocks_per_sm: int = 2) -> int:
+    """Column splits (1 = none): :func:`sol_splits` on this device's SM count."""
     if interpreting:
         return 1  # one program at a time anyway; tests force splits explicitly
-    b_blocks = triton.cdiv(B, bb)
-    target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    if b_blocks >= target:
-        return 1
-    splits = min(triton.cdiv(target, b_blocks), triton.cdiv(N, bn))
-    splits = min(splits, max(1, (64 * 2**20) // (B * S * 8)))
-    return max(1, splits)
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return sol_splits(B, N, S, sms, bb, bn, blocks_per_sm)
 
 
 def _segment0_splits(B: int, N: int, device: torch.device, interpreting: bool, bb: int, bn: int,
-                     num_splits: int | None) -> int:
-    """Splits of the segment-0 kernel (strided column tiles): the split heuristic on N
-    columns and one segment (its workspace is (splits, B)); ``num_splits`` forces it.
-    Independent of end0, which stays on the device (no sync at launch): the splits past
-    segment 0's last tile exit at once."""
-    return num_splits if num_splits is not None else _choose_splits_sm90(B, N, 1, device, interpreting, bb, bn)
+                     num_splits: int | None, end0: int | None = None, blocks_per_sm: int = 2) -> int:
+    """Splits of the segment-0 kernel (strided column tiles), its workspace (splits, B):
+    the split rule on segment 0's ``end0`` columns when the host knows them (offsets given
+    on the CPU: :func:`_segment_table`), else on all N (end0 stays on the device, no sync;
+    the splits past segment 0's last tile exit at once). ``num_splits`` forces it."""
+    if num_splits is not None:
+        return num_splits
+    if end0 == 0:
+        return 1
+    return _choose_splits_sm90(B, N if end0 is None else end0, 1, device, interpreting, bb, bn, blocks_per_sm)
 
 
 def column_segments(offsets: Tensor, N: int) -> Tensor:
@@ -742,6 +759,54 @@ def column_segments(offsets: Tensor, N: int) -> Tensor:
     segment ends ``offsets[1:]`` that are ≤ j. Empty segments are never named."""
     cols = torch.arange(N, device=offsets.device, dtype=torch.int64)
     return torch.searchsorted(offsets[1:].contiguous(), cols, right=True).to(torch.int32)
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """The per-layout inputs of a launch: ``offsets`` (S+1,) int64 and ``colseg`` (N,) int32
+    on the device, segment 0's columns ``end0`` and whether some segment is empty
+    (``end0 = None`` / ``any_empty = True`` when the offsets were only on the device)."""
+    offsets: Tensor
+    colseg: Tensor
+    end0: int | None
+    any_empty: bool
+
+
+# Layouts seen recently (a detector scores batch after batch with one bank): built once, so a
+# call enqueues no copy of the offsets and no column table (3 launches), and knows on the host
+# whether any segment is empty (if none, nothing needs a −inf pre-fill: every output is written).
+_TABLES: "OrderedDict[tuple, SegmentTable]" = OrderedDict()
+_TABLES_LOCK = threading.Lock()
+_TABLES_MAX = 16
+
+
+def _segment_table(offsets: Tensor, N: int, device: torch.device) -> SegmentTable:
+    """The launch's :class:`SegmentTable`, cached by value when ``offsets`` is on the CPU (its
+    values are then read without a device sync); recomputed, and nothing assumed, otherwise."""
+    if offsets.device.type != "cpu":
+        off = offsets.to(device=device, dtype=torch.int64).contiguous()
+        return SegmentTable(off, column_segments(off, N), None, True)
+    host = [int(v) for v in offsets.tolist()]
+    key = (str(device), N, tuple(host))
+    with _TABLES_LOCK:
+        table = _TABLES.get(key)
+        if table is not None:
+            _TABLES.move_to_end(key)
+    if table is None:
+        off = torch.tensor(host, dtype=torch.int64, device=device)
+        any_empty = any(b == a for a, b in zip(host[:-1], host[1:]))
+        table = SegmentTable(off, column_segments(off, N), host[1], any_empty)  # the kernels' end0 = offsets[1]
+        with _TABLES_LOCK:
+            _TABLES[key] = table
+            while len(_TABLES) > _TABLES_MAX:
+                _TABLES.popitem(last=False)
+    elif device.type == "cuda":
+        # Read on this stream: the caching allocator must not reuse the memory for another
+        # stream's allocation while this launch may still read it, should the entry be evicted.
+        stream = torch.cuda.current_stream(device)
+        table.offsets.record_stream(stream)
+        table.colseg.record_stream(stream)
+    return table
 
 
 def segment_lse_triton_sm90(
@@ -787,37 +852,49 @@ def segment_lse_triton_sm90(
     N = bank.shape[0]
     S = offsets.numel() - 1
     device = x.device
-    offsets = offsets.to(device=device, dtype=torch.int64).contiguous()
+    table = _segment_table(offsets, N, device)
+    offsets, colseg = table.offsets, table.colseg
     row_scale = row_scale.to(device=device, dtype=torch.float32).contiguous()
 
     if blocks is None:
         blocks = _INTERPRET_BLOCKS if interpreting else CUDA_CONFIG[:3]
     bb, bn, bd = blocks
-    splits = num_splits if num_splits is not None else _choose_splits_sm90(B, N, S, device, interpreting, bb, bn)
+    if use_tma is None:
+        use_tma = (not interpreting) and _tma_ok(x) and _tma_ok(bank) and _tensor_descriptor_cls() is not None
+    # Two resident blocks per SM on the capped TMA path (128 registers), one otherwise.
+    per_sm = 2 if (use_tma and CAP_REGISTERS) else 1
+    splits = (num_splits if num_splits is not None
+              else _choose_splits_sm90(B, N, S, device, interpreting, bb, bn, per_sm))
     if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
         raise ValueError(f"num_splits must be an int >= 1, got {splits!r}")
     chunk = triton.cdiv(triton.cdiv(N, splits), bn) * bn   # split bounds on tile bounds
     splits = triton.cdiv(N, chunk)
     split = splits > 1
 
-    # Empty segments are never visited by the kernels: pre-filled here.
-    lse = torch.full((B, S), float("-inf"), dtype=torch.float32, device=device)
-    max0 = torch.full((B,), float("-inf"), dtype=torch.float32, device=device)
-    arg0 = torch.zeros(B if want_argmax else 0, dtype=torch.int64, device=device)
-    colseg = column_segments(offsets, N)
+    # Empty segments are never visited by the kernels: their −inf is pre-filled, and so is
+    # everything when the layout is not known on the host. Without empty segments every entry
+    # of lse / max0 / argmax0 is written by a kernel (segments ≥ 1 by the hot kernel or the
+    # split merge, segment 0 by the segment-0 kernel or its merge, flagged row blocks again by
+    # the exact kernel): no fill launch, no B·S·4 bytes of writes.
+    if table.any_empty:
+        lse = torch.full((B, S), float("-inf"), dtype=torch.float32, device=device)
+        max0 = torch.full((B,), float("-inf"), dtype=torch.float32, device=device)
+        arg0 = torch.zeros(B if want_argmax else 0, dtype=torch.int64, device=device)
+    else:
+        lse = torch.empty((B, S), dtype=torch.float32, device=device)
+        max0 = torch.empty((B,), dtype=torch.float32, device=device)
+        arg0 = torch.empty(B if want_argmax else 0, dtype=torch.int64, device=device)
     n_blocks = triton.cdiv(B, bb)
     flag = torch.zeros(n_blocks, dtype=torch.int32, device=device)  # row blocks the exact kernel redoes
     if split:
+        # Segment 0's slots are never written by the hot kernel: the merge reads them only when
+        # segment 0 has columns, and then the segment-0 kernel (launched after the merge, on the
+        # same stream) overwrites lse[:, 0] and max0 for every row — no fill needed.
         ws_m = torch.empty(splits, S, B, dtype=torch.float32, device=device)
         ws_l = torch.empty(splits, S, B, dtype=torch.float32, device=device)
-        # Segment 0 is never written by the hot kernel: let the merge see "nothing" there.
-        ws_m[:, 0].fill_(float("-inf"))
-        ws_l[:, 0].zero_()
     else:
         ws_m = ws_l = lse  # unused (SPLIT is a constexpr)
 
-    if use_tma is None:
-        use_tma = (not interpreting) and _tma_ok(x) and _tma_ok(bank) and _tensor_descriptor_cls() is not None
     if use_tma:
         TD = _tensor_descriptor_cls()
         x_arg = TD(x, shape=[B, D], strides=[x.stride(0), 1], block_shape=[bb, bd])
@@ -844,9 +921,9 @@ def segment_lse_triton_sm90(
             ws_m, ws_l, ws_m, offsets, lse, max0, max0, B, S, chunk,
             WANT_ARGMAX=False, BLOCK=mb,
         )
-    # Segment 0 (after the merge, which wrote "nothing" there), its tiles strided over splits
-    # of its own when the row blocks alone leave SMs idle.
-    splits0 = _segment0_splits(B, N, device, interpreting, bb, bn, num_splits)
+    # Segment 0 (after the merge, whose segment-0 outputs it overwrites), its tiles strided over
+    # splits of its own when the row blocks alone leave SMs idle.
+    splits0 = _segment0_splits(B, N, device, interpreting, bb, bn, num_splits, table.end0, per_sm)
     split0 = splits0 > 1
     if split0:
         ws0_m = torch.empty(splits0, B, dtype=torch.float32, device=device)
@@ -988,6 +1065,6 @@ SOL_KERNELS = {
                              "extra_mma_flops": WARP_ORGANISATION["per_tile_extra_mma_flops"],
                              "split_rows": CUDA_CONFIG[0]},
     "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False, "columns": "segment0",
-                              "split_rows": CUDA_CONFIG[0]},
+                              "split_rows": CUDA_CONFIG[0], "split_on_end0": True},
     "segment_lse_sm90_exact": {"chains": 1, "refill": True, "a_resident": False, "columns": "flagged"},
 }
