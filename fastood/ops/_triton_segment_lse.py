@@ -310,6 +310,14 @@ def _interpreting(x: Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def _device_index(device: torch.device) -> int:
+    """The CUDA ordinal of ``device`` (the current device for a bare "cuda"; 0 for a non-CUDA
+    device, e.g. bench/sol.py replaying a launcher on CPU tensors with ``_sm_count`` patched)."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if device.type == "cuda" else 0
+
+
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -323,7 +331,7 @@ def _choose_splits(B: int, N: int, S: int, device: torch.device, interpreting: b
     if interpreting:
         return 1  # one program at a time anyway; tests force splits explicitly
     b_blocks = triton.cdiv(B, _CUDA_MIN_BLOCK_B)
-    target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    target = 2 * _sm_count(_device_index(device))
     if b_blocks >= target:
         return 1
     splits = min(triton.cdiv(target, b_blocks), triton.cdiv(N, align))

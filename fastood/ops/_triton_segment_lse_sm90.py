@@ -131,7 +131,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastood.ops._split_plan import wave_splits
-from fastood.ops._triton_segment_lse import _segment_lse_merge_kernel, _sm_count
+from fastood.ops._triton_segment_lse import _device_index, _segment_lse_merge_kernel, _sm_count
 
 __all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION", "sol_splits",
            "SegmentTable"]
@@ -737,7 +737,7 @@ def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreti
     """Column splits (1 = none): :func:`sol_splits` on this device's SM count."""
     if interpreting:
         return 1  # one program at a time anyway; tests force splits explicitly
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _sm_count(_device_index(device))
     return sol_splits(B, N, S, sms, bb, bn, blocks_per_sm)
 
 
