@@ -74,8 +74,10 @@ def test_every_output_is_written(nan_for_uninitialised, name, N, offsets, splits
 
 
 def test_the_table_is_cached_by_value_and_bounded():
+    from fastood.ops import _layout_cache
+
     cpu = torch.device("cpu")
-    sm90._TABLES.clear()
+    _layout_cache.clear()
     a = sm90._segment_table(torch.tensor([0, 3, 5]), 5, cpu)
     b = sm90._segment_table(torch.tensor([0, 3, 5]), 5, cpu)     # another tensor, the same layout
     assert a is b
@@ -87,7 +89,7 @@ def test_the_table_is_cached_by_value_and_bounded():
     assert sm90._segment_table(torch.tensor([0, 0, 5]), 5, cpu).end0 == 0
     for n in range(40):
         sm90._segment_table(torch.tensor([0, 1, 2 + n]), 2 + n, cpu)
-    assert len(sm90._TABLES) <= sm90._TABLES_MAX
+    assert _layout_cache.size() <= _layout_cache.MAX_ENTRIES
 
 
 def test_sol_splits_is_the_wave_rule_within_the_workspace():

@@ -47,6 +47,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastood.ops import _layout_cache
+
 __all__ = ["segment_lse_triton"]
 
 LOG2E = 1.4426950408889634
@@ -318,6 +320,28 @@ def _device_index(device: torch.device) -> int:
     return torch.cuda.current_device() if device.type == "cuda" else 0
 
 
+def _device_offsets(offsets: Tensor, host: tuple[int, ...] | None, device: torch.device) -> Tensor:
+    """``offsets`` as contiguous int64 on ``device``; cached by value when they came from the
+    host (``fastood.ops._layout_cache``: no copy per call for a fixed layout)."""
+    if host is None:
+        return offsets.to(device=device, dtype=torch.int64).contiguous()
+    return _layout_cache.cached(("offsets", str(device), host),
+                                lambda: torch.tensor(host, dtype=torch.int64, device=device))
+
+
+def _split_starts(offsets: Tensor, host: tuple[int, ...] | None, splits: int, chunk: int,
+                  device: torch.device) -> Tensor:
+    """First segment of split p: the first s with offsets[s+1] > p·chunk (int32, one per split);
+    cached by value for host offsets (4 small launches per call otherwise)."""
+    def build() -> Tensor:
+        starts = torch.arange(splits, device=device, dtype=torch.int64) * chunk
+        return torch.searchsorted(offsets[1:], starts, right=True).to(torch.int32)
+
+    if host is None:
+        return build()
+    return _layout_cache.cached(("split starts", str(device), host, splits, chunk), build)
+
+
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -413,7 +437,8 @@ def segment_lse_triton(
     N = bank.shape[0]
     S = offsets.numel() - 1
     device = x.device
-    offsets = offsets.to(device=device, dtype=torch.int64).contiguous()
+    host_offsets = tuple(int(v) for v in offsets.tolist()) if offsets.device.type == "cpu" else None
+    offsets = _device_offsets(offsets, host_offsets, device)
     row_scale = row_scale.to(device=device, dtype=torch.float32).contiguous()
 
     if blocks is None and interpreting:
@@ -430,9 +455,7 @@ def segment_lse_triton(
     max0 = torch.empty(B, dtype=torch.float32, device=device)
     arg0 = torch.zeros(B if want_argmax else 0, dtype=torch.int64, device=device)
     if split:
-        # First segment of split p: the first s with offsets[s+1] > p·chunk.
-        starts = torch.arange(splits, device=device, dtype=torch.int64) * chunk
-        seg_start = torch.searchsorted(offsets[1:], starts, right=True).to(torch.int32)
+        seg_start = _split_starts(offsets, host_offsets, splits, chunk, device)
         ws_m = torch.empty(splits, S, B, dtype=torch.float32, device=device)
         ws_l = torch.empty(splits, S, B, dtype=torch.float32, device=device)
         ws_arg = torch.empty(splits, B, dtype=torch.int32, device=device) if want_argmax else ws_m

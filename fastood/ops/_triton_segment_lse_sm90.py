@@ -121,8 +121,6 @@ the Triton language as of 3.8.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +128,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastood.ops import _layout_cache
 from fastood.ops._split_plan import wave_splits
 from fastood.ops._triton_segment_lse import _device_index, _segment_lse_merge_kernel, _sm_count
 
@@ -772,41 +771,24 @@ class SegmentTable:
     any_empty: bool
 
 
-# Layouts seen recently (a detector scores batch after batch with one bank): built once, so a
-# call enqueues no copy of the offsets and no column table (3 launches), and knows on the host
-# whether any segment is empty (if none, nothing needs a −inf pre-fill: every output is written).
-_TABLES: "OrderedDict[tuple, SegmentTable]" = OrderedDict()
-_TABLES_LOCK = threading.Lock()
-_TABLES_MAX = 16
-
-
 def _segment_table(offsets: Tensor, N: int, device: torch.device) -> SegmentTable:
-    """The launch's :class:`SegmentTable`, cached by value when ``offsets`` is on the CPU (its
-    values are then read without a device sync); recomputed, and nothing assumed, otherwise."""
+    """The launch's :class:`SegmentTable`. When ``offsets`` is on the CPU its values are read
+    without a device sync and the table is cached by value (``fastood.ops._layout_cache``: a
+    detector scores batch after batch with one layout — no copy of the offsets and no column
+    table, 3 launches, per call — and the host knows whether any segment is empty: if none,
+    nothing needs a −inf pre-fill, every output is written). Device offsets: recomputed per
+    call, nothing assumed."""
     if offsets.device.type != "cpu":
         off = offsets.to(device=device, dtype=torch.int64).contiguous()
         return SegmentTable(off, column_segments(off, N), None, True)
-    host = [int(v) for v in offsets.tolist()]
-    key = (str(device), N, tuple(host))
-    with _TABLES_LOCK:
-        table = _TABLES.get(key)
-        if table is not None:
-            _TABLES.move_to_end(key)
-    if table is None:
+    host = tuple(int(v) for v in offsets.tolist())
+
+    def build() -> SegmentTable:
         off = torch.tensor(host, dtype=torch.int64, device=device)
         any_empty = any(b == a for a, b in zip(host[:-1], host[1:]))
-        table = SegmentTable(off, column_segments(off, N), host[1], any_empty)  # the kernels' end0 = offsets[1]
-        with _TABLES_LOCK:
-            _TABLES[key] = table
-            while len(_TABLES) > _TABLES_MAX:
-                _TABLES.popitem(last=False)
-    elif device.type == "cuda":
-        # Read on this stream: the caching allocator must not reuse the memory for another
-        # stream's allocation while this launch may still read it, should the entry be evicted.
-        stream = torch.cuda.current_stream(device)
-        table.offsets.record_stream(stream)
-        table.colseg.record_stream(stream)
-    return table
+        return SegmentTable(off, column_segments(off, N), host[1], any_empty)  # the kernels' end0 = offsets[1]
+
+    return _layout_cache.cached(("sm90 segment table", str(device), N, host), build)
 
 
 def segment_lse_triton_sm90(
