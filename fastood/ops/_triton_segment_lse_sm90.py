@@ -698,10 +698,13 @@ def sm90_supported(x: Tensor) -> bool:
     return sm90_wanted(x.shape[0], x.dtype, torch.cuda.get_device_capability(x.device)[0])
 
 
-# Below this many rows the portable kernel is predicted faster (bench/sol.py, H100, fp16,
-# N = 11,400, D = 512, G = 100: B = 512 portable 0.018 ms vs 0.031 ms here — three to four
-# launches and a one-tile critical path; B = 1,024: 0.050 vs 0.037 ms). A prediction, to be
-# calibrated on a GPU like every number of the model.
+# Below this many rows the portable kernel is taken. bench/sol.py (H100, fp16, N = 11,400,
+# D = 512, G = 100, every launch and fill of both launchers counted at 5 µs a launch, layout
+# tables cached): portable vs this sequence B = 768 0.038 vs 0.062 ms, 1,024 0.061 vs 0.065,
+# 1,536 0.057 vs 0.076, 2,048 0.093 vs 0.083, 4,096 0.154 vs 0.116. The crossover it predicts
+# (1,536–2,048) rests on its least certain number, the cost of the sequence's four extra
+# launches; the threshold stays at 1,024 (also the C++ dispatch's, cuda_path.h) until a GPU
+# measures both (tools/gpu_check.sh: `bench sol --device cuda`).
 SM90_MIN_ROWS = 1024
 
 
