@@ -66,6 +66,27 @@ echo "== tests on the GPU"
 $PY -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+# The C++ dispatch on Hopper (fastood._C and the TensorRT plugin): the Triton kernels embedded
+# ahead of time (FASTOOD_TRITON_AOT=ON) — sm90 sequence, portable AOT image, CUDA C++ — each
+# forced once (FASTOOD_CUDA_PATH), its selfcheck against float64 and its time in `bench scores`.
+# The default build above stays what users get; this one replaces it for the rest of the run.
+echo "== C++ dispatch with the AOT-embedded Triton kernels (FASTOOD_TRITON_AOT=ON)"
+if FASTOOD_CUDA=ON $PY -m pip install -v --no-build-isolation --no-deps -e . \
+     -Ccmake.define.FASTOOD_TRITON_AOT=ON >"$OUT/build_aot.log" 2>&1; then
+  $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_dispatch.py tests/test_triton_aot_tma.py \
+    tests/test_cuda_kernel.py 2>&1 | tee "$OUT/aot_tests.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  for path in sm90 aot cuda; do
+    echo "-- FASTOOD_CUDA_PATH=$path" | tee -a "$OUT/aot_paths.log"
+    FASTOOD_CUDA_PATH=$path $PY -m fastood selfcheck --device cuda 2>&1 | tee -a "$OUT/aot_paths.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    FASTOOD_CUDA_PATH=$path $PY -m bench scores --device cuda --quick 2>&1 | tee "$OUT/bench_scores_cuda_$path.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  done
+else
+  echo "AOT build failed: see build_aot.log"; tail -30 "$OUT/build_aot.log"; status=1
+fi
+
 echo "== trainer: NCCL DDP (2 ranks, fp16 autocast + GradScaler) against one process"
 # The NCCL and fp16-GradScaler paths of fastood.train run nowhere else (CI: gloo, CPU). NCCL cannot
 # put two ranks on one GPU, so this needs >= 2 GPUs; the global-batch losses must agree (fp16: 1e-2).
