@@ -20,6 +20,7 @@ What stays unverified here: the real cubins on a GPU (tests/test_triton_aot_tma.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -132,17 +133,24 @@ def _env(cc: int, path: str | None = None, log: Path | None = None) -> dict:
     return env
 
 
-def _run(exe: Path, mode: str, work: Path, env: dict) -> None:
+@contextlib.contextmanager
+def _environ(env: dict):
+    """``env`` set in os.environ for the block (the emulator reads it), then restored."""
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        cuda_emulator._run([exe, mode], work)
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _run(exe: Path, mode: str, work: Path, env: dict) -> None:
+    with _environ(env):
+        cuda_emulator._run([exe, mode], work)
 
 
 def _segment_lse(exe, work: Path, x, bank, offsets, env: dict, extra: dict | None = None):
@@ -390,17 +398,9 @@ def test_plugin_runs_the_sm90_sequence_in_its_reserved_workspace(plugin, tmp_pat
     B, N, D, K, G = 1030, 302, 64, 140, 4
     x, bank = _problem(B, N, D, torch.float16, seed=13)
     log = tmp_path / "launches.txt"
-    old = {k: os.environ.get(k) for k in ("FASTOOD_EMU_CC", "FASTOOD_CUDA_PATH", "FASTOOD_MODEL_LOG")}
-    os.environ.update(_env(90, log=log))
-    try:
+    with _environ(_env(90, log=log)):
         score, pred = cuda_emulator.head_score(harness, tmp_path / "run", x, bank, K, groups=G, plugin=so,
                                                max_batch=4096)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     launches = log.read_text()
     assert "launch hot tma split" in launches and "launch exact argmax" in launches, launches
     ref, _ = _head_reference(x, bank, K, "neglabel", G)
