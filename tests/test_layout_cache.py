@@ -65,3 +65,24 @@ def test_portable_split_starts_cached_and_equal_to_searchsorted():
     assert P._split_starts(off, host, 2, 64, cpu).tolist() == [0, 4]      # another split: another entry
     assert P._device_offsets(off, host, cpu) is P._device_offsets(torch.tensor(host), host, cpu)
     assert P._split_starts(off, None, 4, 32, cpu) is not one            # device offsets: not cached
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_hit_on_another_stream_waits_for_the_build():
+    _layout_cache.clear()
+    side = torch.cuda.Stream()
+    big = 1 << 24
+
+    def build():  # queued work that fills the cached tensor (long enough to still run at the hit)
+        t = torch.zeros(big, device="cuda")
+        for _ in range(20):
+            t.add_(1.0)
+        return t
+
+    built = _layout_cache.cached(("gpu",), build)
+    with torch.cuda.stream(side):
+        got = _layout_cache.cached(("gpu",), lambda: None)
+        total = got.sum()          # on the side stream: must see all 20 additions
+    torch.cuda.synchronize()
+    assert got is built and total.item() == 20.0 * big

@@ -8,9 +8,12 @@ a few small kernel launches — tens of µs, as much as the fused kernel itself 
 offsets read on the host, never a device tensor: no sync); entries are tuples of tensors,
 at most ``MAX_ENTRIES`` of them, least recently used evicted first.
 
-A cached tensor may be read by a launch on any stream; on a hit it is recorded on the
-current CUDA stream (``Tensor.record_stream``), so that if its entry is evicted while that
-launch is still queued the caching allocator does not hand its memory to another stream.
+A cached tensor may be read by a launch on any stream. On a hit the current CUDA stream
+first waits for the event recorded when the entry was built (the kernels that filled it
+were queued on the building stream, possibly not finished: a wait on a completed event
+costs nothing), and each tensor is recorded on it (``Tensor.record_stream``), so that if
+its entry is evicted while that launch is still queued the caching allocator does not hand
+its memory to another stream.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ __all__ = ["cached", "clear", "size", "MAX_ENTRIES"]
 MAX_ENTRIES = 16
 T = TypeVar("T")
 
-_ENTRIES: "OrderedDict[Hashable, object]" = OrderedDict()
+_ENTRIES: "OrderedDict[Hashable, tuple]" = OrderedDict()  # key → (value, event recorded after its build)
 _LOCK = threading.Lock()
 
 
@@ -40,22 +43,34 @@ def _tensors(value: object):
 
 def cached(key: Hashable, build: Callable[[], T]) -> T:
     """The value cached under ``key``, built by ``build()`` on a miss (outside the lock: two
-    threads may both build it once; either result is correct and one is kept)."""
+    threads may both build it once; either result is correct and one is kept, and every
+    caller gets the kept one)."""
     with _LOCK:
-        value = _ENTRIES.get(key)
-        if value is not None:
+        entry = _ENTRIES.get(key)
+        if entry is not None:
             _ENTRIES.move_to_end(key)
-    if value is None:
+    if entry is None:
         value = build()
+        cuda = [t for t in _tensors(value) if t.is_cuda]
+        ready = None
+        if cuda:  # the building stream's work that fills them: later readers wait for it
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(cuda[0].device))
         with _LOCK:
-            value = _ENTRIES.setdefault(key, value)
+            entry = _ENTRIES.setdefault(key, (value, ready))
             _ENTRIES.move_to_end(key)
             while len(_ENTRIES) > MAX_ENTRIES:
                 _ENTRIES.popitem(last=False)
-        return value  # type: ignore[return-value]
+        if entry[0] is value:
+            return value  # type: ignore[return-value]
+    value, ready = entry
     for t in _tensors(value):
         if t.is_cuda:
-            t.record_stream(torch.cuda.current_stream(t.device))
+            stream = torch.cuda.current_stream(t.device)
+            if ready is not None:
+                stream.wait_event(ready)
+                ready = None
+            t.record_stream(stream)
     return value  # type: ignore[return-value]
 
 
