@@ -83,6 +83,6 @@ def test_a_hit_on_another_stream_waits_for_the_build():
     built = _layout_cache.cached(("gpu",), build)
     with torch.cuda.stream(side):
         got = _layout_cache.cached(("gpu",), lambda: None)
-        total = got.sum()          # on the side stream: must see all 20 additions
+        done = (got == 20.0).all()   # on the side stream: must see all 20 additions
     torch.cuda.synchronize()
-    assert got is built and total.item() == 20.0 * big
+    assert got is built and bool(done)
