@@ -62,7 +62,12 @@ LAYOUTS = [
 @pytest.mark.parametrize("name,N,offsets", LAYOUTS, ids=[c[0] for c in LAYOUTS])
 @pytest.mark.parametrize("splits", [1, 3])
 def test_fp32_matches_float64(name, N, offsets, splits):
-    gen = torch.Generator().manual_seed(17 * N + splits)
+    _check_layout(N, offsets, splits, seed=17 * N + splits)
+
+
+def _check_layout(N: int, offsets: list[int], splits: int, seed: int) -> None:
+    """19 fp32 unit rows of D = 40 at scales 1..100 against float64, with ``splits`` splits."""
+    gen = torch.Generator().manual_seed(seed)
     B, D = 19, 40
     x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
     row_scale = torch.linspace(1.0, 100.0, B)
@@ -83,12 +88,7 @@ def test_padded_onehot_matches_float64(monkeypatch, name, N, offsets, splits):
     from fastood.ops import _triton_segment_lse_sm90 as m
 
     monkeypatch.setattr(m, "ONEHOT_PAD", True)
-    gen = torch.Generator().manual_seed(5 * N + splits)
-    B, D = 19, 40
-    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
-    row_scale = torch.linspace(1.0, 100.0, B)
-    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
-    check(out, x, bank, offsets, row_scale)
+    _check_layout(N, offsets, splits, seed=5 * N + splits)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
