@@ -130,7 +130,7 @@ from torch import Tensor
 
 from fastood.ops import _layout_cache
 from fastood.ops._split_plan import wave_splits
-from fastood.ops._triton_segment_lse import _device_index, _segment_lse_merge_kernel, _sm_count
+from fastood.ops._triton_segment_lse import _device_index, _device_offsets, _segment_lse_merge_kernel, _sm_count
 
 __all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION", "sol_splits",
            "SegmentTable"]
@@ -787,7 +787,7 @@ def _segment_table(offsets: Tensor, N: int, device: torch.device) -> SegmentTabl
     host = tuple(int(v) for v in offsets.tolist())
 
     def build() -> SegmentTable:
-        off = torch.tensor(host, dtype=torch.int64, device=device)
+        off = _device_offsets(offsets, host, device)  # shared with the portable launcher's cache
         any_empty = any(b == a for a, b in zip(host[:-1], host[1:]))
         return SegmentTable(off, column_segments(off, N), host[1], any_empty)  # the kernels' end0 = offsets[1]
 
