@@ -42,7 +42,9 @@ Model and assumptions (every one of them is a number to calibrate on a GPU):
    one implementation row), ``extra_mma_flops`` (MMA FLOPs per tile and block besides the
    GEMM, e.g. one-hot segment sums: they are excluded when the K-loop trips are inferred),
    ``split_on_end0`` (a segment-0 kernel whose launcher sizes its splits on segment 0's
-   columns); a module's ``sol_splits(B, N, S, sms, block_b, block_n, blocks_per_sm)`` is
+   columns), ``programs`` (the name of a module function ``f(B, N, S, end0, sms, block_b,
+   block_n, blocks_per_sm) -> (programs, tiles_per_program)``: a persistent, stream-K grid,
+   see 6); a module's ``sol_splits(B, N, S, sms, block_b, block_n, blocks_per_sm)`` is
    the split rule its launcher runs, used instead of the portable one):
    ``chains`` = independent tile pipelines per block. Today's kernels run one: all
    warps do the MMA, then the softmax, in lock step (``serial``), and the K pipeline
@@ -63,8 +65,19 @@ Model and assumptions (every one of them is a number to calibrate on a GPU):
    the bank once per row block, writing B×S floats) is far below this and ignored.
 6. **Waves**: programs = ceil(B / BLOCK_B) × splits (the launcher's split heuristic),
    ``k·SMs`` run at once; a partial last wave runs with fewer blocks per SM (less
-   hiding). Each program walks ceil(N / splits / BLOCK_N) tiles. Launch overhead 5 µs
-   per kernel, on both sides of a comparison.
+   hiding). Each program walks ceil(N / splits / BLOCK_N) tiles (``column_tiles``). Launch
+   overhead 5 µs per kernel, on both sides of a comparison.
+   **Stream-K (persistent) schedule**, for a kernel that declares ``programs``: the work
+   units are (row block r, column tile t), linearised u = r·T_r + t, U = ceil(B/BLOCK_B)·T_r
+   (T_r = the tiles of one row block, e.g. ceil((N − end0)/BLOCK_N) for a kernel starting at
+   segment 0's end); a 1-D grid of P = min(k·SMs, U) programs, program q taking units
+   [floor(q·U/P), floor((q+1)·U/P)) — at most ceil(U/P) tiles, across row blocks. The module's
+   function returns (P, ceil(U/P)) and the model runs it as above: P ≤ k·SMs, so at most one
+   wave and no partial second one; every program is charged ceil(U/P) tiles (the longest
+   program sets the time). Its cost beyond those tiles is taken as nothing: the partial
+   segment statistics written where a program's range cuts a row block and merged by a kernel
+   that runs anyway are a few hundred bytes per program (no merge launch, no flag fill; what
+   the launcher does enqueue is counted by 6b). U = 0 (no tile) is no launch: time 0.
 6b. **The launcher's other work** (``launcher_work``): the Python launcher is run on CPU
    tensors at the full shape with its Triton kernels stubbed out, twice (the second call is
    counted: what it caches per layout is built once per bank); every Triton launch and
@@ -458,7 +471,12 @@ def launcher_work(module: str, B: int, N: int, D: int, G: int, *, blocks: tuple[
 
         def launch(*args, **kwargs):
             touched = sum(nbytes(a) for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor))
-            work.triton.append((name, tuple(grid) if isinstance(grid, tuple) else (grid,), touched))
+            g = grid
+            if callable(g):  # a grid function of the launch's arguments (Triton passes them by name)
+                names = getattr(self, "arg_names", None) or getattr(getattr(self, "fn", None), "arg_names", [])
+                g = g({**dict(zip(names, args)), **kwargs})
+            # Recorded as given: 1-D (persistent grids), 2-D or 3-D.
+            work.triton.append((name, tuple(g) if isinstance(g, (tuple, list)) else (g,), touched))
         return launch
 
     mod = importlib.import_module(module)
@@ -552,16 +570,19 @@ def segment0_end(N: int, G: int) -> int:
 
 def column_tiles(columns: str, N: int, S: int, bn: int, splits: int) -> int:
     """Column tiles one program walks, by the column range the kernel declares (``columns``):
-    ``all`` (every column, split into ``splits`` chunks), ``segment0`` (columns [0, end0) only),
-    ``after_segment0`` (from the tile holding end0 to N), ``flagged`` (only row blocks flagged
-    by another kernel: none in the model, the launch alone)."""
+    ``all`` (every column, split into ``splits`` chunks: ceil(ceil(N/splits)/bn)), ``segment0``
+    (the ceil(end0/bn) tiles of columns [0, end0), strided over the splits),
+    ``after_segment0`` (from column end0 itself — the kernel's first tile starts there, not at
+    the tile holding end0 — to N: ceil(ceil((N − end0)/splits)/bn)), ``flagged`` (only row
+    blocks flagged by another kernel: none in the model, the launch alone). end0 = segment 0's
+    end in the benchmark's layout (``segment0_end(N, S − 1)``)."""
     end0 = segment0_end(N, S - 1)
     if columns == "all":
         return math.ceil(math.ceil(N / splits) / bn)
     if columns == "segment0":  # its tiles of [0, end0), strided over the splits
         return math.ceil(math.ceil(end0 / bn) / splits)
     if columns == "after_segment0":
-        return math.ceil(math.ceil((N - end0 // bn * bn) / splits) / bn)
+        return math.ceil(math.ceil((N - end0) / splits) / bn)
     if columns == "flagged":
         return 0
     raise ValueError(f"columns must be all | segment0 | after_segment0 | flagged, got {columns!r}")
@@ -585,24 +606,56 @@ def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, e
         return predict_tile(tc, gpu, warps=cm.warps, warps_per_mma=wpm, mma_kind=cm.mma, l2_bytes=l2,
                             blocks_per_sm=k, chains=cm.desc.get("chains", 1), refill=cm.desc.get("refill", True)).cycles
 
-    split_rows = cm.desc.get("split_rows", 64)
-    # A segment-0 kernel whose launcher sizes its splits on segment 0's columns declares ``split_on_end0``.
-    n_split = segment0_end(N, S - 1) if cm.desc.get("split_on_end0") else N
-    splits = cm.desc.get("splits", None) or (_splits(B, n_split, split_rows, gpu, cm.module, S, bn, cm.blocks_per_sm)
-                                             if "split" in cm.name else 1)
-    programs = math.ceil(B / bb) * splits
-    tiles = column_tiles(cm.desc.get("columns", "all"), N, S, bn, splits)
-    if cm.desc.get("columns") == "segment0":
-        # Strided tiles of [0, end0): only the splits that get a tile work (the others exit).
-        programs = math.ceil(B / bb) * min(splits, math.ceil(segment0_end(N, S - 1) / bn))
-    t = predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
+    if cm.desc.get("programs"):
+        # A persistent (stream-K) grid: the module's own rule gives (programs, tiles per program),
+        # at most one wave of ceil(U/P) tiles each (point 6).
+        splits = 1
+        programs, tiles = stream_k_programs(cm, gpu, B, N, S)
+    else:
+        split_rows = cm.desc.get("split_rows", 64)
+        # A segment-0 kernel whose launcher sizes its splits on segment 0's columns declares ``split_on_end0``.
+        n_split = segment0_end(N, S - 1) if cm.desc.get("split_on_end0") else N
+        splits = cm.desc.get("splits", None) or (_splits(B, n_split, split_rows, gpu, cm.module, S, bn,
+                                                         cm.blocks_per_sm) if "split" in cm.name else 1)
+        programs = math.ceil(B / bb) * splits
+        tiles = column_tiles(cm.desc.get("columns", "all"), N, S, bn, splits)
+        if cm.desc.get("columns") == "segment0":
+            # Strided tiles of [0, end0): only the splits that get a tile work (the others exit).
+            programs = math.ceil(B / bb) * min(splits, math.ceil(segment0_end(N, S - 1) / bn))
+    # No work unit at all (a persistent grid of 0 programs): nothing is launched.
+    t = (predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
+         if programs > 0 or not cm.desc.get("programs") else 0.0)
     tp = predict_tile(tc, gpu, warps=cm.warps, warps_per_mma=wpm, mma_kind=cm.mma, l2_bytes=l2,
                       blocks_per_sm=cm.blocks_per_sm, chains=cm.desc.get("chains", 1),
                       refill=cm.desc.get("refill", True))
-    return dict(config=cm.name, B=B, N=N, D=D, S=S, time_s=t, pct_peak=100 * ideal_time(gpu, B, N, D) / t,
+    return dict(config=cm.name, B=B, N=N, D=D, S=S, time_s=t,
+                pct_peak=100 * ideal_time(gpu, B, N, D) / t if t > 0 else 0.0,   # 0: a part that launches nothing
                 cycles_tile=tp.cycles, bound=tp.bound, pipes=tp.pipes, chain=tp.chain, k_trips=tc.k_trips,
                 seg_trips=seg, blocks_per_sm=cm.blocks_per_sm, registers=cm.registers, splits=splits,
-                mma_shapes=tc.mma_shapes)
+                programs=programs, tiles_per_program=tiles, mma_shapes=tc.mma_shapes)
+
+
+def stream_k_programs(cm: ConfigModel, gpu: GPU, B: int, N: int, S: int) -> tuple[int, int]:
+    """``(programs, tiles_per_program)`` of a kernel with a persistent (stream-K) grid: the module
+    function its ``SOL_KERNELS`` entry names under ``programs`` (the rule its launcher runs),
+    called as ``f(B, N, S, end0, sms, BLOCK_B, BLOCK_N, blocks_per_sm)`` with end0 = segment 0's
+    end in the benchmark's layout and the configuration's own tiles. For the Hopper hot kernel
+    that is T_r = ceil((N − end0)/BLOCK_N), U = ceil(B/BLOCK_B)·T_r, P = min(blocks_per_sm·sms, U),
+    tiles = ceil(U/P) ((0, 0) when U = 0)."""
+    import importlib
+
+    name = cm.desc["programs"]
+    rule = getattr(importlib.import_module(cm.module), name, None) if isinstance(name, str) else None
+    if not callable(rule):
+        raise ValueError(f"SOL_KERNELS[{cm.kernel!r}]['programs'] must name a function of {cm.module}, got {name!r}")
+    bb = int(cm.constexprs.get("BLOCK_B", cm.desc.get("tile_rows", 128)))
+    bn = int(cm.constexprs.get("BLOCK_N", cm.desc.get("tile_cols", 128)))
+    programs, tiles = rule(B, N, S, segment0_end(N, S - 1), gpu.sms, bb, bn, cm.blocks_per_sm)
+    programs, tiles = int(programs), int(tiles)
+    if programs < 0 or tiles < 0 or (programs == 0) != (tiles == 0):
+        raise ValueError(f"{cm.module}.{name} must return (programs, tiles) >= 0, both 0 or neither, "
+                         f"got {(programs, tiles)}")
+    return programs, tiles
 
 
 def compiled_configs(arch: int = 90, dtype: str = "float16", select=None) -> list[ConfigModel]:
@@ -722,8 +775,10 @@ def main(args) -> None:
                 has_split = any("split" in o.name for o in configs if o.kernel == kernel)
                 rows = c.desc.get("split_rows", 64)
                 bn_c = c.desc.get("tile_cols", c.constexprs.get("BLOCK_N", 128))
-                if c.kernel != kernel or not (("split" in c.name) == (_splits(B, N, rows, gpu, c.module, S, bn_c,
-                                                                              c.blocks_per_sm) > 1)
+                # A persistent (stream-K) kernel has no split variants to choose between.
+                if c.kernel != kernel or not (c.desc.get("programs")
+                                              or ("split" in c.name) == (_splits(B, N, rows, gpu, c.module, S, bn_c,
+                                                                                 c.blocks_per_sm) > 1)
                                               or c.desc.get("splits") or not has_split):
                     continue
                 try:
@@ -736,7 +791,7 @@ def main(args) -> None:
             module = next(c.module for c in configs if c.name == best["config"])
             cols = next(c.desc.get("columns", "all") for c in configs if c.name == best["config"])
             impl.setdefault(module, []).append(best)
-            pct, ratio = f"{best['pct_peak']:.0f}", f"{tc / best['time_s']:.2f}"
+            pct, ratio = f"{best['pct_peak']:.0f}", f"{tc / best['time_s']:.2f}" if best["time_s"] > 0 else "—"
             if cols != "all":  # a part of an implementation, not a whole one: no ratio to the whole problem
                 best = dict(best, config=f"{best['config']} (part: {cols} columns)")
                 pct = ratio = "— (part)"

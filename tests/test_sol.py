@@ -123,8 +123,8 @@ def test_pure_exp2_counts_and_cycles_by_hand(toys):
     assert p.cycles == 64 * u
 
 
-def test_loops_and_mma_flops_by_hand():
-    sass = """
+# A hand-written loop nest: the tile loop [0x10, 0x60] holds a K loop [0x30, 0x40].
+TOY_SASS = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
         /*0010*/                   HGMMA.64x128x16.F32 R24, gdesc[UR8], R24 ;
         /*0020*/                   MUFU.EX2 R3, R3 ;
@@ -135,6 +135,10 @@ def test_loops_and_mma_flops_by_hand():
         /*0070*/                   EXIT ;
         /*0080*/                   BRA 0x80;
     """
+
+
+def test_loops_and_mma_flops_by_hand():
+    sass = TOY_SASS
     ins = sol.instructions(sass)
     roots = sol.find_loops(ins)
     assert [(r.start, r.end) for r in roots] == [(0x10, 0x60)]
@@ -194,3 +198,120 @@ def test_launcher_work_counts_what_the_sm90_launcher_enqueues(splits):
 def test_classify():
     assert [sol.classify(o) for o in ("HGMMA", "MUFU", "FFMA", "IMAD", "LDS", "F2FP", "UIADD3", "BRA")] == \
         ["mma", "mufu", "fp32", "int", "mio", "conv", "uniform", "control"]
+
+
+# ------------------------------------------------ stream-K (persistent) grids: point 6
+# TOY_SASS as a 128×128 tile at D = 512 with 8 warps (2 warpgroups), by hand: each warpgroup does
+# 2·128·128·512 / 2 = 8,388,608 FLOP per tile = one HGMMA.64x128x16 (262,144) + the K loop's
+# HGMMA.64x64x16 (131,072) × 62 trips → tensor pipe 2 · 8,388,608 / 4096 = 4,096 clk. Per warp
+# 4 + 2·62 = 128 instructions → issue 128·8/4 = 256 clk; MUFU 8·32/16 = 16 clk. L2 → SM:
+# (128 + 128)·512·2 = 262,144 B at 48 B/clk = 5,461.3 clk. Chain 600 + 4,096 + 256 = 4,952 clk
+# (÷ k blocks). So the tile costs 262,144 / 48 clk at k = 1 and k = 2: L2-bound.
+TOY_TILE_CLK = 262144 / 48
+
+
+def _fake_streamk(monkeypatch, calls: list) -> sol.ConfigModel:
+    """A kernel module (in sys.modules) whose SOL_KERNELS entry names its stream-K rule."""
+    import sys
+    import types
+
+    def sol_programs(B, N, S, end0, sms, block_b, block_n, blocks_per_sm):
+        # The Hopper launcher's rule (issue #10): T_r hot tiles per row block from column end0.
+        calls.append((B, N, S, end0, sms, block_b, block_n, blocks_per_sm))
+        units = -(-B // block_b) * -(-(N - end0) // block_n)
+        if units == 0:
+            return 0, 0
+        p = min(blocks_per_sm * sms, units)
+        return p, -(-units // p)
+
+    mod = types.ModuleType("fake_streamk_kernels")
+    mod.sol_programs = sol_programs
+    mod.SOL_KERNELS = {"fake_fwd": {"chains": 1, "refill": True, "columns": "after_segment0",
+                                    "programs": "sol_programs"}}
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    return sol.ConfigModel("fake_fwd[128x128x64 w8 s3 tma]", mod.__name__, "fake_fwd",
+                           {"BLOCK_B": 128, "BLOCK_N": 128, "BLOCK_D": 64}, warps=8, blocks_per_sm=2,
+                           registers=128, mma="wgmma", sass=TOY_SASS,
+                           desc=sol._descriptor(mod.__name__, "fake_fwd"), fn_name="_fake_fwd_kernel")
+
+
+def test_toy_tile_cycles_by_hand():
+    tc = sol.tile_counts(TOY_SASS, flop_per_tile=2 * 128 * 128 * 512, warps=8, warps_per_mma=4)
+    assert tc.k_trips == 62 and tc.per_warp["all"] == 128
+    for k in (1, 2):
+        p = sol.predict_tile(tc, H100, warps=8, warps_per_mma=4, mma_kind="wgmma", l2_bytes=262144,
+                             blocks_per_sm=k, chains=1, refill=True)
+        assert p.pipes["mma"] == 4096 and p.pipes["issue"] == 256 and p.chain == 600 + 4096 + 256
+        assert p.cycles == pytest.approx(TOY_TILE_CLK) and p.bound == "l2"
+
+
+def test_stream_k_headline_one_wave_by_hand(monkeypatch):
+    # B = 65,536, N = 11,400, G = 100: end0 = 11,400 − ⌊10,400/100⌋·100 = 1,000; T_r = ⌈10,400/128⌉ = 82
+    # hot tiles per row block, 512 row blocks → U = 512·82 = 41,984 units; P = min(2·132, U) = 264
+    # programs of ⌈41,984/264⌉ = 160 tiles: one wave, 2 blocks per SM.
+    calls: list = []
+    cm = _fake_streamk(monkeypatch, calls)
+    r = sol.model_config(cm, H100, 65536, 11400, 512, 101)
+    assert calls == [(65536, 11400, 101, 1000, 132, 128, 128, 2)]
+    assert (r["programs"], r["tiles_per_program"]) == (264, 160)
+    assert r["time_s"] == pytest.approx(160 * 2 * TOY_TILE_CLK / 1.83e9 + 5e-6)
+
+
+@pytest.mark.parametrize("B, resident", [(128, 1), (256, 2)])
+def test_stream_k_fewer_units_than_slots_by_hand(monkeypatch, B, resident):
+    # ⌈B/128⌉ row blocks × 82 tiles = 82 (B = 128) or 164 (B = 256) units < 264 slots: one program
+    # per unit (P = U, 1 tile each), on ⌈U/132⌉ = 1 or 2 blocks per SM.
+    cm = _fake_streamk(monkeypatch, [])
+    r = sol.model_config(cm, H100, B, 11400, 512, 101)
+    assert (r["programs"], r["tiles_per_program"]) == (82 * B // 128, 1)
+    assert r["time_s"] == pytest.approx(1 * resident * TOY_TILE_CLK / 1.83e9 + 5e-6)
+
+
+def test_stream_k_no_units_is_no_launch(monkeypatch):
+    # N = 1,000 with G = 100: end0 = 1,000 − 0 = N, no hot tile (U = 0): (0, 0), nothing launched.
+    calls: list = []
+    cm = _fake_streamk(monkeypatch, calls)
+    r = sol.model_config(cm, H100, 65536, 1000, 512, 101)
+    assert calls[0][3] == 1000
+    assert (r["programs"], r["tiles_per_program"], r["time_s"]) == (0, 0, 0.0)
+
+
+def test_stream_k_rule_must_exist(monkeypatch):
+    cm = _fake_streamk(monkeypatch, [])
+    cm.desc["programs"] = "no_such_rule"
+    with pytest.raises(ValueError, match="programs"):
+        sol.model_config(cm, H100, 65536, 11400, 512, 101)
+
+
+def test_after_segment0_columns_start_at_end0():
+    # end0 = 1,000 (not on a 128 boundary): the hot kernel starts at column 1,000, not at the tile
+    # holding it (896): ⌈10,400/128⌉ = 82 tiles (not ⌈10,504/128⌉ = 83); in 2 splits ⌈5,200/128⌉ = 41.
+    assert sol.column_tiles("after_segment0", 11400, 101, 128, 1) == 82
+    assert sol.column_tiles("after_segment0", 11400, 101, 128, 2) == 41
+    # Without the stream-K rule (split kernels, split_rows): 512 programs of 82 tiles = a full wave of
+    # 264 and 248 at 2 per SM → 2·82·2 tile-times.
+    t = sol.predict_time(lambda k: TOY_TILE_CLK, H100, programs=512,
+                         tiles_per_program=sol.column_tiles("after_segment0", 11400, 101, 128, 1), blocks_per_sm=2)
+    assert t == pytest.approx(2 * 82 * 2 * TOY_TILE_CLK / 1.83e9 + 5e-6)
+
+
+def test_launcher_work_records_1d_and_callable_grids(monkeypatch):
+    # A persistent launcher launches on a 1-D grid, possibly given as a function of the launch's
+    # arguments (Triton calls it with them by name): recorded as the tuple the GPU would get.
+    import sys
+    import types
+
+    def launch(x, bank, offsets, scale, want_argmax, num_splits=None, blocks=None):
+        y = torch.empty_like(scale)
+        _pure_exp2_kernel[(7,)](scale, y, 3, BLOCK=1024)
+        _pure_exp2_kernel[lambda meta: (triton.cdiv(meta["n"], 4),)](scale, y, 10, BLOCK=1024)
+        return y
+
+    mod = types.ModuleType("fake_persistent_launcher")
+    mod.launch = launch
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(sol.LAUNCHERS, mod.__name__, "launch")
+    w = sol.launcher_work(mod.__name__, 16, 64, 8, 2, blocks=(16, 16, 16))
+    # Both launches, with the scale (16 fp32 = 64 B) and y (64 B) they touch; ⌈10/4⌉ = 3 programs.
+    assert w.triton == [("_pure_exp2_kernel", (7,), 128), ("_pure_exp2_kernel", (3,), 128)]
+    assert w.other == []  # torch.empty_like launches nothing
