@@ -286,14 +286,14 @@ def test_sol_finds_the_k_loop_past_cold_code_that_jumps_back():
 
 def test_sol_column_ranges_of_the_three_kernels():
     """Headline shape N = 11,400, G = 100: segment 0 = 11,400 − 104·100 = 1,000 columns, so
-    the segment-0 kernel walks ⌈1000/128⌉ = 8 tiles, the hot kernel the 90 − ⌊1000/128⌋ = 83
-    from the boundary tile on, the exact kernel none (nothing flagged)."""
+    the segment-0 kernel walks ⌈1000/128⌉ = 8 tiles, the hot kernel the ⌈(11,400 − 1,000)/128⌉ = 82
+    from column 1,000 on, the exact kernel none (nothing flagged)."""
     from bench import sol
     from fastood.ops import _triton_segment_lse_sm90 as m
 
     assert sol.segment0_end(11400, 100) == 1000
     tiles = {k: sol.column_tiles(v.get("columns", "all"), 11400, 101, 128, 1) for k, v in m.SOL_KERNELS.items()}
-    assert tiles == {"segment_lse_sm90_fwd": 83, "segment_lse_sm90_seg0": 8, "segment_lse_sm90_exact": 0}
+    assert tiles == {"segment_lse_sm90_fwd": 82, "segment_lse_sm90_seg0": 8, "segment_lse_sm90_exact": 0}
     assert sol.column_tiles("all", 11400, 101, 128, 1) == 90
     # The one-hot sums: p_hi @ H and p_lo @ H, [BB, BN] @ [BN, n] each; n = 8 (16 padded on Triton < 3.8).
     assert m.SOL_KERNELS["segment_lse_sm90_fwd"]["extra_mma_flops"] == 2 * 2 * 128 * 128 * m.ONEHOT_N
