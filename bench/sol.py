@@ -77,7 +77,7 @@ Model and assumptions (every one of them is a number to calibrate on a GPU):
    program sets the time). Its cost beyond those tiles is taken as nothing: the partial
    segment statistics written where a program's range cuts a row block and merged by a kernel
    that runs anyway are a few hundred bytes per program (no merge launch, no flag fill; what
-   the launcher does enqueue is counted by 6b). U = 0 (no tile) is no launch: time 0.
+   the launcher does enqueue is counted by 6b). U = 0 (no tile): the launch alone.
 6b. **The launcher's other work** (``launcher_work``): the Python launcher is run on CPU
    tensors at the full shape with its Triton kernels stubbed out, twice (the second call is
    counted: what it caches per layout is built once per bank); every Triton launch and
@@ -622,14 +622,13 @@ def model_config(cm: ConfigModel, gpu: GPU, B: int, N: int, D: int, S: int, *, e
         if cm.desc.get("columns") == "segment0":
             # Strided tiles of [0, end0): only the splits that get a tile work (the others exit).
             programs = math.ceil(B / bb) * min(splits, math.ceil(segment0_end(N, S - 1) / bn))
-    # No work unit at all (a persistent grid of 0 programs): nothing is launched.
-    t = (predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
-         if programs > 0 or not cm.desc.get("programs") else 0.0)
+    # No work unit (U = 0): 0 programs of 0 tiles cost the launch alone (the launcher still
+    # launches one program, which exits).
+    t = predict_time(at, gpu, programs=programs, tiles_per_program=tiles, blocks_per_sm=cm.blocks_per_sm)
     tp = predict_tile(tc, gpu, warps=cm.warps, warps_per_mma=wpm, mma_kind=cm.mma, l2_bytes=l2,
                       blocks_per_sm=cm.blocks_per_sm, chains=cm.desc.get("chains", 1),
                       refill=cm.desc.get("refill", True))
-    return dict(config=cm.name, B=B, N=N, D=D, S=S, time_s=t,
-                pct_peak=100 * ideal_time(gpu, B, N, D) / t if t > 0 else 0.0,   # 0: a part that launches nothing
+    return dict(config=cm.name, B=B, N=N, D=D, S=S, time_s=t, pct_peak=100 * ideal_time(gpu, B, N, D) / t,
                 cycles_tile=tp.cycles, bound=tp.bound, pipes=tp.pipes, chain=tp.chain, k_trips=tc.k_trips,
                 seg_trips=seg, blocks_per_sm=cm.blocks_per_sm, registers=cm.registers, splits=splits,
                 programs=programs, tiles_per_program=tiles, mma_shapes=tc.mma_shapes)
@@ -791,7 +790,7 @@ def main(args) -> None:
             module = next(c.module for c in configs if c.name == best["config"])
             cols = next(c.desc.get("columns", "all") for c in configs if c.name == best["config"])
             impl.setdefault(module, []).append(best)
-            pct, ratio = f"{best['pct_peak']:.0f}", f"{tc / best['time_s']:.2f}" if best["time_s"] > 0 else "—"
+            pct, ratio = f"{best['pct_peak']:.0f}", f"{tc / best['time_s']:.2f}"
             if cols != "all":  # a part of an implementation, not a whole one: no ratio to the whole problem
                 best = dict(best, config=f"{best['config']} (part: {cols} columns)")
                 pct = ratio = "— (part)"
