@@ -52,16 +52,19 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize("name,N,offsets", LAYOUTS, ids=[c[0] for c in LAYOUTS])
-@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("splits,programs", [(1, None), (3, None), (1, 4), (3, 9), (1, 40)])
 @pytest.mark.parametrize("want_argmax", [True, False])
-def test_every_output_is_written(nan_for_uninitialised, name, N, offsets, splits, want_argmax):
+def test_every_output_is_written(nan_for_uninitialised, name, N, offsets, splits, programs, want_argmax):
+    """``splits``: the segment-0 kernel's; ``programs``: the hot kernel's stream-K grid — its
+    boundary slots (``flag``, ``bflag``, ``part_seg``, ``part_v``) come from ``torch.empty``
+    too, so a slot the exact kernel reads that no piece wrote shows up as NaN or garbage."""
     gen = torch.Generator().manual_seed(5 * N + splits)
     B, D = 21, 40
     x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
     row_scale = torch.linspace(1.0, 100.0, B)
     off = torch.tensor(offsets, dtype=torch.int64)   # on the host: the cached, fill-free path
     lse, max0, arg0 = sm90.segment_lse_triton_sm90(x.to(DEVICE), bank.to(DEVICE), off, row_scale.to(DEVICE),
-                                                   want_argmax, num_splits=splits)
+                                                   want_argmax, num_splits=splits, num_programs=programs)
     assert not torch.isnan(lse).any() and not torch.isnan(max0).any()
     ref_lse, ref_max, ref_arg, logits = segment_truth(x, bank, offsets, row_scale)
     assert max_abs_err(lse, ref_lse) <= 1e-4       # −inf where a segment is empty, on both sides

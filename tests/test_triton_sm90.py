@@ -61,17 +61,23 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("name,N,offsets", LAYOUTS, ids=[c[0] for c in LAYOUTS])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_fp32_matches_float64(name, N, offsets, splits):
-    _check_layout(N, offsets, splits, seed=17 * N + splits)
+@pytest.mark.parametrize("programs", [None, 5, 64])
+def test_fp32_matches_float64(name, N, offsets, splits, programs):
+    """``programs``: the hot kernel's stream-K grid — one per row block (None in the
+    interpreter), 5 (pieces that start and stop inside row blocks and segments), 64 (more
+    programs than tiles: empty ranges)."""
+    _check_layout(N, offsets, splits, seed=17 * N + splits, programs=programs)
 
 
-def _check_layout(N: int, offsets: list[int], splits: int, seed: int) -> None:
-    """19 fp32 unit rows of D = 40 at scales 1..100 against float64, with ``splits`` splits."""
+def _check_layout(N: int, offsets: list[int], splits: int, seed: int, programs: int | None = None) -> None:
+    """19 fp32 unit rows of D = 40 at scales 1..100 against float64, with ``splits`` segment-0
+    splits and ``programs`` hot-kernel programs."""
     gen = torch.Generator().manual_seed(seed)
     B, D = 19, 40
     x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
     row_scale = torch.linspace(1.0, 100.0, B)
-    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits,
+              num_programs=programs)
     check(out, x, bank, offsets, row_scale)
 
 
@@ -88,7 +94,7 @@ def test_padded_onehot_matches_float64(monkeypatch, name, N, offsets, splits):
     from fastood.ops import _triton_segment_lse_sm90 as m
 
     monkeypatch.setattr(m, "ONEHOT_PAD", True)
-    _check_layout(N, offsets, splits, seed=5 * N + splits)
+    _check_layout(N, offsets, splits, seed=5 * N + splits, programs=5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -101,7 +107,8 @@ def test_low_precision_matches_float64_of_rounded_inputs(dtype, splits):
     offsets = neglabel_offsets(60, 8, 25)
     x, bank = unit_rows(B, D, gen).to(dtype), unit_rows(N, D, gen).to(dtype)
     row_scale = torch.full((B,), 100.0)
-    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), want_argmax=False, num_splits=splits)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), want_argmax=False, num_splits=splits,
+              num_programs=3 * splits)
     lse, max0, arg0 = out
     assert arg0.shape == (0,)
     ref_lse, ref_max, _, _ = segment_truth(x, bank, offsets, row_scale)
@@ -109,8 +116,8 @@ def test_low_precision_matches_float64_of_rounded_inputs(dtype, splits):
     assert max_abs_err(max0, ref_max) <= 1e-4
 
 
-@pytest.mark.parametrize("splits", [1, 2])
-def test_underflow_fallback_segments_far_below_the_tile_max(splits):
+@pytest.mark.parametrize("splits,programs", [(1, None), (2, None), (1, 2), (2, 7)])
+def test_underflow_fallback_segments_far_below_the_tile_max(splits, programs):
     """One tile holds a segment whose logits are ~190 (log2) below the tile max: with one
     shared reference its exp2 sum would flush to 0 (lse = -inf or garbage); the spread
     test flags that row block and the exact kernel redoes it, while the other row blocks
@@ -123,7 +130,73 @@ def test_underflow_fallback_segments_far_below_the_tile_max(splits):
     bank[10:20] = -x[0]                       # cos = -1 for row 0 on segment 1
     bank[20:26] = x[0]                        # cos = +1 for row 0 at the start of segment 2
     row_scale = torch.full((B,), 100.0)       # spread 200 nats ≈ 289 log2 units
-    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_splits=splits,
+              num_programs=programs)
+    check(out, x, bank, offsets, row_scale)
+    assert torch.isfinite(out[0]).all()
+
+
+# ------------------------------------------------------------------ the stream-K schedule
+def test_stream_k_owner_is_the_program_whose_range_holds_the_unit():
+    """Program q walks units [⌊qU/P⌋, ⌊(q+1)U/P⌋); ``stream_k_owner`` (the kernels' ``_owner``)
+    must name the one holding u, for every u, also with empty ranges (P > U)."""
+    from fastood.ops._triton_segment_lse_sm90 import stream_k_owner
+
+    for U in range(1, 40):
+        for P in range(1, 50):
+            start = [q * U // P for q in range(P + 1)]
+            for u in range(U):
+                q = stream_k_owner(u, U, P)
+                assert start[q] <= u < start[q + 1], (u, U, P, q)
+
+
+def test_stream_k_grid_by_hand():
+    """Headline shape: 512 row blocks × ⌈(11,400 − 1,000)/128⌉ = 82 tiles = 41,984 units on
+    2 × 132 slots → 264 programs of ⌈41,984/264⌉ = 160 tiles (the row-block grid: 512
+    programs, a second wave of 248). Fewer units than slots: one per unit. No hot columns
+    (segment 0 is everything): nothing to launch."""
+    from fastood.ops._triton_segment_lse_sm90 import sol_programs, stream_k_programs
+
+    assert sol_programs(65536, 11400, 101, 1000, 132, 128, 128, 2) == (264, 160)
+    assert sol_programs(256, 11400, 101, 1000, 132, 128, 128, 2) == (164, 1)   # 2 × 82 units
+    assert sol_programs(4096, 1000, 1, 1000, 132, 128, 128, 2) == (0, 0)
+    assert stream_k_programs(3, 0, 264) == 1
+
+
+@pytest.mark.parametrize("offsets", [[0, 10, 300], [0, 10, 150, 151, 300], [0, 0, 300]],
+                         ids=["one_wide_segment", "wide_then_narrow", "empty_segment0"])
+@pytest.mark.parametrize("programs", [2, 4, 7, 29, 30, 31, 100])
+def test_stream_k_segments_cut_by_many_pieces(offsets, programs):
+    """3 row blocks of 16 × 10 tiles of 32 columns = 30 units (9 for segment 0 ∪ 290 hot
+    columns) over 2–100 programs: a segment of 290 columns is cut at every boundary inside
+    each row block (up to 11 pieces per row block at 31 programs, ranges of 0 or 1 tile at
+    100) and its partials merge in column order."""
+    gen = torch.Generator().manual_seed(programs)
+    B, N, D = 40, 300, 24
+    x, bank = unit_rows(B, D, gen).float(), unit_rows(N, D, gen).float()
+    row_scale = torch.linspace(1.0, 60.0, B)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_programs=programs)
+    check(out, x, bank, offsets, row_scale)
+
+
+@pytest.mark.parametrize("programs", [1, 2, 3])
+def test_stream_k_marked_piece_inside_a_row_block(programs):
+    """The spread hazard in a tile of a piece that starts inside its row block (programs 2 and
+    3: the second program's range starts at hot tile 4 or 3 of the one row block): that piece
+    marks its boundary slot (``bflag``), and the exact kernel must redo the row block — a
+    mark lost there leaves row 0's segment 2 (cos = −1 on all its columns, ~289 log2 units
+    below the tile's max) at its underflowed fast-path value."""
+    gen = torch.Generator().manual_seed(31)
+    B, N, D = 16, 266, 32
+    offsets = [0, 10, 140, 150, 200, 266]     # hot columns 10..265: 8 tiles of 32
+    x = unit_rows(B, D, gen).float()
+    # A bank of near-copies of one vector: every tile's spread is small (no mark) ...
+    v = unit_rows(1, D, gen).float()
+    bank = torch.nn.functional.normalize(v + 0.02 * torch.randn(N, D, generator=gen), dim=1)
+    bank[140:150] = -x[0]                     # ... but tile 4 = columns 138..169 (segments 1, 2, 3)
+    bank[150:156] = x[0]
+    row_scale = torch.full((B,), 100.0)
+    out = run(x.to(DEVICE), bank.to(DEVICE), offsets, row_scale.to(DEVICE), num_programs=programs)
     check(out, x, bank, offsets, row_scale)
     assert torch.isfinite(out[0]).all()
 

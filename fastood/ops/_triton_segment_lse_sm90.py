@@ -133,6 +133,7 @@ from fastood.ops._split_plan import wave_splits
 from fastood.ops._triton_segment_lse import _device_index, _device_offsets, _segment_lse_merge_kernel, _sm_count
 
 __all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION", "sol_splits",
+           "sol_programs", "stream_k_programs", "stream_k_owner",
            "SegmentTable"]
 
 LOG2E = 1.4426950408889634
@@ -290,13 +291,17 @@ def _onehot_sums(hi, lo, hit, INTERP: tl.constexpr, PAD: tl.constexpr):
 
 @triton.jit
 def _close_window(
-    sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
-    r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
-    SPLIT: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr, SEG0: tl.constexpr,
+    sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end,
+    r0, off_ptr, lse_ptr, B, S,
+    BLOCK_B: tl.constexpr, W: tl.constexpr, SEG0: tl.constexpr,
 ):
     """Merge one window's per-segment partials (σ against references mk) into the
-    segment states, write the segments that end in this tile, return the carried
-    (m, l) of the open segment (unchanged when it is not in this window)."""
+    segment states, write the lse of the segments that end in this tile, return the
+    carried (m, l) of the open segment (unchanged when it is not in this window).
+
+    In the hot kernel a segment that began before the stream-K piece is written here
+    too: its lse over the piece's columns only, a partial that the exact kernel's merge
+    reads back and completes (hot kernel docstring)."""
     NEG_INF: tl.constexpr = float("-inf")
     kr = tl.arange(0, W)
     seg = s_base + kr
@@ -314,8 +319,8 @@ def _close_window(
     m_new = tl.where(carry, m_m[:, None], mk)
     l_new = tl.where(carry, l_m[:, None], sig)
     if SEG0 and (s_base == 0):
-        # Segment 0 (column 0 here): (m, l) against its true max, which max0 and the
-        # split merge kernel read as m. l·2^(m − mx0) ≤ #columns: no overflow.
+        # Segment 0 (column 0 here): (m, l) against its true max, which max0 reads as m.
+        # l·2^(m − mx0) ≤ #columns: no overflow.
         is0 = (kr == 0)[None, :]
         m0 = tl.max(tl.where(is0, m_new, NEG_INF), axis=1)
         l0 = tl.sum(tl.where(is0, l_new, 0.0), axis=1) * tl.math.exp2(m0 - mx0)
@@ -326,18 +331,12 @@ def _close_window(
     # Empty segments (no column here) are skipped: the launcher pre-filled them.
     last_closes = tl.load(off_ptr + s_last + 1).to(tl.int32) <= n_end
     k_end = tl.minimum(W, s_last - s_base + tl.where(last_closes, 1, 0))
-    if not SPLIT:
-        # l >= 2^-96 for every segment with columns (see 5.): the clamp never bites.
-        fin = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
+    # l >= 2^-96 for every segment with columns (see 5.): the clamp never bites.
+    fin = (m_new + tl.math.log2(tl.maximum(l_new, 1e-30))) * 0.6931471805599453
     for k in tl.range(0, k_end, num_stages=1, disable_licm=True):
         sel = (kr == k)[None, :]
         ok = row_ok & (tl.sum(tl.where(kr == k, cnt, 0), axis=0) > 0)
-        if SPLIT:
-            ws = (pid_p * S + s_base + k).to(tl.int64) * B + rows64
-            tl.store(ws_m_ptr + ws, tl.max(tl.where(sel, m_new, NEG_INF), axis=1), mask=ok)
-            tl.store(ws_l_ptr + ws, tl.sum(tl.where(sel, l_new, 0.0), axis=1), mask=ok)
-        else:
-            tl.store(lse_ptr + rows64 * S + s_base + k, tl.sum(tl.where(sel, fin, 0.0), axis=1), mask=ok)
+        tl.store(lse_ptr + rows64 * S + s_base + k, tl.sum(tl.where(sel, fin, 0.0), axis=1), mask=ok)
     # The tile's last segment stays open when it runs past n_end.
     if (s_last >= s_base) & (s_last < s_base + W):
         is_last = (seg == s_last)[None, :]
@@ -365,9 +364,9 @@ def _segment0_tile(acc, c, cols, col_ok, end0, mx0, arg, WANT_ARGMAX: tl.constex
 
 @triton.jit
 def _exact_tile(
-    acc, c, cseg, col_ok, s_first, s_last, s_c, m_c, l_c, mx0, n_end, pid_p,
-    r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
-    SPLIT: tl.constexpr, BLOCK_B: tl.constexpr, W: tl.constexpr,
+    acc, c, cseg, col_ok, s_first, s_last, s_c, m_c, l_c, mx0, n_end,
+    r0, off_ptr, lse_ptr, B, S,
+    BLOCK_B: tl.constexpr, W: tl.constexpr,
 ):
     """The rare tile: every segment's partial sum in exact fp32 with its own max as the
     reference (no underflow), window by window of W segments."""
@@ -386,9 +385,8 @@ def _exact_tile(
             s_k = tl.sum(tl.where(in_k, tl.math.exp2(tl.fma(acc, c[:, None], -m_k[:, None])), 0.0), axis=1)
             sig = tl.where((kr == k)[None, :], s_k[:, None], sig)
             mk = tl.where((kr == k)[None, :], m_k[:, None], mk)
-        m_c, l_c = _close_window(sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end, pid_p,
-                                 r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
-                                 SPLIT, BLOCK_B, W, True)
+        m_c, l_c = _close_window(sig, mk, cnt, s_base, s_c, m_c, l_c, mx0, s_last, n_end,
+                                 r0, off_ptr, lse_ptr, B, S, BLOCK_B, W, True)
     return m_c, l_c
 
 
@@ -424,65 +422,101 @@ def _tile_acc(
 
 
 @triton.jit
+def _owner(u, U, P):
+    """The stream-K program holding unit ``u``: program q walks units [⌊qU/P⌋, ⌊(q+1)U/P⌋),
+    so the largest q with ⌊qU/P⌋ ≤ u is ⌊((u+1)·P − 1)/U⌋ (``stream_k_owner``)."""
+    return ((u + 1) * P - 1) // U
+
+
+@triton.jit
 def _sm90_segment_lse_fwd_kernel(
-    x_ptr, bank_ptr, colseg_ptr, off_ptr, scale_ptr, flag_ptr,
-    lse_ptr, ws_m_ptr, ws_l_ptr,
-    B, N, D, S, chunk,
+    x_ptr, bank_ptr, colseg_ptr, off_ptr, scale_ptr, flag_ptr, bflag_ptr,
+    lse_ptr, part_v_ptr, part_seg_ptr,
+    B, N, D, S, P,
     stride_xb, stride_xd, stride_bn, stride_bd,
-    USE_TMA: tl.constexpr, SPLIT: tl.constexpr, IEEE_FP32: tl.constexpr, INTERP: tl.constexpr,
+    USE_TMA: tl.constexpr, IEEE_FP32: tl.constexpr, INTERP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr,
     PAD_ONEHOT: tl.constexpr,
 ):
-    """The hot kernel: segments 1..S-1 with the shared-reference fast path only.
+    """The hot kernel: segments 1..S-1 with the shared-reference fast path only, on a
+    stream-K schedule.
 
-    Segment 0 (max, argmax, lse) is the exact kernel's, so tiles before the one holding
-    segment 0's end are skipped and segment-0 columns are masked out of the one-hot. A
-    tile that the fast path cannot take (spread > 96, > W segments) marks the row block
-    in ``flag`` and is skipped: the exact kernel recomputes that whole row block.
+    Work units are (row block r, tile t) over columns [end0, N) (segment 0 is the segment-0
+    kernel's), ``u = r·T + t`` with T = ⌈(N − end0)/BLOCK_N⌉, U = ⌈B/BLOCK_B⌉·T units; the
+    1-D grid's program q walks units [⌊qU/P⌋, ⌊(q+1)U/P⌋) in order, crossing row blocks
+    where its range does (docstring, 7.). Every segment that ends inside a piece (one
+    program's units of one row block) has its lse over the piece's columns written to
+    ``lse`` — final, or partial when it began before the piece. Where a program's range
+    starts or ends inside a row block (a *boundary* b = ⌊bU/P⌋) it records, after its
+    loop, the segment cut there: entry 2b (before b: the segment open at the end of
+    program b − 1, its partial lse in ``part_v[2b]``, id in ``part_seg[2b]``) and 2b + 1
+    (after b: id of the segment open at the start of program b whose partial is in
+    ``lse``, or −(id + 2) when it runs through the whole piece, partial in
+    ``part_v[2b+1]``); −1 = nothing cut. The exact kernel merges them. A tile that the
+    fast path cannot take (spread > 96, > W segments) is skipped and marks its piece:
+    ``flag[r]`` for the piece that leads row block r, ``bflag[b]`` for the piece that
+    starts at boundary b (both cleared by the piece when it starts: nothing to pre-fill);
+    the exact kernel recomputes a marked row block whole.
     """
-    pid_b = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    q = tl.program_id(0)
     NEG_INF: tl.constexpr = float("-inf")
-
-    r0 = pid_b * BLOCK_B
-    rows = r0 + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
-    # c = r · log2(e): logits in base 2 are acc · c (r > 0: dispatcher contract).
-    c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    end0 = tl.load(off_ptr + 1).to(tl.int32)            # segment 0 is [0, end0)
+    T = tl.cdiv(N - end0, BLOCK_N)                       # hot tiles per row block
+    U = tl.cdiv(B, BLOCK_B).to(tl.int64) * T             # < 2^31 (launcher)
+    u0 = (q.to(tl.int64) * U // P).to(tl.int32)
+    n_units = ((q + 1).to(tl.int64) * U // P).to(tl.int32) - u0
     offs_n = tl.arange(0, BLOCK_N)
     kr = tl.arange(0, W)
+    local = tl.arange(0, BLOCK_B)
 
-    col_lo = pid_p * chunk
-    col_hi = tl.minimum(N, col_lo + chunk)
-    end0 = tl.load(off_ptr + 1).to(tl.int32)            # segment 0 is [0, end0)
-    t_lo = tl.maximum(col_lo, (end0 // BLOCK_N) * BLOCK_N)  # chunk and col_lo are multiples of BLOCK_N
-
-    # Carried state of the one open segment (s_c; -1 = none).
-    s_c = pid_p * 0 - 1
+    # The walk's position (row block r, tile t: no division per tile) and the open segment
+    # (s_c, m_c, l_c; -1 = none): all the state the loop carries.
+    r = u0 // tl.maximum(T, 1)
+    t = u0 - r * T
+    s_c = q * 0 - 1
     m_c = tl.full([BLOCK_B], NEG_INF, tl.float32)
     l_c = tl.zeros([BLOCK_B], tl.float32)
     # disable_licm: hoisted [BLOCK_B, W] address/mask tensors would stay live across the
     # MMA loop (ptxas: 170 → 146 registers).
-    for n0 in tl.range(t_lo, col_hi, BLOCK_N, disable_licm=True):
-        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows64, row_ok, col_hi, D,
+    for i in tl.range(0, n_units, disable_licm=True):
+        r0 = r * BLOCK_B
+        n0 = end0 + t * BLOCK_N
+        if (i == 0) | (t == 0):
+            # A piece starts (row block r, tile t): no open segment, its mark cleared.
+            s_c = q * 0 - 1
+            m_c = tl.full([BLOCK_B], NEG_INF, tl.float32)
+            l_c = tl.zeros([BLOCK_B], tl.float32)
+            if t == 0:
+                tl.store(flag_ptr + r, 0)
+            else:
+                tl.store(bflag_ptr + q, 0)
+        rows = r0 + local
+        row_ok = rows < B
+        acc = _tile_acc(x_ptr, bank_ptr, r0, n0, rows.to(tl.int64), row_ok, N, D,
                         stride_xb, stride_xd, stride_bn, stride_bd,
                         USE_TMA, IEEE_FP32, BLOCK_B, BLOCK_N, BLOCK_D)
-        # ---- Epilogue of tile [n0, n_end), segment-0 columns excluded.
-        n_end = tl.minimum(n0 + BLOCK_N, col_hi)
+        # ---- Epilogue of tile [n0, n_end). c = r·log2(e) per row: logits in base 2 are acc·c
+        # (r > 0 by the dispatcher's contract); loaded here, not kept live across the MMA.
+        c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+        n_end = tl.minimum(n0 + BLOCK_N, N)
         cols = n0 + offs_n
-        col_ok = (cols < n_end) & (cols >= end0)
+        col_ok = cols < n_end
         cseg = tl.load(colseg_ptr + cols, mask=col_ok, other=-1)
-        s_first = tl.load(colseg_ptr + tl.maximum(n0, end0))
+        s_first = tl.load(colseg_ptr + n0)
         s_last = tl.load(colseg_ptr + n_end - 1)
         # Shared reference M = c·max(acc). If a row's logits spread over > 96 (log2) in
-        # this tile, a segment could underflow against M (σ < 2^-96). Columns outside the
-        # tile's segments (segment 0, past n_end) only make M larger and the test stricter.
+        # this tile, a segment could underflow against M (σ < 2^-96). Columns past n_end (0)
+        # only make the test stricter.
         amax = tl.max(acc, axis=1)
         spread = (amax - tl.min(acc, axis=1)) * c
         M = amax * c
         if (tl.max(tl.where(row_ok & (spread > MAX_SPREAD), 1, 0), axis=0) > 0) | (s_last - s_first >= W):
-            tl.store(flag_ptr + pid_b, 1)   # benign race: every writer stores 1
+            # Mark the piece (after its clear: same program, an MMA loop's barriers between).
+            # Only a program's first piece can start inside a row block (at u0).
+            if (r * T < u0) & (u0 % T != 0):
+                tl.store(bflag_ptr + q, 1)
+            else:
+                tl.store(flag_ptr + r, 1)
         else:
             # p = exp2(acc·c − M) ∈ (0, 1]: one FFMA and one MUFU per logit; then bf16 hi + lo.
             p_hi, p_lo = _split_bf16(tl.math.exp2(tl.fma(acc, c[:, None], -M[:, None])), INTERP)
@@ -490,18 +524,43 @@ def _sm90_segment_lse_fwd_kernel(
             hit = ((cseg - s_first)[:, None] == kr[None, :]) & col_ok[:, None]  # one-hot col → segment
             cnt = tl.sum(hit.to(tl.int32), axis=0)                  # columns of each segment here
             sig = _onehot_sums(p_hi, p_lo, hit, INTERP, PAD_ONEHOT)  # [BLOCK_B, W] segment sums
-            m_c, l_c = _close_window(sig, mk, cnt, s_first, s_c, m_c, l_c, m_c, s_last, n_end, pid_p,
-                                     r0, off_ptr, lse_ptr, ws_m_ptr, ws_l_ptr, B, S,
-                                     SPLIT, BLOCK_B, W, False)
+            m_c, l_c = _close_window(sig, mk, cnt, s_first, s_c, m_c, l_c, m_c, s_last, n_end,
+                                     r0, off_ptr, lse_ptr, B, S, BLOCK_B, W, False)
         s_c = s_last
+        t += 1
+        if t == T:
+            t = t * 0
+            r += 1
 
-    if SPLIT:
-        # Flush the segment still open at this split's end (it continues in the next split).
-        seg_end = tl.load(off_ptr + s_c + 1, mask=s_c >= 0, other=0).to(tl.int32)
-        if (s_c >= 1) & (seg_end > col_hi):
-            ws = (pid_p * S + s_c).to(tl.int64) * B + rows64
-            tl.store(ws_m_ptr + ws, m_c, mask=row_ok)
-            tl.store(ws_l_ptr + ws, l_c, mask=row_ok)
+    # The boundaries of this program's range that fall inside a row block (after the loop:
+    # stores in it cost ~19 registers, ptxas).
+    if n_units == 0:
+        tl.store(part_seg_ptr + 2 * q + 1, -1)          # an empty range (P > U) cuts nothing
+        tl.store(part_seg_ptr + 2 * q + 2, -1)
+        tl.store(bflag_ptr + q, 0)
+    else:
+        t0 = u0 % T
+        n_start = end0 + t0 * BLOCK_N                     # the first piece's first column
+        s0 = tl.load(colseg_ptr + n_start)
+        head = tl.where(tl.load(off_ptr + s0).to(tl.int32) < n_start, s0, -1)  # cut at boundary q
+        if t > 0:
+            # The last piece stopped inside row block r at column end0 + t·BLOCK_N (boundary q + 1).
+            n_stop = end0 + t * BLOCK_N
+            row_ok = (r * BLOCK_B + local) < B
+            v = (m_c + tl.math.log2(tl.maximum(l_c, 1e-30))) * 0.6931471805599453
+            if tl.load(off_ptr + s_c + 1).to(tl.int32) > n_stop:
+                if (s_c == head) & (r * T <= u0):
+                    # One segment through the whole piece (it began before it and goes on).
+                    tl.store(part_v_ptr + (2 * q + 1) * BLOCK_B + local, v, mask=row_ok)
+                    head = -(head + 2)
+                    tl.store(part_seg_ptr + 2 * q + 2, -1)
+                else:
+                    tl.store(part_v_ptr + (2 * q + 2) * BLOCK_B + local, v, mask=row_ok)
+                    tl.store(part_seg_ptr + 2 * q + 2, s_c)
+            else:
+                tl.store(part_seg_ptr + 2 * q + 2, -1)
+        if t0 > 0:
+            tl.store(part_seg_ptr + 2 * q + 1, head)
 
 
 @triton.jit
@@ -617,27 +676,70 @@ def _sm90_segment0_merge_kernel(
 
 @triton.jit
 def _sm90_segment_lse_exact_kernel(
-    x_ptr, bank_ptr, colseg_ptr, off_ptr, scale_ptr, flag_ptr,
-    lse_ptr, max0_ptr, arg0_ptr,
-    B, N, D, S,
+    x_ptr, bank_ptr, colseg_ptr, off_ptr, scale_ptr, flag_ptr, bflag_ptr,
+    lse_ptr, max0_ptr, arg0_ptr, part_v_ptr, part_seg_ptr,
+    B, N, D, S, P,
     stride_xb, stride_xd, stride_bn, stride_bd,
     WANT_ARGMAX: tl.constexpr, IEEE_FP32: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, W: tl.constexpr,
+    HOT_BLOCK_N: tl.constexpr,
 ):
-    """Every segment (and segment 0's max and first argmax) of the row blocks the hot
-    kernel flagged, over all N columns, with per-segment maxima as references (exact
-    fp32, no shared-reference hazard). Unflagged row blocks exit at once."""
+    """Per row block, after the hot and segment-0 kernels: if a piece of the hot kernel
+    marked it, every segment (and segment 0's max and first argmax) over all N columns with
+    per-segment maxima as references (exact fp32, no shared-reference hazard); else, if
+    the stream-K schedule cut it (boundaries b of the hot kernel inside it), the segments
+    cut at those boundaries from their partial lse v_e, in column order (entries 2b, 2b + 1
+    of each boundary): lse = m + log Σ_e exp(v_e − m), m = max_e v_e. Other row blocks exit."""
     pid_b = tl.program_id(0)
     NEG_INF: tl.constexpr = float("-inf")
     r0 = pid_b * BLOCK_B
-    rows = r0 + tl.arange(0, BLOCK_B)
+    local = tl.arange(0, BLOCK_B)
+    rows = r0 + local
     row_ok = rows < B
     rows64 = rows.to(tl.int64)
-    c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     offs_n = tl.arange(0, BLOCK_N)
 
     end0 = tl.load(off_ptr + 1).to(tl.int32)
-    flagged = tl.load(flag_ptr + pid_b)
+    T = tl.cdiv(N - end0, HOT_BLOCK_N)          # the hot kernel's tiles per row block
+    U = tl.cdiv(B, BLOCK_B).to(tl.int64) * T
+    flagged = pid_b * 0
+    b_lo = pid_b * 0 + 1                         # the boundaries inside this row block
+    b_hi = pid_b * 0
+    if T > 0:
+        u_first = pid_b.to(tl.int64) * T
+        b_lo = (_owner(u_first, U, P) + 1).to(tl.int32)
+        b_hi = _owner(u_first + T - 1, U, P).to(tl.int32)
+        flagged = tl.load(flag_ptr + pid_b)
+        for bnd in range(b_lo, b_hi + 1):
+            flagged = flagged | tl.load(bflag_ptr + bnd)
+    if (flagged == 0) & (b_hi >= b_lo):
+        # Running (segment cur, its lse so far v); entries in column order: before b_lo, after
+        # b_lo, before b_lo + 1, … Each partial has its columns' terms, so the lse of their union
+        # is the log-sum-exp of the partials.
+        cur = pid_b * 0 - 1
+        v = tl.full([BLOCK_B], NEG_INF, tl.float32)
+        for e in range(2 * b_lo, 2 * b_hi + 2):
+            code = tl.load(part_seg_ptr + e)
+            if code != -1:
+                if (e % 2 == 1) & (code >= 0):   # after a boundary: the partial sits in lse
+                    seg = code
+                    v_e = tl.load(lse_ptr + rows64 * S + seg, mask=row_ok, other=NEG_INF)
+                else:
+                    seg = tl.where(code >= 0, code, -code - 2)
+                    v_e = tl.load(part_v_ptr + e * BLOCK_B + local, mask=row_ok, other=NEG_INF)
+                if seg != cur:
+                    if cur >= 0:
+                        tl.store(lse_ptr + rows64 * S + cur, v, mask=row_ok)
+                    v = v_e
+                else:
+                    mx = tl.maximum(v, v_e)
+                    mr = tl.where(mx == NEG_INF, 0.0, mx)
+                    v = mr + tl.log(tl.exp(v - mr) + tl.exp(v_e - mr))
+                cur = seg
+        if cur >= 0:
+            tl.store(lse_ptr + rows64 * S + cur, v, mask=row_ok)
+
+    c = tl.load(scale_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     col_hi = tl.where(flagged != 0, N, 0)
     s_c = pid_b * 0 - 1
     m_c = tl.full([BLOCK_B], NEG_INF, tl.float32)
@@ -656,9 +758,8 @@ def _sm90_segment_lse_exact_kernel(
         s_last = tl.load(colseg_ptr + n_end - 1)
         if n0 < end0:
             mx0, arg = _segment0_tile(acc, c, cols, col_ok, end0, mx0, arg, WANT_ARGMAX)
-        m_c, l_c = _exact_tile(acc, c, cseg, col_ok, s_first, s_last, s_c, m_c, l_c, mx0, n_end, 0,
-                               r0, off_ptr, lse_ptr, lse_ptr, lse_ptr, B, S,
-                               False, BLOCK_B, W)
+        m_c, l_c = _exact_tile(acc, c, cseg, col_ok, s_first, s_last, s_c, m_c, l_c, mx0, n_end,
+                               r0, off_ptr, lse_ptr, B, S, BLOCK_B, W)
         s_c = s_last
         if (end0 <= n_end) & (n0 < end0):
             tl.store(max0_ptr + rows, mx0 * 0.6931471805599453, mask=row_ok)
@@ -734,6 +835,29 @@ def sol_splits(B: int, N: int, S: int, sms: int, bb: int, bn: int, blocks_per_sm
                        max_splits=cap)
 
 
+def stream_k_programs(n_blocks: int, tiles_per_block: int, slots: int) -> int:
+    """The hot kernel's stream-K grid: one program per resident slot (``slots`` = blocks per SM
+    × SMs), at most one per unit (U = n_blocks · tiles_per_block), at least one. Each program
+    walks ⌊U/P⌋ or ⌈U/P⌉ tiles: the whole grid is one wave with no tail (a row-block grid of
+    512 programs on 264 slots at B = 65,536 runs a 248-program second wave)."""
+    return max(1, min(int(slots), int(n_blocks) * int(tiles_per_block)))
+
+
+def stream_k_owner(u: int, U: int, P: int) -> int:
+    """The program whose units [⌊qU/P⌋, ⌊(q+1)U/P⌋) hold unit u (the kernels' ``_owner``)."""
+    return ((u + 1) * P - 1) // U
+
+
+def sol_programs(B: int, N: int, S: int, end0: int, sms: int, bb: int, bn: int, blocks_per_sm: int) -> tuple[int, int]:
+    """``(programs, tiles per program)`` of the hot kernel as its launcher runs it (``bench/sol.py``):
+    T = ⌈(N − end0)/bn⌉ tiles per row block, U = ⌈B/bb⌉·T, P = :func:`stream_k_programs`, ⌈U/P⌉."""
+    U = triton.cdiv(B, bb) * triton.cdiv(max(N - end0, 0), bn)
+    if U == 0:
+        return 0, 0
+    P = stream_k_programs(triton.cdiv(B, bb), triton.cdiv(N - end0, bn), blocks_per_sm * sms)
+    return P, triton.cdiv(U, P)
+
+
 def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreting: bool, bb: int, bn: int,
                         blocks_per_sm: int = 2) -> int:
     """Column splits (1 = none): :func:`sol_splits` on this device's SM count."""
@@ -802,6 +926,7 @@ def segment_lse_triton_sm90(
     want_argmax: bool,
     *,
     num_splits: int | None = None,
+    num_programs: int | None = None,
     blocks: tuple[int, int, int] | None = None,
     use_tma: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -813,8 +938,10 @@ def segment_lse_triton_sm90(
     same device. Returns ``lse`` (B, S) fp32, ``max0`` (B,) fp32, ``argmax0`` (B,) int64
     when ``want_argmax`` else an empty (0,) int64 tensor.
 
-    ``num_splits`` forces the column splits (default: the portable launcher's heuristic
-    on CUDA, 1 in the interpreter); ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)`` overrides
+    ``num_programs`` forces the hot kernel's stream-K grid (default: two programs per SM on
+    the capped TMA path, one otherwise, at most one per tile: :func:`stream_k_programs`; one
+    per row block in the interpreter); ``num_splits`` forces the segment-0 kernel's column
+    splits (default: :func:`_segment0_splits`); ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)`` overrides
     the tile (tests); ``use_tma`` forces the operand path (default: TMA on CUDA when the
     layout allows it; never in the interpreter).
     """
@@ -848,18 +975,13 @@ def segment_lse_triton_sm90(
         use_tma = (not interpreting) and _tma_ok(x) and _tma_ok(bank) and _tensor_descriptor_cls() is not None
     # Two resident blocks per SM on the capped TMA path (128 registers), one otherwise.
     per_sm = 2 if (use_tma and CAP_REGISTERS) else 1
-    splits = (num_splits if num_splits is not None
-              else _choose_splits_sm90(B, N, S, device, interpreting, bb, bn, per_sm))
-    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
-        raise ValueError(f"num_splits must be an int >= 1, got {splits!r}")
-    chunk = triton.cdiv(triton.cdiv(N, splits), bn) * bn   # split bounds on tile bounds
-    splits = triton.cdiv(N, chunk)
-    split = splits > 1
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"num_splits must be an int >= 1, got {num_splits!r}")
 
     # Empty segments are never visited by the kernels: their −inf is pre-filled, and so is
     # everything when the layout is not known on the host. Without empty segments every entry
-    # of lse / max0 / argmax0 is written by a kernel (segments ≥ 1 by the hot kernel or the
-    # split merge, segment 0 by the segment-0 kernel or its merge, flagged row blocks again by
+    # of lse / max0 / argmax0 is written by a kernel (segments ≥ 1 by the hot kernel or, where
+    # stream-K pieces cut them, the exact kernel's merge, segment 0 by the segment-0 kernel or its merge, flagged row blocks again by
     # the exact kernel): no fill launch, no B·S·4 bytes of writes.
     if table.any_empty:
         lse = torch.full((B, S), float("-inf"), dtype=torch.float32, device=device)
@@ -870,15 +992,24 @@ def segment_lse_triton_sm90(
         max0 = torch.empty((B,), dtype=torch.float32, device=device)
         arg0 = torch.empty(B if want_argmax else 0, dtype=torch.int64, device=device)
     n_blocks = triton.cdiv(B, bb)
-    flag = torch.zeros(n_blocks, dtype=torch.int32, device=device)  # row blocks the exact kernel redoes
-    if split:
-        # Segment 0's slots are never written by the hot kernel: the merge reads them only when
-        # segment 0 has columns, and then the segment-0 kernel (launched after the merge, on the
-        # same stream) overwrites lse[:, 0] and max0 for every row — no fill needed.
-        ws_m = torch.empty(splits, S, B, dtype=torch.float32, device=device)
-        ws_l = torch.empty(splits, S, B, dtype=torch.float32, device=device)
-    else:
-        ws_m = ws_l = lse  # unused (SPLIT is a constexpr)
+    # Stream-K grid: P programs over the U = n_blocks · T hot tiles (T from end0 when the host
+    # knows it, else its bound ⌈N/bn⌉: programs past U get empty ranges and exit).
+    tiles = triton.cdiv(N - table.end0, bn) if table.end0 is not None else triton.cdiv(N, bn)
+    if n_blocks * triton.cdiv(N, bn) >= 2**31:
+        raise ValueError(f"x ({B} rows) and bank ({N} columns) make more than 2^31 tiles of {bb}x{bn}: split the batch")
+    if num_programs is None:
+        slots = n_blocks if interpreting else per_sm * _sm_count(_device_index(device))
+        num_programs = stream_k_programs(n_blocks, tiles, slots)
+    if isinstance(num_programs, bool) or not isinstance(num_programs, int) or num_programs < 1:
+        raise ValueError(f"num_programs must be an int >= 1, got {num_programs!r}")
+    P = num_programs
+    # Every slot the exact kernel reads is written by the hot kernel (flag[r] by the piece that
+    # leads row block r, bflag[b] and part_seg[2b], [2b+1] by the pieces meeting at boundary b
+    # when b falls inside a row block): no fill.
+    flag = torch.empty(n_blocks, dtype=torch.int32, device=device)
+    bflag = torch.empty(P + 1, dtype=torch.int32, device=device)
+    part_seg = torch.empty(2 * (P + 1), dtype=torch.int32, device=device)
+    part_v = torch.empty(2 * (P + 1), bb, dtype=torch.float32, device=device)
 
     if use_tma:
         TD = _tensor_descriptor_cls()
@@ -891,21 +1022,16 @@ def segment_lse_triton_sm90(
     # Both operand paths capped at 128 registers (0 spill per ptxas, Triton 3.6 and 3.8) → two
     # blocks per SM.
     extra = {"maxnreg": MAXNREG_TMA} if (CAP_REGISTERS and not interpreting) else {}
-    _sm90_segment_lse_fwd_kernel[(n_blocks, splits)](
-        x_arg, b_arg, colseg, offsets, row_scale, flag,
-        lse, ws_m, ws_l,
-        B, N, D, S, chunk,
+    _sm90_segment_lse_fwd_kernel[(P,)](
+        x_arg, b_arg, colseg, offsets, row_scale, flag, bflag,
+        lse, part_v, part_seg,
+        B, N, D, S, P,
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
-        USE_TMA=bool(use_tma), SPLIT=split, IEEE_FP32=x.dtype == torch.float32, INTERP=interpreting,
+        USE_TMA=bool(use_tma), IEEE_FP32=x.dtype == torch.float32, INTERP=interpreting,
         BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=bd, W=SEG_WINDOW, PAD_ONEHOT=ONEHOT_PAD,
         num_warps=warps, num_stages=stages, **extra,
     )
     mb = 32 if interpreting else 128
-    if split:
-        _segment_lse_merge_kernel[(S, triton.cdiv(B, mb))](
-            ws_m, ws_l, ws_m, offsets, lse, max0, max0, B, S, chunk,
-            WANT_ARGMAX=False, BLOCK=mb,
-        )
     # Segment 0 (after the merge, whose segment-0 outputs it overwrites), its tiles strided over
     # splits of its own when the row blocks alone leave SMs idle.
     splits0 = _segment0_splits(B, N, device, interpreting, bb, bn, num_splits, table.end0, per_sm)
@@ -936,12 +1062,12 @@ def segment_lse_triton_sm90(
     ebd = bd if interpreting else EXACT_CONFIG[2]
     ewarps, estages = (4, 1) if interpreting else (EXACT_CONFIG[3], EXACT_CONFIG[4])
     _sm90_segment_lse_exact_kernel[(n_blocks,)](
-        x, bank, colseg, offsets, row_scale, flag,
-        lse, max0, arg0 if want_argmax else max0,
-        B, N, D, S,
+        x, bank, colseg, offsets, row_scale, flag, bflag,
+        lse, max0, arg0 if want_argmax else max0, part_v, part_seg,
+        B, N, D, S, P,
         x.stride(0), x.stride(1), bank.stride(0), bank.stride(1),
         WANT_ARGMAX=bool(want_argmax), IEEE_FP32=x.dtype == torch.float32,
-        BLOCK_B=bb, BLOCK_N=ebn, BLOCK_D=ebd, W=SEG_WINDOW,
+        BLOCK_B=bb, BLOCK_N=ebn, BLOCK_D=ebd, W=SEG_WINDOW, HOT_BLOCK_N=bn,
         num_warps=ewarps, num_stages=estages,
     )
     return lse, max0, arg0
@@ -967,26 +1093,25 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
     specs = []
     bb, bn, bd, warps, stages = CUDA_CONFIG
     for tma in (True, False):
-        for split in (False, True):
-            sig = {
-                "x_ptr": f"tensordesc<{tn}[{bb},{bd}]>" if tma else el,
-                "bank_ptr": f"tensordesc<{tn}[{bn},{bd}]>" if tma else el,
-                "colseg_ptr": "*i32", "off_ptr": "*i64", "scale_ptr": "*fp32", "flag_ptr": "*i32",
-                "lse_ptr": "*fp32", "ws_m_ptr": "*fp32", "ws_l_ptr": "*fp32",
-                "B": "i32", "N": "i32", "D": "i32", "S": "i32", "chunk": "i32",
-                "stride_xb": "i32", "stride_bn": "i32",
-            }
-            aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
-            aligned += ("D", "chunk", "stride_xb", "stride_bn")
-            tag = f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}{' split' if split else ''}"
-            specs.append(AotSpec(
-                name=f"segment_lse_sm90_fwd[{tag}]", fn=_sm90_segment_lse_fwd_kernel, signature=sig,
-                constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "SPLIT": split, "IEEE_FP32": False,
-                            "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW,
-                            "PAD_ONEHOT": ONEHOT_PAD},
-                num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
-                extra_options={"maxnreg": MAXNREG_TMA} if CAP_REGISTERS else {},
-            ))
+        sig = {
+            "x_ptr": f"tensordesc<{tn}[{bb},{bd}]>" if tma else el,
+            "bank_ptr": f"tensordesc<{tn}[{bn},{bd}]>" if tma else el,
+            "colseg_ptr": "*i32", "off_ptr": "*i64", "scale_ptr": "*fp32", "flag_ptr": "*i32", "bflag_ptr": "*i32",
+            "lse_ptr": "*fp32", "part_v_ptr": "*fp32", "part_seg_ptr": "*i32",
+            "B": "i32", "N": "i32", "D": "i32", "S": "i32", "P": "i32",
+            "stride_xb": "i32", "stride_bn": "i32",
+        }
+        aligned = tuple(k for k in sig if k.endswith("_ptr") and not sig[k].startswith("tensordesc"))
+        aligned += ("D", "stride_xb", "stride_bn")
+        tag = f"{bb}x{bn}x{bd} w{warps} s{stages}{' tma' if tma else ' ptr'}"
+        specs.append(AotSpec(
+            name=f"segment_lse_sm90_fwd[{tag}]", fn=_sm90_segment_lse_fwd_kernel, signature=sig,
+            constexprs={"stride_xd": 1, "stride_bd": 1, "USE_TMA": tma, "IEEE_FP32": False,
+                        "INTERP": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW,
+                        "PAD_ONEHOT": ONEHOT_PAD},
+            num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
+            extra_options={"maxnreg": MAXNREG_TMA} if CAP_REGISTERS else {},
+        ))
         for argmax in (False, True):
             for split in (False, True):
                 sig = {
@@ -1014,15 +1139,17 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
     for argmax in (False, True):
         sig = {
             "x_ptr": el, "bank_ptr": el, "colseg_ptr": "*i32", "off_ptr": "*i64", "scale_ptr": "*fp32",
-            "flag_ptr": "*i32", "lse_ptr": "*fp32", "max0_ptr": "*fp32", "arg0_ptr": "*i64" if argmax else "*fp32",
-            "B": "i32", "N": "i32", "D": "i32", "S": "i32", "stride_xb": "i32", "stride_bn": "i32",
+            "flag_ptr": "*i32", "bflag_ptr": "*i32", "lse_ptr": "*fp32", "max0_ptr": "*fp32",
+            "arg0_ptr": "*i64" if argmax else "*fp32", "part_v_ptr": "*fp32", "part_seg_ptr": "*i32", "B": "i32", "N": "i32", "D": "i32", "S": "i32", "P": "i32",
+            "stride_xb": "i32", "stride_bn": "i32",
         }
         aligned = tuple(k for k in sig if k.endswith("_ptr")) + ("D", "stride_xb", "stride_bn")
         specs.append(AotSpec(
             name=f"segment_lse_sm90_exact[{bb}x{bn}x{bd} w{warps} s{stages}{' argmax' if argmax else ''}]",
             fn=_sm90_segment_lse_exact_kernel, signature=sig,
             constexprs={"stride_xd": 1, "stride_bd": 1, "WANT_ARGMAX": argmax, "IEEE_FP32": False,
-                        "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW},
+                        "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_D": bd, "W": SEG_WINDOW,
+                        "HOT_BLOCK_N": CUDA_CONFIG[1]},
             num_warps=warps, num_stages=stages, aligned=aligned, intended_mma="wgmma",
         ))
     for argmax in (False, True):  # segment 0's split merge (launched with Triton's defaults)
@@ -1048,7 +1175,7 @@ def aot_specs(arch: int, dtype: torch.dtype, *, full: bool) -> list:
 SOL_KERNELS = {
     "segment_lse_sm90_fwd": {"chains": 1, "refill": True, "a_resident": False, "columns": "after_segment0",
                              "extra_mma_flops": WARP_ORGANISATION["per_tile_extra_mma_flops"],
-                             "split_rows": CUDA_CONFIG[0]},
+                             "programs": "sol_programs"},
     "segment_lse_sm90_seg0": {"chains": 1, "refill": True, "a_resident": False, "columns": "segment0",
                               "split_rows": CUDA_CONFIG[0], "split_on_end0": True},
     "segment_lse_sm90_exact": {"chains": 1, "refill": True, "a_resident": False, "columns": "flagged"},
