@@ -171,28 +171,62 @@ def test_waves_time_and_torch_compile_by_hand():
                         gemm + 2 * B * N / (0.9 * 4.8e12) + 10e-6)
 
 
+SM90 = "fastood.ops._triton_segment_lse_sm90"
+SM90_MODELLED = {"_sm90_segment_lse_fwd_kernel", "_sm90_segment0_kernel", "_sm90_segment_lse_exact_kernel"}
+
+
 @pytest.mark.parametrize("splits", [1, 3])
 def test_launcher_work_counts_what_the_sm90_launcher_enqueues(splits):
-    # The Hopper launcher at a small shape, kernels stubbed: its three kernels (+ the two merge
-    # kernels when split), and the fills whose sizes are known by hand: lse = −inf (B·S fp32),
-    # max0 = −inf (B fp32), the row-block flags (⌈B/128⌉ int32).
-    B, N, D, G = 300, 1000, 64, 4
-    S = G + 1
-    w = sol.launcher_work("fastood.ops._triton_segment_lse_sm90", B, N, D, G, blocks=(128, 128, 64), splits=splits)
+    # The Hopper launcher at a small shape, kernels stubbed. N = 1,400, G = 4: segment 0 =
+    # 1,400 − ⌊400/4⌋·4 = 1,000 columns, then 4 segments of 100. The hot kernel runs stream-K on a
+    # 1-D grid: ⌈300/128⌉ = 3 row blocks × ⌈400/128⌉ = 4 tiles = 12 units < 132 SMs → 12 programs.
+    # The segment-0 kernel on (3 row blocks, `splits` forced) (+ its merge when split), the exact
+    # kernel on the 3 row blocks. No split merge of the hot kernel and nothing else: no flag fill
+    # (zeros) and no −inf fill (no segment is empty).
+    B, N, D, G = 300, 1400, 64, 4
+    w = sol.launcher_work(SM90, B, N, D, G, blocks=(128, 128, 64), splits=splits)
     names = [n for n, _, _ in w.triton]
-    expected = {"_sm90_segment_lse_fwd_kernel", "_sm90_segment0_kernel", "_sm90_segment_lse_exact_kernel"}
-    assert expected <= set(names)
-    assert ("_segment_lse_merge_kernel" in names) == (splits > 1)
+    assert sorted(names) == sorted(SM90_MODELLED | ({"_sm90_segment0_merge_kernel"} if splits > 1 else set()))
     grids = {n: g for n, g, _ in w.triton}
-    assert grids["_sm90_segment_lse_fwd_kernel"] == (math.ceil(B / 128), splits)
-    fills = [b for n, b in w.other if n == "full"]
-    assert B * S * 4 in fills and B * 4 in fills
-    assert ("zeros", math.ceil(B / 128) * 4) in w.other
+    assert grids["_sm90_segment_lse_fwd_kernel"] == (12,)
+    assert grids["_sm90_segment0_kernel"] == (3, splits)
+    assert grids["_sm90_segment_lse_exact_kernel"] == (3,)
+    assert w.other == []
     # Costing: one launch each plus bytes at 90 % of HBM; the modelled kernels cost nothing here.
-    expect = sum(5e-6 + b / (0.9 * 3.35e12) for n, g, b in w.triton if n not in expected) + \
-        sum(5e-6 + b / (0.9 * 3.35e12) for _, b in w.other)
-    assert w.seconds(H100, expected) == pytest.approx(expect)
-    assert w.seconds(H100, expected) >= 5e-6 * (len(w.other) + (2 if splits > 1 else 0))
+    expect = sum(5e-6 + b / (0.9 * 3.35e12) for n, g, b in w.triton if n not in SM90_MODELLED)
+    assert w.seconds(H100, SM90_MODELLED) == pytest.approx(expect)
+    assert w.seconds(H100, SM90_MODELLED) >= 5e-6 * (1 if splits > 1 else 0)
+
+
+def test_launcher_work_counts_the_sm90_fills_of_empty_segments():
+    # N = 1,000, G = 4: segment 0 holds every column, segments 1..4 are empty: the launcher pre-fills
+    # lse = −inf (B·S fp32) and max0 = −inf (B fp32); argmax0 is not wanted (0 elements: no launch).
+    B, N, D, G = 300, 1000, 64, 4
+    w = sol.launcher_work(SM90, B, N, D, G, blocks=(128, 128, 64), splits=1)
+    assert sorted(b for n, b in w.other) == sorted([B * (G + 1) * 4, B * 4])
+    assert {n for n, _ in w.other} == {"full"}
+    assert "_segment_lse_merge_kernel" not in [n for n, _, _ in w.triton]
+    assert w.seconds(H100, SM90_MODELLED) == pytest.approx(
+        sum(5e-6 + b / (0.9 * 3.35e12) for _, b in w.other))
+
+
+def test_sm90_stream_k_rule_is_what_its_launcher_runs():
+    # The model's rule for the Hopper hot kernel, by hand, and the grid its launcher enqueues.
+    from fastood.ops import _triton_segment_lse_sm90 as m
+
+    assert m.SOL_KERNELS["segment_lse_sm90_fwd"]["programs"] == "sol_programs"
+    # Headline: 512 row blocks × ⌈10,400/128⌉ = 82 tiles = 41,984 units on 2·132 = 264 slots, ⌈41,984/264⌉ = 160.
+    assert m.sol_programs(65536, 11400, 101, 1000, 132, 128, 128, 2) == (264, 160)
+    # 3 × 4 = 12 units < 264: one per program; no unit at all: (0, 0).
+    assert m.sol_programs(300, 1400, 5, 1000, 132, 128, 128, 2) == (12, 1)
+    assert m.sol_programs(65536, 1000, 101, 1000, 132, 128, 128, 2) == (0, 0)
+    # The launcher (as on a 132-SM GPU) runs the same rule: 2 resident blocks on the register-capped
+    # path (128 registers), else 1 → 264 or 132 programs, each ⌈41,984/P⌉ tiles.
+    k = 2 if m.CAP_REGISTERS else 1
+    w = sol.launcher_work(SM90, 65536, 11400, 64, 100, blocks=(128, 128, 64))
+    grids = {n: g for n, g, _ in w.triton}
+    assert grids["_sm90_segment_lse_fwd_kernel"] == (k * 132,)
+    assert m.sol_programs(65536, 11400, 101, 1000, 132, 128, 128, k)[0] == k * 132
 
 
 def test_classify():
