@@ -17,17 +17,19 @@ pass (select, max, argmax, subtract, exp2, sum: ≈ 14 instructions per element 
 segment ≈ 3,600 clk), serialised after the MMA in the same warps, and its nested
 (column, D) loops refill the load pipeline on every tile.
 
-Three kernels (one launch each; plus the portable module's merge kernel for split-N):
+Three kernels (one launch each; plus segment 0's merge kernel when segment 0 is split):
 
-* **hot** ``_sm90_segment_lse_fwd_kernel`` — segments 1..S-1, the fast path only;
+* **hot** ``_sm90_segment_lse_fwd_kernel`` — segments 1..S-1 over columns [end0, N), the
+  fast path only, on a stream-K grid (7.);
 * **segment 0** ``_sm90_segment0_kernel`` — lse, max and first argmax of segment 0 over
-  columns [0, end0) with its exact running max (⌈end0/BLOCK_N⌉ tiles per row block: 8 of
-  90 at the headline shape; the hot kernel skips all of them but the boundary tile). When
+  columns [0, end0) with its exact running max (⌈end0/BLOCK_N⌉ tiles per row block: 8 at
+  the headline shape, next to the hot kernel's ⌈(N − end0)/BLOCK_N⌉ = 82). When
   the row blocks do not fill the GPU its tiles are strided over splits of their own
   (``_segment0_splits``, sized without reading end0 on the host) and
   ``_sm90_segment0_merge_kernel`` combines them;
 * **exact** ``_sm90_segment_lse_exact_kernel`` — redoes, with per-segment maxima, the row
-  blocks the hot kernel flagged; every other row block exits at once.
+  blocks the hot kernel flagged; merges the segments that the stream-K grid cut in the
+  others (a few rows blocks, a few entries each); every other row block exits at once.
 
 The hot kernel, per 128×128 tile:
 
@@ -62,6 +64,20 @@ The hot kernel, per 128×128 tile:
    (the merge kernel's 1e-30 clamp never bites).
 6. **Empty segments** are never visited: ``lse`` / ``max0`` are pre-filled with -inf
    (B·S·4 bytes, ≈ 10 µs at B = 65,536), ``colseg`` names non-empty segments only.
+7. **Stream-K grid** (one wave, no tail): a grid of one program per row block puts 512
+   programs of 82 tiles on 2 × 132 slots at B = 65,536 — a second wave of 248, the SMs'
+   last 3 % idle or half-occupied. Instead the units (row block r, tile t), u = r·T + t,
+   are cut into P = min(2·SMs, U) contiguous ranges [⌊qU/P⌋, ⌊(q+1)U/P⌋): 264 programs of
+   159–160 tiles, one wave. A range crosses row blocks (a new *piece*: reload the row
+   scale, reset the open segment) and may start or stop inside one (a *boundary*): a
+   segment cut there is written as a partial — its lse over the piece's columns, in
+   ``lse`` when it ends inside the piece, else in ``part_v`` — and the exact kernel (which
+   runs anyway) merges the partials of each cut segment in column order. The loop carries
+   only (r, t) and the open segment; the boundary records are written after it (stores in
+   the loop cost ~19 registers, ptxas), the marks by each piece (cleared when it starts):
+   nothing is pre-filled, no split-merge launch. Small batches get the same rule (B =
+   4,096: 2,624 units → 264 ranges of ≤ 10 tiles, where column splits gave 256 programs of
+   11).
 
 Registers and residency (ptxas for sm_90a, no GPU, fp16 and bf16, split or not): the hot
 kernel compiles under ``maxnreg=128`` to 127–128 registers with Triton 3.8 and 125–127 with
@@ -85,17 +101,20 @@ multicast) fails in its PlanCTA pass, and FA3's in-block ping-pong is not expres
 Triton: two resident blocks are the overlap.
 
 Count of the hot tile (bench/sol.py's model_config on the SASS, TMA path, fp16, commit
-0f07050): Triton 3.8 MMA 4,224 clk (incl. the one-hot), issue 3,540 clk, MUFU 1,088,
-L2 → SM (128 + 128)·512·2 B at 48 B/clk = 5,461 clk, serial chain 8,364 clk per block;
-Triton 3.6 MMA 4,352 (16-wide one-hot), issue 3,682, chain 8,634. With two blocks ≤ 4,317
-per tile, so the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor peak** on both
-(3.6 uncapped before: one block, chain-bound at 8,835 clk, hot kernel 1.608 ms). At
-B = 65,536, N = 11,400, D = 512, G = 100 the model predicts 0.996 ms (hot, 83 tiles per
-row block) + 0.100 ms (segment 0, 8 tiles) + 0.079 ms of launcher work (the exact
-kernel's launch, nothing flagged; the -inf fills, ``colseg``, the flags) = 1.175 ms: 66 %
-of the dense fp16 peak, **1.37× the modelled torch.compile path (1.610 ms) — the 1.5×
-target is not met**. What would meet it, and why it is not here (checked with Triton
-3.8, no GPU):
+2d761cb): Triton 3.8 MMA 4,224 clk (incl. the one-hot), issue 3,627 clk, MUFU 1,088,
+L2 → SM (128 + 128)·512·2 B at 48 B/clk = 5,461 clk, serial chain 8,451 clk per block
+(Triton 3.6: MMA 4,352 with the 16-wide one-hot, issue 3,778, chain 8,730). With two
+blocks ≤ 4,365 per tile, so the tile is **L2-bound at 5,461 clk ≈ 75 % of the tensor
+peak** on both, and both predict the same times below. At B = 65,536, N = 11,400, D = 512, G = 100 the model
+predicts 0.960 ms (hot: 264 programs of ≤ 160 tiles, one wave) + 0.100 ms (segment 0,
+8 tiles per row block) + 0.005 ms (the exact kernel's launch, nothing flagged) = 1.065 ms:
+73 % of the dense fp16 peak, **1.51× the modelled torch.compile path (1.610 ms)** — the
+1.5× target met on paper by 1 %, inside the model's own error (its L2 bandwidth, launch
+cost and clock are assumptions until ``tools/gpu_check.sh`` measures them). The row-block
+grid it replaces predicted 0.996 + 0.100 + 0.010 (the flag fill and the exact launch) =
+1.106 ms, 1.46×. The floor of this tile at this shape is 90 tiles per row block spread
+evenly, 1.042 ms + launches. What would go further, and why it is not here (checked
+with Triton 3.8, no GPU):
 
 * Keeping X (128 rows × D) resident in shared memory: only the bank streams, L2 → SM
   2,731 clk < MMA 4,224. But X alone is 128 KB at D = 512: one block per SM, so the
