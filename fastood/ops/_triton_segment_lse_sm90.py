@@ -820,11 +820,12 @@ def sm90_supported(x: Tensor) -> bool:
 
 # Below this many rows the portable kernel is taken. bench/sol.py (H100, fp16, N = 11,400,
 # D = 512, G = 100, every launch and fill of both launchers counted at 5 µs a launch, layout
-# tables cached): portable vs this sequence B = 768 0.038 vs 0.062 ms, 1,024 0.061 vs 0.065,
-# 1,536 0.057 vs 0.076, 2,048 0.093 vs 0.083, 4,096 0.154 vs 0.116. The crossover it predicts
-# (1,536–2,048) rests on its least certain number, the cost of the sequence's four extra
-# launches; the threshold stays at 1,024 (also the C++ dispatch's, cuda_path.h) until a GPU
-# measures both (tools/gpu_check.sh: `bench sol --device cuda`).
+# tables cached, commit 2d761cb's stream-K grid): portable vs this sequence B = 512 0.030 vs
+# 0.036 ms, 768 0.038 vs 0.036, 1,024 0.061 vs 0.042, 1,536 0.057 vs 0.048, 2,048 0.093 vs
+# 0.054, 4,096 0.154 vs 0.086. The crossover it predicts (512–768) rests on its least certain
+# number, the cost of a launch; the threshold stays at 1,024 (also the C++ dispatch's,
+# cuda_path.h), where the model has this sequence 1.45× ahead, until a GPU measures both
+# (tools/gpu_check.sh: `bench sol --device cuda`).
 SM90_MIN_ROWS = 1024
 
 
