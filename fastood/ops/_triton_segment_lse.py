@@ -417,7 +417,8 @@ def segment_lse_triton(
     ``want_argmax``, else an empty ``(0,)`` int64 tensor.
 
     ``num_splits`` forces the number of column splits (1 = single pass; default: a
-    heuristic on CUDA, 1 in the interpreter). ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)``
+    heuristic on CUDA, 1 in the interpreter); on the Hopper kernel it forces the segment-0
+    kernel's splits only (its hot kernel runs a stream-K grid). ``blocks = (BLOCK_B, BLOCK_N, BLOCK_D)``
     fixes the tile sizes instead of autotuning (tests). In the interpreter (CPU tensors
     or ``TRITON_INTERPRET=1``) bf16 is computed from an fp32 copy (no bf16 ``tl.dot``).
     Operands whose D, strides or base are not 16-aligned are copied to an aligned,
