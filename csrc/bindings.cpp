@@ -283,13 +283,13 @@ py::object cuda_sm90_request(const std::string& dtype, int64_t B, int64_t N, int
   require(max_bytes >= 0, "max_bytes must be >= 0");
   fc::Sm90Request r;
   if (!fc::sm90_request(parse_dtype(dtype), B, N, S, sm_count, num_splits, max_bytes, &r)) return py::none();
-  return py::make_tuple(r.splits, r.splits0, r.workspace_bytes);
+  return py::make_tuple(r.programs, r.splits0, r.workspace_bytes);
 }
 
 std::string segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx, uintptr_t bank, int64_t ldb,
                              int64_t B, int64_t N, int64_t D, uintptr_t offsets, int64_t S, uintptr_t row_scale,
                              uintptr_t lse, uintptr_t max0, uintptr_t argmax0, int64_t splits, int64_t chunk,
-                             uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream, int64_t sm90_splits,
+                             uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream, int64_t sm90_programs,
                              int64_t sm90_splits0) {
   fc::SegmentLseArgs a;
   a.dtype = parse_dtype(dtype);
@@ -315,8 +315,8 @@ std::string segment_lse_cuda(const std::string& dtype, uintptr_t x, int64_t ldx,
   a.workspace_bytes = workspace_bytes;
   a.plan.workspace_bytes = workspace_bytes;
   a.stream = as_ptr<void>(stream);
-  require(sm90_splits >= 0 && sm90_splits0 >= 0, "segment_lse_cuda: sm90_splits and sm90_splits0 must be >= 0");
-  a.sm90_splits = sm90_splits;
+  require(sm90_programs >= 0 && sm90_splits0 >= 0, "segment_lse_cuda: sm90_programs and sm90_splits0 must be >= 0");
+  a.sm90_programs = sm90_programs;
   a.sm90_splits0 = sm90_splits0;
   std::string err, path;
   a.path = &path;
@@ -401,20 +401,21 @@ void register_cuda(py::module_& m) {
         py::arg("ldb"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("offsets"), py::arg("S"),
         py::arg("row_scale"), py::arg("lse"), py::arg("max0"), py::arg("argmax0"), py::arg("splits"),
         py::arg("chunk"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
-        py::arg("sm90_splits") = 0, py::arg("sm90_splits0") = 0,
+        py::arg("sm90_programs") = 0, py::arg("sm90_splits0") = 0,
         R"doc(Enqueue the segmented-LSE kernel(s) on `stream` (a cudaStream_t as int); returns the path
 that ran ("sm90 tma", "sm90 ptr: ...", "aot (...)", "cuda (...)"; FASTOOD_CUDA_PATH forces one).
 
 All pointers are device addresses as ints (0 = None for argmax0 / workspace); x (B, D) and
 bank (N, D) have unit stride along D and row strides ldx / ldb (elements); offsets (S+1,)
 int64 (validated by the caller); row_scale (B,) f32; lse (B, S) f32 row-major; max0 (B,) f32;
-argmax0 (B,) int64. (splits, chunk, workspace_bytes) from cuda_plan_splits, (sm90_splits,
+argmax0 (B,) int64. (splits, chunk, workspace_bytes) from cuda_plan_splits, (sm90_programs,
 sm90_splits0) from cuda_sm90_request; the workspace must hold the larger of the two byte counts
 and be 256-byte aligned. Asynchronous: errors of the launch itself raise RuntimeError.)doc");
   m.def("cuda_sm90_request", &cuda_sm90_request, py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("S"),
         py::arg("sm_count"), py::arg("num_splits") = 0, py::arg("max_bytes") = 2 * fc::kDefaultSplitWorkspaceBytes,
-        "(splits, splits0, workspace_bytes) of the Hopper AOT sequence for this problem on the current device "
-        "(num_splits > 0 forces both; partials fitted to max_bytes), or None when this build embeds no sm90 "
+        "(programs, splits0, workspace_bytes) of the Hopper AOT sequence for this problem on the current device "
+        "(the hot kernel's stream-K programs and segment 0's splits; num_splits > 0 forces splits0; partials "
+        "fitted to max_bytes), or None when this build embeds no sm90 "
         "kernel set for the device and dtype.");
   m.def("cuda_sm90_workspace_bound", &fc::sm90_workspace_bound, py::arg("B"), py::arg("N"), py::arg("S"),
         py::arg("max_partials_bytes"),

@@ -12,8 +12,11 @@ will run. Checked without a GPU:
   the path taken for compute capability 8.0 / 9.0, dtypes, aligned / unaligned operands and
   batch sizes; a workspace one byte short is an error, not another path; the head's
   workspace holds the sm90 sequence's layout (computed here from its documented formula) over
-  a grid of (B, N, S) with split and non-split plans; and the head run through the whole sm90
-  sequence equals the float64 NegLabel / MCM scores.
+  a grid of (B, N, S) with the launcher's stream-K grids and segment-0 splits; the stream-K
+  schedule end to end (forced grids whose pieces cut segments, more programs than units, a
+  piece marked inside its row block) equals float64, through the launcher's own buffers; and
+  the head run through the whole sm90 sequence equals the float64 NegLabel / MCM scores;
+* the C++ stream-K arithmetic (split_plan.h) against the Python launcher's.
 
 What stays unverified here: the real cubins on a GPU (tests/test_triton_aot_tma.py, gpu marker).
 """
@@ -153,8 +156,8 @@ def _run(exe: Path, mode: str, work: Path, env: dict) -> None:
         cuda_emulator._run([exe, mode], work)
 
 
-def _segment_lse(exe, work: Path, x, bank, offsets, env: dict, extra: dict | None = None):
-    """segment_lse on the emulator: (lse, max0, argmax0, path)."""
+def _segment_lse(exe, work: Path, x, bank, offsets, env: dict, extra: dict | None = None, scale: float = 100.0):
+    """segment_lse on the emulator: (lse, max0, argmax0, row_scale, path); row_scale = scale / ||x||."""
     work.mkdir(parents=True, exist_ok=True)
     (xb, x_lead, ldx), (bb, b_lead, ldb) = cuda_emulator._operand_bytes(x), cuda_emulator._operand_bytes(bank)
     (work / "x.bin").write_bytes(xb)
@@ -162,7 +165,7 @@ def _segment_lse(exe, work: Path, x, bank, offsets, env: dict, extra: dict | Non
     off = torch.as_tensor(offsets, dtype=torch.int64)
     (work / "offsets.bin").write_bytes(off.numpy().tobytes())
     B, D = x.shape
-    rs = torch.full((B,), 100.0) / x.float().norm(dim=1)
+    rs = torch.full((B,), scale) / x.float().norm(dim=1)
     (work / "row_scale.bin").write_bytes(rs.numpy().tobytes())
     S = off.numel() - 1
     args = dict(dtype=cuda_emulator._DTYPE_NAMES[x.dtype], B=B, N=bank.shape[0], D=D, S=S, ldx=ldx, ldb=ldb,
@@ -244,35 +247,129 @@ def test_too_small_workspace_is_an_error_not_another_path(exe, tmp_path):
         _segment_lse(exe, tmp_path / "b", x, bank, OFFSETS, _env(90), extra={"ws_sm90_minus": 1})
 
 
+# ----------------------------------------------------------------- the stream-K schedule
+_SK_PROBE = r"""
+#include <iostream>
+#include "cuda/split_plan.h"
+int main() {
+  long long a, b, c;
+  char kind;
+  while (std::cin >> kind >> a >> b >> c)
+    std::cout << (kind == 'p' ? fastood::cuda::stream_k_programs(a, b, c) : fastood::cuda::stream_k_owner(a, b, c))
+              << "\n";
+}
+"""
+
+
+def test_stream_k_arithmetic_is_the_python_launchers(tmp_path):
+    """split_plan.h's stream_k_programs / stream_k_owner against the Python launcher's on a grid
+    (row blocks × tiles × slots, and every unit of several (U, P)); the owner is also checked
+    against its definition: the program q with ⌊qU/P⌋ <= u < ⌊(q+1)U/P⌋."""
+    pytest.importorskip("triton")
+    from fastood.ops._triton_segment_lse_sm90 import stream_k_owner, stream_k_programs
+
+    (tmp_path / "p.cpp").write_text(_SK_PROBE)
+    proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-I", str(ROOT / "csrc"), str(tmp_path / "p.cpp"),
+                           "-o", str(tmp_path / "p")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cases = [("p", nb, t, slots) for nb in (1, 3, 9, 512) for t in (0, 1, 7, 90) for slots in (0, 1, 132, 264, 10**6)]
+    for U, P in [(24, 5), (24, 7), (24, 24), (24, 40), (46_080, 264), (7, 1)]:
+        cases += [("o", u, U, P) for u in range(U)] if U < 100 else [("o", u, U, P) for u in range(0, U, 97)]
+    out = subprocess.run([str(tmp_path / "p")], input="".join(f"{k} {a} {b} {c}\n" for k, a, b, c in cases),
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    assert len(out) == len(cases)
+    for (k, a, b, c), got in zip(cases, map(int, out)):
+        if k == "p":
+            assert got == stream_k_programs(a, b, c), (a, b, c)
+        else:
+            assert got == stream_k_owner(a, b, c) and got * b // c <= a < (got + 1) * b // c, (a, b, c)
+
+
+# Segment 0 = [0, 100): T = ⌈900/128⌉ = 8 hot tiles per row block, 3 row blocks (260 rows), U = 24.
+SK_OFFSETS = [0, 100, 600, 600, 700, 1000]           # long segments (cut by pieces), one empty
+SK_DENSE = [0, 100, 600, 601, 602, 603, 604, 605, 606, 607, 608, 609, 700, 1000]  # a tile with 11 segments
+
+
+@pytest.mark.parametrize("offsets,programs,expect", [
+    (SK_OFFSETS, 5, "merge"),     # pieces of 4–5 units: boundaries inside row blocks cut segments
+    (SK_OFFSETS, 7, "merge"),
+    (SK_OFFSETS, 1, None),        # one program walks every row block: no boundary inside one
+    (SK_OFFSETS, 40, "merge"),    # P > U: 16 empty programs among one-unit ones
+    (SK_DENSE, 5, "mark bflag"),  # the 11-segment tile marks pieces, some starting inside a row block
+])
+def test_stream_k_schedule_end_to_end_matches_float64(exe, tmp_path, offsets, programs, expect):
+    """segment_lse on the sm90 path with the hot kernel's grid forced to P programs: the
+    launcher's buffers (flag, bflag, part_seg, part_v in its workspace, which starts as all-ones
+    bytes: NaN / −1) carry the pieces' partials and marks from the hot model to the exact
+    model, whose merges / recomputations give every lse, max0 and argmax0 of float64 (−inf for
+    the empty segment). Fails if the sequence drops or mis-sizes a buffer or argument of the
+    protocol (the stand-in images take exactly the Triton signatures' parameters), passes
+    another P to the exact kernel than the hot kernel's grid, or still launches a split merge."""
+    B, N, D = 260, offsets[-1], 64
+    x, bank = _problem(B, N, D, torch.float16, seed=17)
+    log = tmp_path / "launches.txt"
+    # scale 10: every row's logits spread < 96 (log2) per tile, so only the dense tile marks.
+    lse, max0, arg, rs, path = _segment_lse(exe, tmp_path / "run", x, bank, offsets, _env(90, "sm90", log=log),
+                                            extra={"programs": programs}, scale=10.0)
+    assert path.startswith("sm90 tma"), path
+    launches = log.read_text()
+    assert f"launch hot tma {programs} 1 1" in launches, launches
+    assert "launch merge" not in launches
+    lines = launches.splitlines()
+    if expect is not None:
+        assert any(line.startswith(expect) for line in lines), launches
+    # The exact kernel's work per row block, from the Python launcher's owner rule: a row block
+    # with a boundary inside it is merged, recomputed when marked (only the dense tile marks).
+    from fastood.ops._triton_segment_lse_sm90 import stream_k_owner
+
+    T, nb = -(-(N - offsets[1]) // 128), -(-B // 128)
+    inner = {rb: (stream_k_owner(rb * T, nb * T, programs) + 1, stream_k_owner(rb * T + T - 1, nb * T, programs))
+             for rb in range(nb)}
+    marked = set(range(nb)) if offsets is SK_DENSE else set()
+    assert {int(line.split()[1]) for line in lines if line.startswith("recompute")} == marked
+    want = {f"merge {rb} {lo} {hi}" for rb, (lo, hi) in inner.items() if hi >= lo and rb not in marked}
+    assert {line for line in lines if line.startswith("merge")} == want
+    L, ref, ref_max = _reference(x, bank, offsets, rs)
+    fin = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(lse), fin), "an lse entry unwritten (NaN) or wrongly infinite"
+    assert (lse.double() - ref)[fin].abs().max().item() <= 1e-4
+    assert (max0.double() - ref_max).abs().max().item() <= 1e-4
+    assert torch.equal(arg, L[:, : offsets[1]].argmax(1))
+
+
+def test_stream_k_workspace_too_small_for_the_forced_grid_is_an_error(exe, tmp_path):
+    """The boundary slots grow with P: a workspace sized for the request but one byte short of
+    the forced grid's layout is refused, not run out of bounds."""
+    x, bank = _problem(260, SK_OFFSETS[-1], 64, torch.float16)
+    with pytest.raises(cuda_emulator.EmulatorError, match="too small for the sm90 kernels"):
+        _segment_lse(exe, tmp_path, x, bank, SK_OFFSETS, _env(90, "sm90"), extra={"programs": 40, "ws_sm90_minus": 1})
+
+
 # ------------------------------------------------------------------------------ workspace
 def _align(v: int) -> int:
     return -(-v // 256) * 256
 
 
-def sm90_layout_total(splits: int, splits0: int, S: int, B: int, N: int, block_b: int = 128) -> int:
+def sm90_layout_total(programs: int, splits0: int, B: int, N: int, block_b: int = 128) -> int:
     """The sm90 sequence's workspace as segment_lse_aot.h documents it: colseg (N int32), the
-    row-block flags (⌈B/block_b⌉ int32); with splits > 1 partial m, l (splits, S, B) fp32;
-    with splits0 > 1 segment 0's m, l (splits0, B) fp32 and argmax (splits0, B) int32."""
+    row-block flags (⌈B/block_b⌉ int32), the hot kernel's boundary slots for P + 1 boundaries —
+    bflag (P + 1 int32), part_seg (2(P + 1) int32), part_v (2(P + 1) × block_b fp32) —; with
+    splits0 > 1 segment 0's m, l (splits0, B) fp32 and argmax (splits0, B) int32."""
     total = _align(4 * N) + _align(4 * -(-B // block_b))
-    if splits > 1:
-        total += 2 * _align(4 * splits * S * B)
+    total += _align(4 * (programs + 1)) + _align(8 * (programs + 1)) + _align(8 * (programs + 1) * block_b)
     if splits0 > 1:
         total += 3 * _align(4 * splits0 * B)
     return total
 
 
-def launcher_splits(B: int, cols: int, S: int, sms: int, bb: int = 128, bn: int = 128) -> int:
-    """The Python launcher's split rule (fastood/ops/_triton_segment_lse_sm90.py, sol_splits:
-    the wave-aware rule on its TMA path, two resident blocks per SM)."""
+def launcher_plan(B: int, cols: int, sms: int, bb: int = 128, bn: int = 128) -> tuple[int, int]:
+    """The Python launcher's (stream-K programs, segment-0 splits) on its TMA path (two
+    resident blocks per SM) with end0 on the device (fastood/ops/_triton_segment_lse_sm90.py:
+    stream_k_programs over ⌈N/bn⌉ tiles, _segment0_splits → sol_splits with S = 1 on N)."""
     pytest.importorskip("triton")
-    from fastood.ops._triton_segment_lse_sm90 import sol_splits
+    from fastood.ops._triton_segment_lse_sm90 import sol_splits, stream_k_programs
 
-    return sol_splits(B, cols, S, sms, bb, bn, 2)
-
-
-def plan_splits(N: int, req: int, bn: int = 128) -> int:
-    chunk = -(-(-(-N // req)) // bn) * bn
-    return -(-N // chunk)
+    return stream_k_programs(-(-B // bb), -(-cols // bn), 2 * sms), sol_splits(B, cols, 1, sms, bb, bn, 2)
 
 
 def head_fixed(B: int, S: int) -> int:
@@ -283,9 +380,9 @@ def head_fixed(B: int, S: int) -> int:
 @pytest.mark.parametrize("method,K,G,N", [("mcm", 50, 1, 50), ("mcm", 1000, 1, 1000), ("neglabel", 40, 4, 300),
                                           ("neglabel", 1000, 100, 11400), ("neglabel", 10, 1, 64)])
 def test_head_workspace_holds_the_sm90_layout(exe, tmp_path, method, K, G, N):
-    """For every batch of the grid (split and non-split sm90 plans, the launcher's heuristic on
-    132 SMs): the head's reservation minus its fixed part holds the sm90 layout of the plan the
-    head runs; that plan is the launcher's whenever it fits (else fewer splits); the
+    """For every batch of the grid (the launcher's stream-K grids and segment-0 splits on 132
+    SMs): the head's reservation minus its fixed part holds the sm90 layout of the plan the
+    head runs; that plan is the launcher's whenever it fits (else fewer programs / splits); the
     reservation does not shrink as B grows (TensorRT sizes for the largest batch)."""
     Bs = [1, 100, 1030, 4096, 16384, 65536]
     S = 1 if method == "mcm" else 1 + G
@@ -302,15 +399,15 @@ def test_head_workspace_holds_the_sm90_layout(exe, tmp_path, method, K, G, N):
         head, bound = int(head), int(bound)
         heads.append(head)
         budget = head - head_fixed(B, S)
-        splits, splits0, nbytes = map(int, req)
-        assert nbytes == sm90_layout_total(splits, splits0, S, B, used) <= budget, (B, req, budget)
-        assert sm90_layout_total(1, 1, S, B, used) <= bound <= budget
-        want = (plan_splits(used, launcher_splits(B, used, S, 132)), launcher_splits(B, used, 1, 132))
-        if sm90_layout_total(*want, S, B, used) <= budget:
-            assert (splits, splits0) == want, (B, req, want)
+        programs, splits0, nbytes = map(int, req)
+        assert nbytes == sm90_layout_total(programs, splits0, B, used) <= budget, (B, req, budget)
+        assert sm90_layout_total(1, 1, B, used) <= bound <= budget
+        want = launcher_plan(B, used, 132)
+        if sm90_layout_total(*want, B, used) <= budget:
+            assert (programs, splits0) == want, (B, req, want)
         else:
-            assert splits <= want[0] and splits0 <= want[1]
-        split_seen |= splits > 1 or splits0 > 1
+            assert programs <= want[0] and splits0 <= want[1]
+        split_seen |= splits0 > 1
     assert heads == sorted(heads)
     if used > 128:
         assert split_seen  # the grid reaches split plans
@@ -345,16 +442,19 @@ def _head_reference(x, bank, K, method, G):
                                             ("neglabel", torch.bfloat16, 3)])
 def test_head_runs_the_sm90_sequence_and_matches_float64(exe, tmp_path, method, dtype, G):
     """The fused head (what the TensorRT plugin enqueues) on an emulated sm_90 with B ≥ 1,024:
-    it takes the sm90 path inside head_workspace_bytes (an exact-size buffer), the sequence
-    splits both the hot and the segment-0 kernel (132 SMs, 9 row blocks), and the scores and
-    predictions equal float64."""
+    it takes the sm90 path inside head_workspace_bytes (an exact-size buffer), the hot kernel
+    runs one stream-K program per tile (9 row blocks × ⌈N/128⌉ tiles < 264 slots), segment 0 is
+    split (132 SMs, 9 row blocks), and the scores and predictions equal float64."""
     B, N, D, K = 1030, 302, 64, 140
     x, bank = _problem(B, N, D, dtype, seed=5)
     log = tmp_path / "launches.txt"
     score, pred, path = _head(exe, tmp_path, x, bank, K, method, G, _env(90, log=log))
     assert path == "sm90 tma", path
     launches = log.read_text()
-    assert "launch hot tma split" in launches and "launch seg0_merge argmax" in launches, launches
+    used = K if method == "mcm" else K + G * ((N - K) // G)
+    P = 9 * -(-used // 128)  # one program per hot tile: fewer than 264 slots
+    assert f"launch hot tma {P} 1 1" in launches and "launch seg0_merge argmax" in launches, launches
+    assert "launch merge" not in launches  # no split merge for the stream-K hot kernel
     ref, L = _head_reference(x, bank, K, method, G)
     assert (score.double() - ref).abs().max().item() <= 1e-4
     # pred: the first ID argmax, or one that ties it within fp32 rounding of the logits.
@@ -402,7 +502,7 @@ def test_plugin_runs_the_sm90_sequence_in_its_reserved_workspace(plugin, tmp_pat
         score, pred = cuda_emulator.head_score(harness, tmp_path / "run", x, bank, K, groups=G, plugin=so,
                                                max_batch=4096)
     launches = log.read_text()
-    assert "launch hot tma split" in launches and "launch exact argmax" in launches, launches
+    assert "launch hot tma 27 1 1" in launches and "launch exact argmax" in launches, launches
     ref, _ = _head_reference(x, bank, K, "neglabel", G)
     assert (score.double() - ref).abs().max().item() <= 1e-4
 
@@ -423,7 +523,7 @@ def test_bindings_for_the_sm90_workspace():
     if not torch.cuda.is_available():
         assert mod.cuda_sm90_request("float16", 4096, 11400, 101, 132) is None
     bound = mod.cuda_sm90_workspace_bound(4096, 11400, 101, 16 << 20)
-    assert bound == 0 or bound >= sm90_layout_total(1, 1, 101, 4096, 11400)
+    assert bound == 0 or bound >= sm90_layout_total(1, 1, 4096, 11400)
 
 
 def test_python_backend_reserves_the_larger_workspace(monkeypatch):

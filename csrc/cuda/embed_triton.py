@@ -355,8 +355,8 @@ SM90_MODULE = "fastood.ops._triton_segment_lse_sm90"
 def sm90_kernel_set(arch: int, dtype: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The hot / segment-0 / exact specs of the sm90 module's ``aot_specs`` (read from
     there, so a changed signature or tile is picked up), as (spec names, (C++ slot, symbol
-    suffix)). Slots: ``hot[tma][split]``, ``seg0[tma][argmax][split]``, ``seg0_merge[argmax]``,
-    ``exact[argmax]``."""
+    suffix)). Slots: ``hot[tma]`` (the stream-K hot kernel: no split variant),
+    ``seg0[tma][argmax][split]``, ``seg0_merge[argmax]``, ``exact[argmax]``."""
     import torch
 
     mod = importlib.import_module(SM90_MODULE)
@@ -365,7 +365,9 @@ def sm90_kernel_set(arch: int, dtype: str) -> tuple[list[str], list[tuple[str, s
         c = s.constexprs
         kind = s.name.split("[", 1)[0]
         if kind == "segment_lse_sm90_fwd":
-            slot = f"hot[{int(bool(c['USE_TMA']))}][{int(bool(c['SPLIT']))}]"
+            if "SPLIT" in c:
+                raise RuntimeError(f"{s.name}: a split hot kernel; the C++ sequence launches the stream-K one only")
+            slot = f"hot[{int(bool(c['USE_TMA']))}]"
         elif kind == "segment_lse_sm90_seg0":
             slot = f"seg0[{int(bool(c['USE_TMA']))}][{int(bool(c['WANT_ARGMAX']))}][{int(bool(c.get('SPLIT')))}]"
         elif kind == "segment_lse_sm90_exact":
@@ -381,18 +383,16 @@ def sm90_kernel_set(arch: int, dtype: str) -> tuple[list[str], list[tuple[str, s
     return names, slots
 
 
-def sm90_registry(targets: list[tuple[int, str]],
-                  merge_specs: tuple[str, str] = ("segment_lse_merge[128]", "segment_lse_merge[128 argmax]")) -> str:
+def sm90_registry(targets: list[tuple[int, str]]) -> str:
     """One header with the sm90 kernel sets (TMA and pointer variants) of every (arch,
-    dtype) and the table ``kSegmentLseSm90AotSets``; the merge images come from the
-    portable module (the Python launcher's merge kernel), without and with argmax."""
+    dtype) and the table ``kSegmentLseSm90AotSets``. No portable merge image: the stream-K
+    hot kernel has no split merge (its cut segments merge in the exact kernel)."""
     parts, sets = [], []
     for arch, dtype in targets:
         names, slots = sm90_kernel_set(arch, dtype)
         if not names:  # not routed to the sm90 module (other arch / fp32): nothing to embed
             continue
         ks = compile_kernels(SM90_MODULE, arch, dtype, names)
-        merges = compile_kernels(SEGMENT_LSE_MODULE, arch, dtype, list(merge_specs))
         tag = f"sm{arch}_{dtype}"
         lines = []
         for k, (slot, suffix) in zip(ks, slots):
@@ -406,13 +406,12 @@ def sm90_registry(targets: list[tuple[int, str]],
         if len(tiles) != 1 or len(block_b) != 1:
             raise RuntimeError(f"{tag}: the sm90 set mixes tiles {tiles} / row blocks {block_b}")
         (bb, bn, bd), = tiles
-        for g, merge in enumerate(merges):
-            if bool(merge.constexprs["WANT_ARGMAX"]) != bool(g):
-                raise RuntimeError(f"{merge_specs[g]}: WANT_ARGMAX is not {bool(g)}")
-            parts.append(header(merge, f"segment_lse_sm90_merge{g}_{tag}"))
-            lines.append(f"    k.merge[{g}] = &aot::segment_lse_sm90_merge{g}_{tag};")
-        if len({m.constexprs["BLOCK"] for m in merges} | merge_blocks) != 1:
-            raise RuntimeError(f"{tag}: the merge images differ in BLOCK")
+        # The exact kernel walks the hot kernel's units (HOT_BLOCK_N) and reads its part_v rows.
+        hot_bn = {k.constexprs.get("HOT_BLOCK_N") for k, (slot, _) in zip(ks, slots) if slot.startswith("exact")}
+        if hot_bn != {bn}:
+            raise RuntimeError(f"{tag}: the exact images' HOT_BLOCK_N {hot_bn} is not the hot tile's {bn}")
+        if len(merge_blocks) != 1:
+            raise RuntimeError(f"{tag}: the segment-0 merge images differ in BLOCK: {merge_blocks}")
         sets.append(f"""  [] {{
     SegmentLseSm90AotKernels k;
     k.arch = {arch};
@@ -420,7 +419,7 @@ def sm90_registry(targets: list[tuple[int, str]],
     k.block_b = {bb};
     k.block_n = {bn};
     k.block_d = {bd};
-    k.merge_block = {merges[0].constexprs["BLOCK"]};
+    k.merge_block = {next(iter(merge_blocks))};
 {chr(10).join(lines)}
     return k;
   }}()""")

@@ -98,9 +98,10 @@ struct SegmentLseArgs {
   float* max0 = nullptr;             // device, (B,)
   int64_t* argmax0 = nullptr;        // device, (B,) or nullptr when not wanted
   SplitPlan plan;                    // from plan_splits (the CUDA C++ and portable AOT kernels)
-  // The Hopper sequence's split requests (hot kernel, segment-0 kernel), from sm90_request;
-  // 0 = the launcher's heuristic on the current device (the workspace must then hold it).
-  int64_t sm90_splits = 0, sm90_splits0 = 0;
+  // The Hopper sequence's requests, from sm90_request: the hot kernel's stream-K programs and
+  // the segment-0 kernel's splits; 0 = the launcher's heuristic on the current device (the
+  // workspace must then hold it).
+  int64_t sm90_programs = 0, sm90_splits0 = 0;
   void* workspace = nullptr;         // device, 256-byte aligned, >= the bytes of the path that runs:
                                      // max(plan.workspace_bytes, sm90_request's) covers every path
   int64_t workspace_bytes = 0;
@@ -115,24 +116,27 @@ struct SegmentLseArgs {
 std::string segment_lse(const SegmentLseArgs& a);
 
 // ---- Workspace of the Hopper sequence (segment_lse_sm90_aot, segment_lse_aot.h) ----------
-// colseg (N int32) + row-block flags + partial (m, l) per hot-kernel split, segment and row
-// + segment 0's partial (m, l, argmax) per segment-0 split, each region 256-byte aligned.
+// colseg (N int32) + row-block flags + the hot kernel's stream-K boundary slots (bflag,
+// part_seg, part_v: P + 1 boundaries) + segment 0's partial (m, l, argmax) per segment-0
+// split, each region 256-byte aligned (sm90_workspace_layout, segment_lse_aot.h).
 struct Sm90Request {
-  int64_t splits = 1, splits0 = 1;  // requests as segment_lse's sm90_splits / sm90_splits0
-  int64_t workspace_bytes = 0;      // sm90_workspace_layout(...).total for them
+  int64_t programs = 1, splits0 = 1;  // requests as segment_lse's sm90_programs / sm90_splits0
+  int64_t workspace_bytes = 0;        // sm90_workspace_layout(...).total for them
 };
-// The request segment_lse's sm90 path takes for (dtype, B, N, S) on the current device:
-// num_splits > 0 forces both kernels' splits (as the Python launcher's num_splits does),
+// The request segment_lse's sm90 path takes for (dtype, B, N, S) on the current device: the
+// hot kernel's stream-K programs (sm90_choose_programs: two per SM, at most one per tile) and
+// segment 0's splits — num_splits > 0 forces those (as the Python launcher's num_splits does),
 // else the launcher's heuristic (sm90_choose_splits) on sm_count SMs; then the larger of the
-// two partial buffers is split less until the workspace is <= max_bytes (colseg and flags
-// always fit: they are counted even when max_bytes is smaller). false, with the reason in
+// two partial buffers shrinks until the workspace is <= max_bytes (colseg and flags always
+// fit: they are counted even when max_bytes is smaller). S does not change the layout. false, with the reason in
 // *why, when this build embeds no sm90 kernel set for the device and dtype (then no sm90
 // workspace is needed).
 bool sm90_request(DType dtype, int64_t B, int64_t N, int64_t S, int sm_count, int64_t num_splits, int64_t max_bytes,
                   Sm90Request* out, std::string* why = nullptr);
 // A device-independent bound, over every sm90 kernel set this build embeds, on the bytes the
 // sm90 path needs when its partial buffers are capped at max_partials_bytes: colseg + flags +
-// min(max_partials_bytes, partials with one split per column tile). Non-decreasing in B;
+// min(max_partials_bytes, boundary slots of one program per hot tile + segment-0 partials with
+// one split per column tile). Non-decreasing in B;
 // 0 when no sm90 set is embedded. sm90_request(..., max_bytes = this bound) always fits.
 int64_t sm90_workspace_bound(int64_t B, int64_t N, int64_t S, int64_t max_partials_bytes);
 

@@ -232,7 +232,7 @@ std::string head_score(const HeadArgs& a) {
   s.argmax0 = arg;
   s.plan = plan;
   if (sm90) {
-    s.sm90_splits = r90.splits;
+    s.sm90_programs = r90.programs;
     s.sm90_splits0 = r90.splits0;
   }
   s.workspace = base + lay.split;  // the split part: whichever path runs plans inside it

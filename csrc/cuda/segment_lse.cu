@@ -551,23 +551,23 @@ int device_cc_major() {
   return major;
 }
 
-// sm90_request's fitting on one kernel set: split the larger partial buffer less until the
-// layout is <= max_bytes (or nothing is split).
-Sm90Request fit_sm90(const SegmentLseSm90AotKernels& k, int64_t B, int64_t N, int64_t S, int64_t splits,
-                     int64_t splits0, int64_t max_bytes) {
-  Sm90Plan p = sm90_plan(N, splits, splits0, k.block_n);
-  Sm90WsLayout w = sm90_workspace_layout(p, S, B, N, k.block_b);
-  while (w.total > max_bytes && (p.splits > 1 || p.splits0 > 1)) {
-    const int64_t hot = p.splits > 1 ? p.splits * S * B * 8 : 0;
+// sm90_request's fitting on one kernel set: shrink the larger of segment 0's partials
+// (splits0·B·12 bytes) and the hot kernel's boundary slots (~(P + 1)·(8·block_b + 12) bytes)
+// until the layout is <= max_bytes (or both are at their minimum). Fewer programs stay a
+// correct stream-K schedule, only a less even one.
+Sm90Request fit_sm90(const SegmentLseSm90AotKernels& k, int64_t B, int64_t N, int64_t programs, int64_t splits0,
+                     int64_t max_bytes) {
+  Sm90Plan p = sm90_plan(programs, splits0);
+  Sm90WsLayout w = sm90_workspace_layout(p, B, N, k.block_b);
+  while (w.total > max_bytes && (p.programs > 1 || p.splits0 > 1)) {
+    const int64_t hot = p.programs > 1 ? (p.programs + 1) * (8 * int64_t{k.block_b} + 12) : 0;
     const int64_t seg0 = p.splits0 > 1 ? p.splits0 * B * 12 : 0;
-    // Requests: the hot kernel's is re-rounded to whole tiles by sm90_plan (never above it).
-    if (hot >= seg0) splits = p.splits - 1;
-    else splits0 = p.splits0 - 1;
-    p = sm90_plan(N, splits, splits0, k.block_n);
-    w = sm90_workspace_layout(p, S, B, N, k.block_b);
+    if (hot >= seg0) p.programs = std::max<int64_t>(1, p.programs / 2);
+    else p.splits0 -= 1;
+    w = sm90_workspace_layout(p, B, N, k.block_b);
   }
   Sm90Request r;
-  r.splits = p.splits;
+  r.programs = p.programs;
   r.splits0 = p.splits0;
   r.workspace_bytes = w.total;
   return r;
@@ -586,14 +586,13 @@ bool sm90_request(DType dtype, int64_t B, int64_t N, int64_t S, int sm_count, in
 #ifdef FASTOOD_WITH_TRITON_AOT
   const SegmentLseSm90AotKernels* k = sm90_aot_kernels_for(dtype, why);
   if (k == nullptr) return false;
-  int64_t splits = num_splits, splits0 = num_splits;
-  if (num_splits < 1) {
-    const int sms = std::max(sm_count, 1);
-    splits = sm90_choose_splits(B, N, S, sms, k->block_b, k->block_n);
-    splits0 = sm90_choose_splits(B, N, 1, sms, k->block_b, k->block_n);
-  }
-  const Sm90Request r = fit_sm90(*k, B, N, S, std::min<int64_t>(splits, 65535), std::min<int64_t>(splits0, 65535),
-                                 max_bytes);
+  // As the Python launcher: num_splits forces segment 0's splits only; the hot kernel's
+  // stream-K grid is two programs per SM, at most one per tile.
+  (void)S;  // the layout no longer grows with S (no per-segment split partials)
+  const int sms = std::max(sm_count, 1);
+  const int64_t programs = sm90_choose_programs(B, N, sms, k->block_b, k->block_n);
+  const int64_t splits0 = num_splits >= 1 ? num_splits : sm90_choose_splits(B, N, 1, sms, k->block_b, k->block_n);
+  const Sm90Request r = fit_sm90(*k, B, N, programs, std::min<int64_t>(splits0, 65535), max_bytes);
   if (out != nullptr) *out = r;
   return true;
 #else
@@ -611,9 +610,11 @@ int64_t sm90_workspace_bound(int64_t B, int64_t N, int64_t S, int64_t max_partia
   for (int i = 0; i < sm90_aot_set_count(); ++i) {
     const SegmentLseSm90AotKernels& k = *sm90_aot_set(i);
     if (k.block_b < 1 || k.block_n < 1) continue;
+    // The most any request takes: one program per hot tile (stream_k_programs' cap) and one
+    // segment-0 split per column tile (wave_splits' cap).
     const int64_t tiles = cdiv(N, k.block_n);
-    const int64_t base = sm90_workspace_layout(sm90_plan(N, 1, 1, k.block_n), S, B, N, k.block_b).total;
-    const int64_t most = sm90_workspace_layout(sm90_plan(N, tiles, tiles, k.block_n), S, B, N, k.block_b).total;
+    const int64_t base = sm90_workspace_layout(sm90_plan(1, 1), B, N, k.block_b).total;
+    const int64_t most = sm90_workspace_layout(sm90_plan(cdiv(B, k.block_b) * tiles, tiles), B, N, k.block_b).total;
     bound = std::max(bound, base + std::min(max_partials_bytes, most - base));
   }
 #else
@@ -751,20 +752,20 @@ std::string segment_lse(const SegmentLseArgs& a) {
   };
 #ifdef FASTOOD_WITH_TRITON_AOT
   if (choice.path == CudaPath::kSm90) {
-    // The caller's requests (sized with sm90_request), else the launcher's heuristic; the
-    // workspace must hold the sequence's layout: a clear error otherwise, never another path.
-    Sm90Plan plan90;
-    if (a.sm90_splits > 0) {
-      plan90 = sm90_plan(a.N, a.sm90_splits, a.sm90_splits0 > 0 ? a.sm90_splits0 : a.sm90_splits, k90->block_n);
-    } else {
+    // The caller's requests (sized with sm90_request), else the launcher's heuristic for the
+    // one not given; the workspace must hold the sequence's layout: a clear error otherwise,
+    // never another path.
+    int64_t programs = a.sm90_programs, splits0 = a.sm90_splits0;
+    if (programs < 1 || splits0 < 1) {
       std::string e;
       const int dev = current_device(&e);
       const int sms = dev >= 0 ? device_sm_count(dev, &e) : -1;
       if (sms < 1) return "segment_lse: " + e;
-      plan90 = sm90_plan(a.N, sm90_choose_splits(a.B, a.N, a.S, sms, k90->block_b, k90->block_n),
-                         sm90_choose_splits(a.B, a.N, 1, sms, k90->block_b, k90->block_n), k90->block_n);
+      if (programs < 1) programs = sm90_choose_programs(a.B, a.N, sms, k90->block_b, k90->block_n);
+      if (splits0 < 1) splits0 = sm90_choose_splits(a.B, a.N, 1, sms, k90->block_b, k90->block_n);
     }
-    const Sm90WsLayout w = sm90_workspace_layout(plan90, a.S, a.B, a.N, k90->block_b);
+    const Sm90Plan plan90 = sm90_plan(programs, splits0);
+    const Sm90WsLayout w = sm90_workspace_layout(plan90, a.B, a.N, k90->block_b);
     if (a.workspace == nullptr || a.workspace_bytes < w.total)
       return "segment_lse: the workspace is too small for the sm90 kernels (" + std::to_string(a.workspace_bytes) +
              " < " + std::to_string(w.total) + " bytes): size it with sm90_request (fastood._C.cuda_sm90_request)";

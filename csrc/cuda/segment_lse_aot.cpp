@@ -113,13 +113,16 @@ constexpr uint32_t kNegInfBits = 0xff800000u;  // −inf as fp32
 
 }  // namespace
 
-Sm90Plan sm90_plan(int64_t N, int64_t requested_splits, int64_t requested_splits0, int64_t block_n) {
+Sm90Plan sm90_plan(int64_t programs, int64_t splits0) {
   Sm90Plan p;
-  const int64_t r = requested_splits < 1 ? 1 : requested_splits;
-  p.chunk = cdiv(cdiv(N, r), block_n) * block_n;  // split bounds on tile bounds
-  p.splits = cdiv(N, p.chunk);
-  p.splits0 = requested_splits0 < 1 ? 1 : requested_splits0;
+  p.programs = programs < 1 ? 1 : programs;
+  p.splits0 = splits0 < 1 ? 1 : splits0;
   return p;
+}
+
+int64_t sm90_choose_programs(int64_t B, int64_t N, int sm_count, int64_t block_b, int64_t block_n) {
+  // The launcher's default on the capped TMA path: two resident programs per SM.
+  return stream_k_programs(cdiv(B, block_b), cdiv(std::max<int64_t>(N, 1), block_n), 2 * int64_t{std::max(sm_count, 1)});
 }
 
 int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n) {
@@ -129,16 +132,15 @@ int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int
   return wave_splits(cdiv(B, block_b), cdiv(std::max<int64_t>(cols, 1), block_n), std::max(sm_count, 1), 2, cap);
 }
 
-Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t S, int64_t B, int64_t N, int64_t block_b) {
+Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t B, int64_t N, int64_t block_b) {
   Sm90WsLayout w;
+  const int64_t slots = p.programs + 1;  // boundaries b = 0..P (the launcher's P + 1 entries)
   w.colseg_off = 0;
   w.flag_off = align256(N * 4);
-  int64_t end = w.flag_off + align256(cdiv(B, block_b) * 4);
-  if (p.splits > 1) {
-    w.m_off = end;
-    w.l_off = w.m_off + align256(p.splits * S * B * 4);
-    end = w.l_off + align256(p.splits * S * B * 4);
-  }
+  w.bflag_off = w.flag_off + align256(cdiv(B, block_b) * 4);
+  w.part_seg_off = w.bflag_off + align256(slots * 4);
+  w.part_v_off = w.part_seg_off + align256(2 * slots * 4);
+  int64_t end = w.part_v_off + align256(2 * slots * block_b * 4);
   if (p.splits0 > 1) {
     w.m0_off = end;
     w.l0_off = w.m0_off + align256(p.splits0 * B * 4);
@@ -156,13 +158,13 @@ bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size) {
 std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k) {
   if (a.dtype != k.dtype) return "dtype differs from the compiled kernels'";
   if (k.block_b < 1 || k.block_n < 1 || k.merge_block < 1) return "incomplete kernel set";
-  for (int t = 0; t < 2; ++t)
+  for (int t = 0; t < 2; ++t) {
+    if (k.hot[t] == nullptr) return "incomplete kernel set";
     for (int v = 0; v < 2; ++v)
-      if (k.hot[t][v] == nullptr || k.seg0[t][v][0] == nullptr || k.seg0[t][v][1] == nullptr)
-        return "incomplete kernel set";
+      if (k.seg0[t][v][0] == nullptr || k.seg0[t][v][1] == nullptr) return "incomplete kernel set";
+  }
   for (int v = 0; v < 2; ++v)
     if (k.exact[v] == nullptr || k.seg0_merge[v] == nullptr) return "incomplete kernel set";
-  if (k.merge[0] == nullptr) return "incomplete kernel set";
   // The pointer images were compiled with tt.divisibility 16 on the pointers, D and the
   // row strides (their aot_specs): the same condition as the portable images'.
   const auto al = [](const void* p, int64_t ld, int64_t D) {
@@ -173,7 +175,8 @@ std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const Segme
   if (a.B > i32max || a.N > i32max || a.D > i32max || a.S > i32max || a.ldx > i32max || a.ldb > i32max)
     return "sizes beyond the kernel's int32 arguments";
   if (a.N > 65535) return "N beyond the colseg (split-starts) kernel's 65,535 entries";
-  if (cdiv(a.B, k.merge_block) > 65535) return "too many rows for the merge grid's y dimension";
+  // The kernels' stream-K arithmetic holds unit indices in int32 (the launcher's check).
+  if (cdiv(a.B, k.block_b) * cdiv(a.N, k.block_n) > i32max) return "more than 2^31 hot tiles: split the batch";
   return std::string();
 }
 
@@ -181,37 +184,33 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
                                  std::string* path) {
   std::string why = segment_lse_sm90_aot_applicable(a, k);
   if (!why.empty()) return "segment_lse_sm90_aot: " + why;
-  if (p.chunk < 1 || p.splits < 1 || p.splits0 < 1 || p.chunk % k.block_n != 0 || p.splits > 65535 ||
-      p.splits0 > 65535)
+  if (p.programs < 1 || p.splits0 < 1 || p.programs > (int64_t{1} << 31) - 2 || p.splits0 > 65535)
     return "segment_lse_sm90_aot: invalid plan (use sm90_plan)";
-  const bool split = p.splits > 1, split0 = p.splits0 > 1;
+  const bool split0 = p.splits0 > 1;
   const bool argmax = a.argmax0 != nullptr;
   const int64_t n_blocks = cdiv(a.B, k.block_b);
-  const Sm90WsLayout w = sm90_workspace_layout(p, a.S, a.B, a.N, k.block_b);
+  const Sm90WsLayout w = sm90_workspace_layout(p, a.B, a.N, k.block_b);
   if (a.workspace == nullptr || a.workspace_bytes < w.total) return "segment_lse_sm90_aot: the workspace is too small";
   char* base = static_cast<char*>(a.workspace);
   int32_t* colseg = reinterpret_cast<int32_t*>(base + w.colseg_off);
-  int32_t* flag = reinterpret_cast<int32_t*>(base + w.flag_off);
-  // Unused workspace arguments (SPLIT is a constexpr) get lse, as the launcher passes.
-  float* ws_m = split ? reinterpret_cast<float*>(base + w.m_off) : a.lse;
-  float* ws_l = split ? reinterpret_cast<float*>(base + w.l_off) : a.lse;
+  void* flag = base + w.flag_off;
+  void* bflag = base + w.bflag_off;
+  void* part_seg = base + w.part_seg_off;
+  void* part_v = base + w.part_v_off;
+  // Unused segment-0 workspace arguments (SPLIT is a constexpr) get lse, as the launcher passes.
   void* ws0_m = split0 ? static_cast<void*>(base + w.m0_off) : static_cast<void*>(a.lse);
   void* ws0_l = split0 ? static_cast<void*>(base + w.l0_off) : static_cast<void*>(a.lse);
   void* ws0_arg = split0 ? (argmax ? static_cast<void*>(base + w.arg0_off) : ws0_m) : static_cast<void*>(a.lse);
   const void* arg0 = argmax ? static_cast<const void*>(a.argmax0) : a.max0;  // never written without argmax
 
-  // The launcher's pre-fills: empty segments are never visited by the kernels.
+  // The launcher's pre-fills: empty segments are never visited by the kernels. flag, bflag,
+  // part_seg and part_v need none: every slot the exact kernel reads, the hot kernel writes.
   const auto fill = [&](void* dst, uint32_t bits, int64_t n) {
     return aot::memset_d32(dst, bits, static_cast<std::size_t>(n), a.stream);
   };
   if (!(why = fill(a.lse, kNegInfBits, a.B * a.S)).empty() || !(why = fill(a.max0, kNegInfBits, a.B)).empty() ||
-      (argmax && !(why = fill(a.argmax0, 0u, 2 * a.B)).empty()) || !(why = fill(flag, 0u, n_blocks)).empty())
+      (argmax && !(why = fill(a.argmax0, 0u, 2 * a.B)).empty()))
     return "segment_lse_sm90_aot: " + why;
-  if (split)
-    for (int64_t q = 0; q < p.splits; ++q)  // segment 0 of every split: "nothing" for the merge
-      if (!(why = fill(ws_m + q * a.S * a.B, kNegInfBits, a.B)).empty() ||
-          !(why = fill(ws_l + q * a.S * a.B, 0u, a.B)).empty())
-        return "segment_lse_sm90_aot: " + why;
   // colseg[j] = #{segment ends offsets[1:] <= j} = the split-starts search with chunk 1.
   why = launch_split_starts(a.offsets, a.S, 1, a.N, colseg, a.stream);
   if (!why.empty()) return why;
@@ -223,7 +222,7 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
     no_tma = "operand layout TMA cannot take";
   using aot::TritonArg;
   aot::TensorMap maps[2][2];  // [hot, seg0][x, bank]: encoded per image, as Triton's launcher does
-  const aot::TritonKernelImage* tma_images[2] = {k.hot[1][split], k.seg0[1][argmax][split0]};
+  const aot::TritonKernelImage* tma_images[2] = {k.hot[1], k.seg0[1][argmax][split0]};
   aot::TensorDescArg xd, bd;
   xd.base = a.x;
   xd.rank = 2;
@@ -250,18 +249,23 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
   if (path != nullptr) *path = tma ? "tma" : "ptr: " + no_tma;
 
   const int32_t B = static_cast<int32_t>(a.B), N = static_cast<int32_t>(a.N), D = static_cast<int32_t>(a.D),
-                S = static_cast<int32_t>(a.S);
-  // The arguments every launch may take, by the Triton signatures' names; the workspace
-  // and chunk entries are set per launch.
-  const Named common = {{"off_ptr", TritonArg::ptr(a.offsets)}, {"scale_ptr", TritonArg::ptr(a.row_scale)},
-                        {"colseg_ptr", TritonArg::ptr(colseg)}, {"flag_ptr", TritonArg::ptr(flag)},
-                        {"lse_ptr", TritonArg::ptr(a.lse)},     {"max0_ptr", TritonArg::ptr(a.max0)},
-                        {"B", TritonArg::i32(B)},               {"N", TritonArg::i32(N)},
-                        {"D", TritonArg::i32(D)},               {"S", TritonArg::i32(S)},
+                S = static_cast<int32_t>(a.S), P = static_cast<int32_t>(p.programs);
+  // The arguments every launch may take, by the Triton signatures' names (a kernel ignores
+  // those it does not have); the segment-0 workspace entries are set per launch.
+  const Named common = {{"off_ptr", TritonArg::ptr(a.offsets)},   {"scale_ptr", TritonArg::ptr(a.row_scale)},
+                        {"colseg_ptr", TritonArg::ptr(colseg)},   {"flag_ptr", TritonArg::ptr(flag)},
+                        {"bflag_ptr", TritonArg::ptr(bflag)},     {"part_seg_ptr", TritonArg::ptr(part_seg)},
+                        {"part_v_ptr", TritonArg::ptr(part_v)},   {"lse_ptr", TritonArg::ptr(a.lse)},
+                        {"max0_ptr", TritonArg::ptr(a.max0)},     {"arg0_ptr", TritonArg::ptr(arg0)},
+                        {"B", TritonArg::i32(B)},                 {"N", TritonArg::i32(N)},
+                        {"D", TritonArg::i32(D)},                 {"S", TritonArg::i32(S)},
+                        {"P", TritonArg::i32(P)},
                         {"stride_xb", TritonArg::i32(static_cast<int32_t>(a.ldx))},
-                        {"stride_bn", TritonArg::i32(static_cast<int32_t>(a.ldb))}};
-  const auto with = [&](int operands, const void* m, const void* l, const void* g, int64_t chunk, const void* out_arg,
-                        int64_t n_splits) {
+                        {"stride_bn", TritonArg::i32(static_cast<int32_t>(a.ldb))},
+                        {"ws_m_ptr", TritonArg::ptr(ws0_m)},      {"ws_l_ptr", TritonArg::ptr(ws0_l)},
+                        {"ws_arg_ptr", TritonArg::ptr(ws0_arg)},
+                        {"n_splits", TritonArg::i32(static_cast<int32_t>(p.splits0))}};
+  const auto with = [&](int operands) {
     Named n = common;  // operands: 0 hot maps, 1 seg0 maps, -1 pointers
     if (tma && operands >= 0) {
       n.emplace_back("x_ptr", TritonArg::tensormap(&maps[operands][0]));
@@ -270,29 +274,18 @@ std::string segment_lse_sm90_aot(const SegmentLseArgs& a, const SegmentLseSm90Ao
       n.emplace_back("x_ptr", TritonArg::ptr(a.x));
       n.emplace_back("bank_ptr", TritonArg::ptr(a.bank));
     }
-    n.emplace_back("ws_m_ptr", TritonArg::ptr(m));
-    n.emplace_back("ws_l_ptr", TritonArg::ptr(l));
-    n.emplace_back("ws_arg_ptr", TritonArg::ptr(g));
-    n.emplace_back("arg0_ptr", TritonArg::ptr(out_arg));
-    n.emplace_back("chunk", TritonArg::i32(static_cast<int32_t>(chunk)));
-    n.emplace_back("n_splits", TritonArg::i32(static_cast<int32_t>(n_splits)));
     return n;
   };
   const unsigned nb = static_cast<unsigned>(n_blocks);
-  const unsigned mrows = static_cast<unsigned>(cdiv(a.B, k.merge_block));
-  why = launch_named(*k.hot[tma][split], nb, static_cast<unsigned>(p.splits), 1,
-                     with(0, ws_m, ws_l, ws_m, p.chunk, arg0, p.splits), a.stream);
-  if (why.empty() && split)  // segments 1..S-1 from the splits (segment 0 is "nothing" there)
-    why = launch_named(*k.merge[0], static_cast<unsigned>(a.S), mrows, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, a.max0, p.splits),
-                       a.stream);
+  // Segments 1..S-1 on the stream-K grid; each piece clears its own mark (no flag fill).
+  why = launch_named(*k.hot[tma], static_cast<unsigned>(p.programs), 1, 1, with(0), a.stream);
   if (why.empty())  // segment 0, its column tiles strided over splits0 programs per row block
-    why = launch_named(*k.seg0[tma][argmax][split0], nb, static_cast<unsigned>(p.splits0), 1,
-                       with(1, ws0_m, ws0_l, ws0_arg, p.chunk, arg0, p.splits0), a.stream);
+    why = launch_named(*k.seg0[tma][argmax][split0], nb, static_cast<unsigned>(p.splits0), 1, with(1), a.stream);
   if (why.empty() && split0)
-    why = launch_named(*k.seg0_merge[argmax], mrows, 1, 1, with(-1, ws0_m, ws0_l, ws0_arg, p.chunk, arg0, p.splits0),
+    why = launch_named(*k.seg0_merge[argmax], static_cast<unsigned>(cdiv(a.B, k.merge_block)), 1, 1, with(-1),
                        a.stream);
-  if (why.empty())  // the flagged row blocks (all segments, exact)
-    why = launch_named(*k.exact[argmax], nb, 1, 1, with(-1, ws_m, ws_l, ws_m, p.chunk, arg0, p.splits), a.stream);
+  if (why.empty())  // the marked row blocks (all segments, exact) and the pieces' cut segments
+    why = launch_named(*k.exact[argmax], nb, 1, 1, with(-1), a.stream);
   return why.empty() ? why : "segment_lse_sm90_aot: " + why;
 }
 

@@ -42,64 +42,77 @@ std::string segment_lse_aot(const SegmentLseArgs& a, const SegmentLseAotKernels&
 // ---- The Hopper kernels (fastood/ops/_triton_segment_lse_sm90.py), TMA path included ----
 //
 // The launch sequence of segment_lse_triton_sm90 (the Python launcher), in C++:
-//   fills: lse = −inf (B·S), max0 = −inf (B), argmax0 = 0 (B, when wanted), flag = 0 (row
-//          blocks); with splits ws_m[:, 0] = −inf and ws_l[:, 0] = 0 (segment 0 is not the
-//          hot kernel's);
+//   fills: lse = −inf (B·S), max0 = −inf (B), argmax0 = 0 (B, when wanted) — the offsets are
+//          on the device, so empty segments (never visited by a kernel) may exist; nothing
+//          else: flag, bflag, part_seg and part_v are written by the hot kernel before the
+//          exact kernel reads them (its docstring), so the workspace needs no fill;
 //   colseg[j] = searchsorted(offsets[1:], j, right=True) (launch_split_starts, chunk 1);
-//   hot kernel            grid (⌈B/BLOCK_B⌉, splits)    [tma][split]
-//   merge (split)         grid (S, ⌈B/merge_block⌉)     the portable module's, argmax off
+//   hot kernel            grid (P)                      [tma]: stream-K, program q walks the
+//                         (row block, tile) units [⌊qU/P⌋, ⌊(q+1)U/P⌋) of columns [end0, N),
+//                         U = ⌈B/BLOCK_B⌉·⌈(N − end0)/BLOCK_N⌉ (end0 on the device: programs
+//                         past U get empty ranges)
 //   segment-0 kernel      grid (⌈B/BLOCK_B⌉, splits0)   [tma][argmax][split0]: split p takes
 //                         segment 0's column tiles p, p + splits0, … (end0 stays on the device)
 //   segment-0 merge       grid (⌈B/merge_block⌉)        [argmax], when split0
-//   exact kernel          grid (⌈B/BLOCK_B⌉)            [argmax], pointer operands
+//   exact kernel          grid (⌈B/BLOCK_B⌉)            [argmax], pointer operands: recomputes
+//                         the marked row blocks, merges the segments the pieces cut
+// No split merge for the hot kernel (its pieces' partials meet in the exact kernel).
 // TMA: x and bank become CUtensorMaps (aot::encode_tensor_map, Triton's own encoding)
 // when both can (16-byte-aligned bases and row strides, unit inner stride); otherwise, or
-// when encoding fails (no cuTensorMapEncodeTiled in the driver), the pointer variants run.
+// when encoding fails (no cuTensorMapEncodeTiled in the driver), the pointer variants run
+// (on the same grid P: stream-K is correct for any P).
 // Arguments are passed by name (the Triton signature's), so the images' parameter order
 // comes from the compiled kernels, not from this file.
 struct SegmentLseSm90AotKernels {
   int arch = 0;
   DType dtype = DType::kFloat16;
-  int block_b = 0, block_n = 0, block_d = 0;  // the hot / segment-0 tile (their constexprs)
-  int merge_block = 0;                        // BLOCK of both merge kernels
-  const aot::TritonKernelImage* hot[2][2] = {};        // [tma][split]
+  int block_b = 0, block_n = 0, block_d = 0;  // the hot / segment-0 tile (their constexprs); the
+                                              // exact kernel's BLOCK_B and HOT_BLOCK_N equal them
+  int merge_block = 0;                        // BLOCK of the segment-0 merge kernel
+  const aot::TritonKernelImage* hot[2] = {};           // [tma]
   const aot::TritonKernelImage* seg0[2][2][2] = {};    // [tma][argmax][split]
   const aot::TritonKernelImage* seg0_merge[2] = {};    // [argmax]
   const aot::TritonKernelImage* exact[2] = {};         // [argmax]
-  const aot::TritonKernelImage* merge[2] = {};         // [argmax] (the sequence uses [0])
 };
 
-// How the sequence splits: the hot kernel's columns, and segment 0's column tiles (strided).
+// The sequence's shape: the hot kernel's stream-K programs P, segment 0's column splits.
 struct Sm90Plan {
-  int64_t chunk = 0, splits = 1;  // hot kernel (chunk a multiple of BLOCK_N)
-  int64_t splits0 = 1;            // segment-0 kernel (its n_splits)
+  int64_t programs = 1;  // hot kernel: its 1-D grid
+  int64_t splits0 = 1;   // segment-0 kernel (its n_splits)
 };
-// The launcher's rounding: chunk = ⌈⌈N/requested⌉/BLOCK_N⌉·BLOCK_N, splits = ⌈N/chunk⌉;
-// segment 0 takes its request as is (programs past segment 0's last tile exit).
-Sm90Plan sm90_plan(int64_t N, int64_t requested_splits, int64_t requested_splits0, int64_t block_n);
+// A plan from requests (each < 1 counts as 1): P as asked (num_programs: programs past the
+// units exit, as in the launcher); segment 0 takes its request as is (programs past its
+// last tile exit).
+Sm90Plan sm90_plan(int64_t programs, int64_t splits0);
 
-// The launcher's split rule (sol_splits / _choose_splits_sm90): the wave-aware count of
-// split_plan.h (fastood/ops/_split_plan.py) for two resident blocks per SM, 1 when the row
-// blocks alone fill them, at least one tile per split, and a workspace (m and l per split,
-// segment and row) of at most 64 MB. The segment-0 kernel's request is the same rule with
-// S = 1 on all N columns (_segment0_splits without end0 on the host: offsets on the device).
+// The launcher's default grid for the hot kernel (stream_k_programs, split_plan.h): two
+// programs per SM (the capped TMA path's resident blocks), at most one per unit, over
+// ⌈B/block_b⌉ row blocks × ⌈N/block_n⌉ tiles (end0 is on the device: its bound N).
+int64_t sm90_choose_programs(int64_t B, int64_t N, int sm_count, int64_t block_b, int64_t block_n);
+
+// The launcher's segment-0 split rule (_segment0_splits without end0 on the host: sol_splits
+// with S = 1 on all N columns): the wave-aware count of split_plan.h for two resident blocks
+// per SM, 1 when the row blocks alone fill them, at least one tile per split, within a 64 MB
+// workspace (B·S·8 bytes per split).
 int64_t sm90_choose_splits(int64_t B, int64_t cols, int64_t S, int sm_count, int64_t block_b, int64_t block_n);
 
-// Workspace of the sm90 sequence (each region 256-byte aligned): colseg (N int32), the
-// row-block flags (⌈B/block_b⌉ int32); with splits > 1 the partial m and l, both
-// (splits, S, B) fp32; with splits0 > 1 segment 0's partial m, l (splits0, B) fp32 and
-// argmax (splits0, B) int32.
+// Workspace of the sm90 sequence (each region 256-byte aligned): colseg (N int32), flag
+// (⌈B/block_b⌉ int32: a row block's leading piece marked it), bflag (P + 1 int32: the piece
+// starting at boundary b marked its row block), part_seg (2(P + 1) int32: the segment cut
+// before / after each boundary), part_v (2(P + 1) × block_b fp32: their partial lse); with
+// splits0 > 1 segment 0's partial m, l (splits0, B) fp32 and argmax (splits0, B) int32.
 struct Sm90WsLayout {
-  int64_t colseg_off = 0, flag_off = 0, m_off = 0, l_off = 0, m0_off = 0, l0_off = 0, arg0_off = 0, total = 0;
+  int64_t colseg_off = 0, flag_off = 0, bflag_off = 0, part_seg_off = 0, part_v_off = 0, m0_off = 0, l0_off = 0,
+          arg0_off = 0, total = 0;
 };
-Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t S, int64_t B, int64_t N, int64_t block_b);
+Sm90WsLayout sm90_workspace_layout(const Sm90Plan& p, int64_t B, int64_t N, int64_t block_b);
 
 // True when TMA can take an operand (the launcher's _tma_ok): 16-byte-aligned base, row
 // stride a multiple of 16 bytes, a row of at least 16 bytes.
 bool sm90_tma_ok(const void* base, int64_t ld, int64_t D, int64_t elem_size);
 
 // "" when `a` can run on `k` (dtype, complete set, the images' 16-alignment, sizes within
-// int32, N within the colseg kernel's grid), else the reason.
+// int32, fewer than 2^31 hot tiles, N within the colseg kernel's grid), else the reason.
 std::string segment_lse_sm90_aot_applicable(const SegmentLseArgs& a, const SegmentLseSm90AotKernels& k);
 
 // Enqueue `a` on the sm90 images with plan `p` (sm90_plan); no host sync. a.plan is not

@@ -1,6 +1,8 @@
 // The wave-aware column-split rule of fastood/ops/_split_plan.py (wave_splits), in C++, for the
-// AOT launch sequence (sm90_choose_splits): the same integer/double arithmetic, so the C++
-// path, the Python launcher and bench/sol.py's model pick the same split count.
+// AOT launch sequence (sm90_choose_splits: the segment-0 kernel's splits): the same
+// integer/double arithmetic, so the C++ path, the Python launcher and bench/sol.py's model pick
+// the same split count. Below it, the hot kernel's stream-K grid (stream_k_programs,
+// stream_k_owner of fastood/ops/_triton_segment_lse_sm90.py), in the same integers.
 //
 //   cost(s) = (ceil(T/s) + c0) * (full + partial),  (full, rest) = divmod(R*s, k*SMs)
 //   partial = 0 if rest == 0; solo if rest <= SMs and k > 1 (one block per SM); 1 otherwise
@@ -40,6 +42,17 @@ inline int64_t wave_splits(int64_t row_blocks, int64_t tiles, int64_t sms, int64
   }
   return best;
 }
+
+// The hot kernel's stream-K grid: one program per resident slot (slots = blocks per SM × SMs),
+// at most one per unit (U = n_blocks · tiles_per_block), at least one. Program q walks units
+// [⌊qU/P⌋, ⌊(q+1)U/P⌋): ⌊U/P⌋ or ⌈U/P⌉ tiles each, one wave with no tail.
+inline int64_t stream_k_programs(int64_t n_blocks, int64_t tiles_per_block, int64_t slots) {
+  return std::max<int64_t>(1, std::min(slots, n_blocks * tiles_per_block));
+}
+
+// The program whose units [⌊qU/P⌋, ⌊(q+1)U/P⌋) hold unit u (0 <= u < U): the largest q with
+// ⌊qU/P⌋ <= u, i.e. ⌊((u+1)·P − 1)/U⌋ (the kernels' _owner).
+inline int64_t stream_k_owner(int64_t u, int64_t U, int64_t P) { return ((u + 1) * P - 1) / U; }
 
 }  // namespace cuda
 }  // namespace fastood

@@ -13,8 +13,9 @@
 // tests/test_cuda_emulator.py compares it with what fastood/ops/_triton_segment_lse_sm90.py's
 // launcher passes to the same Triton kernels and with Triton's own descriptor encoding.
 //
-//   aot_sm90_driver DIR   DIR/args.txt: B N D S ldx ldb splits argmax x_addr bank_addr
-//                         (fake device addresses of the operands); DIR/offsets.bin
+//   aot_sm90_driver DIR   DIR/args.txt: B N D S ldx ldb programs splits argmax x_addr bank_addr
+//                         (programs: the hot kernel's stream-K grid, splits: segment 0's; fake
+//                         device addresses of the operands); DIR/offsets.bin
 #include <cinttypes>
 #include <cstdio>
 #include <string>
@@ -37,14 +38,13 @@ std::string slot(const aot::TritonKernelImage* k) {
   const auto& s = set();
   for (int t = 0; t < 2; ++t)
     for (int v = 0; v < 2; ++v) {
-      if (k == s.hot[t][v]) return "hot" + std::to_string(t) + std::to_string(v);
+      if (v == 0 && k == s.hot[t]) return "hot" + std::to_string(t);
       for (int p = 0; p < 2; ++p)
         if (k == s.seg0[t][v][p]) return "seg0" + std::to_string(t) + std::to_string(v) + std::to_string(p);
     }
   for (int v = 0; v < 2; ++v) {
     if (k == s.exact[v]) return "exact" + std::to_string(v);
     if (k == s.seg0_merge[v]) return "seg0_merge" + std::to_string(v);
-    if (k == s.merge[v]) return "merge" + std::to_string(v);
   }
   return "?";
 }
@@ -124,15 +124,15 @@ int main(int argc, char** argv) {
   a.argmax0 = geti(kv, "argmax") ? reinterpret_cast<int64_t*>(uintptr_t{0x60000}) : nullptr;
   Operand off(dir + "/offsets.bin");
   a.offsets = reinterpret_cast<const int64_t*>(off.base);
-  // The launcher's num_splits (forced) applies to both the hot and the segment-0 kernel.
-  const fc::Sm90Plan plan = fc::sm90_plan(a.N, geti(kv, "splits"), geti(kv, "splits"), set().block_n);
-  const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.S, a.B, a.N, set().block_b);
+  // The launcher's num_programs (the hot kernel's grid) and num_splits (segment 0's), forced.
+  const fc::Sm90Plan plan = fc::sm90_plan(geti(kv, "programs"), geti(kv, "splits"));
+  const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.B, a.N, set().block_b);
   Buffer ws(static_cast<std::size_t>(w.total));
   a.workspace = ws.ptr;
   a.workspace_bytes = w.total;
   std::printf("addr offsets %" PRIu64 "\n", static_cast<uint64_t>(reinterpret_cast<uintptr_t>(off.base)));
   std::printf("addr workspace %" PRIu64 "\n", static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ws.ptr)));
-  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.splits0);
+  std::printf("plan %" PRId64 " %" PRId64 "\n", plan.programs, plan.splits0);
   std::string path;
   const std::string err = fc::segment_lse_sm90_aot(a, set(), plan, &path);
   if (!err.empty()) die(err, 3);

@@ -4,7 +4,7 @@
 // (embed_triton.py --sm90-registry), and writes the results for
 // tests/test_triton_aot_tma.py's `gpu` case to compare with float64 and the Python launcher.
 //
-//   aot_sm90_gpu DIR   DIR/args.txt: B N D S splits argmax; x.bin (B×D), bank.bin (N×D) in the
+//   aot_sm90_gpu DIR   DIR/args.txt: B N D S programs splits argmax; x.bin (B×D), bank.bin (N×D) in the
 //                      set's dtype, contiguous; offsets.bin (S+1 int64); scale.bin (B fp32).
 //                      Writes lse.bin (B×S fp32), max0.bin (B fp32), argmax0.bin (B int64) and
 //                      prints "path tma" or "path ptr: REASON".
@@ -69,8 +69,9 @@ int main(int argc, char** argv) {
   check(cudaMalloc(reinterpret_cast<void**>(&a.max0), static_cast<std::size_t>(a.B) * 4), "cudaMalloc max0");
   const bool argmax = geti(kv, "argmax") != 0;
   if (argmax) check(cudaMalloc(reinterpret_cast<void**>(&a.argmax0), static_cast<std::size_t>(a.B) * 8), "cudaMalloc");
-  const fc::Sm90Plan plan = fc::sm90_plan(a.N, geti(kv, "splits"), geti(kv, "splits"), k.block_n);
-  const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.S, a.B, a.N, k.block_b);
+  // programs: the hot kernel's stream-K grid (the launcher's num_programs), splits: segment 0's.
+  const fc::Sm90Plan plan = fc::sm90_plan(geti(kv, "programs"), geti(kv, "splits"));
+  const fc::Sm90WsLayout w = fc::sm90_workspace_layout(plan, a.B, a.N, k.block_b);
   check(cudaMalloc(&a.workspace, static_cast<std::size_t>(w.total)), "cudaMalloc workspace");
   a.workspace_bytes = w.total;
   std::string path;
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
   if (!err.empty()) die(err, 3);
   check(cudaDeviceSynchronize(), "the sm90 kernels");
   std::printf("path %s\n", path.c_str());
-  std::printf("plan %" PRId64 " %" PRId64 " %" PRId64 "\n", plan.chunk, plan.splits, plan.splits0);
+  std::printf("plan %" PRId64 " %" PRId64 "\n", plan.programs, plan.splits0);
   download(dir + "/lse.bin", a.lse, lse_bytes);
   download(dir + "/max0.bin", a.max0, static_cast<std::size_t>(a.B) * 4);
   if (argmax) download(dir + "/argmax0.bin", a.argmax0, static_cast<std::size_t>(a.B) * 8);

@@ -6,20 +6,30 @@
 // kernel) is the real code; the emulator's device memory is host memory, so the models read
 // and write the buffers the sequence hands them.
 //
-// Each model follows its kernel's contract (fastood/ops/_triton_segment_lse_sm90.py and the
-// portable merge of _triton_segment_lse.py), computing in float64 and storing fp32 (base-2
-// states: m = max t, l = Σ 2^(t−m), t = L·log2 e, L = row_scale · x·bank):
-//   hot        grid (row blocks, splits): segments >= 1 over the split's columns; lse directly,
-//              or with SPLIT the partial (m, l) at ws[(q·S + s)·B + row];
-//   merge      grid (S, row blocks of merge_block): the splits segment s spans, in order;
-//              writes lse[:, s] and, for s = 0, max0 (never argmax: the sequence uses merge[0]);
+// Each model follows its kernel's contract (fastood/ops/_triton_segment_lse_sm90.py's
+// docstrings), computing in float64 and storing fp32 (base-2 states: m = max t,
+// l = Σ 2^(t−m), t = L·log2 e, L = row_scale · x·bank):
+//   hot        grid (P): stream-K. Units u = r·T + t (row block r, tile t of columns [end0, N),
+//              T = ⌈(N − end0)/BLOCK_N⌉, U = ⌈B/BLOCK_B⌉·T); program q walks [⌊qU/P⌋, ⌊(q+1)U/P⌋),
+//              a *piece* per row block it touches. Each piece clears its mark (flag[r] when it
+//              leads row block r, else bflag[q]); a tile with > W = 8 segments or a row whose
+//              logits spread over > 96 (log2) marks it (flag[r], or bflag[q] for a first piece
+//              that starts inside its row block), and a marked piece's outputs are NaN here
+//              (the exact kernel must redo the row block). Every segment ≥ 1 ending inside a
+//              piece gets the lse of its columns in the piece (a partial when it began before);
+//              the boundary entries part_seg / part_v [2q+1] (after ⌊qU/P⌋) and [2q+2] (before
+//              ⌊(q+1)U/P⌋), where those fall inside a row block, and −1 / bflag = 0 for an empty
+//              range, exactly as the kernel docstring defines them;
 //   seg0       grid (row blocks, splits0): segment 0's column tiles p, p + splits0, …; lse,
 //              max0, argmax0 or with SPLIT the partial (m, l, first argmax) at ws0[p·B + row];
 //   seg0_merge grid (row blocks of merge_block): combines those, ties to the smaller column;
-//   exact      grid (row blocks): row blocks whose flag is set, all segments (the models
-//              never set one, as the kernels do not when nothing underflows).
-// Every launch is also printed ("launch NAME GX GY GZ"); FASTOOD_MODEL_LOG=path appends there.
-// Other images (the portable set of fake_aot/segment_lse_aot_kernels.h) are only recorded.
+//   exact      grid (row blocks): a row block marked by one of its pieces (flag, or bflag of a
+//              boundary inside it): all segments, exact; else the entries of its boundaries
+//              merged in column order, lse = m + log Σ exp(v_e − m).
+// The models read the sequence's colseg buffer (not the offsets) where the kernels do, and the
+// hot model refuses a grid that is not P programs. Every launch is printed ("launch NAME GX GY
+// GZ"), and the hot kernel's marks and the exact kernel's work ("mark flag R", "mark bflag Q",
+// "merge R B_LO B_HI", "recompute R"); FASTOOD_MODEL_LOG=path appends there.
 // The kernel sets may be the stand-ins of fake_aot/ or the real images embed_triton.py
 // generates (tests/test_triton_aot_tma.py): the models read their arguments by the Triton
 // signatures' parameter names.
@@ -35,6 +45,7 @@
 #include <vector>
 
 #include "cuda/segment_lse_aot.h"
+#include "cuda/split_plan.h"
 #include "segment_lse_sm90_aot_kernels.h"
 
 namespace fastood {
@@ -74,9 +85,12 @@ void log_line(const std::string& s) {
 
 struct Slot {
   const SegmentLseSm90AotKernels* set = nullptr;
-  std::string kind;  // hot, merge, seg0, seg0_merge, exact
+  std::string kind;  // hot, seg0, seg0_merge, exact
   bool tma = false, split = false, argmax = false;
 };
+
+constexpr int64_t kWindow = 8;         // SEG_WINDOW: segments one fast-path tile may touch
+constexpr double kMaxSpread = 96.0;    // MAX_SPREAD (log2) of the fast path's shared reference
 
 Slot find_slot(const TritonKernelImage* k) {
   Slot s;
@@ -85,14 +99,13 @@ Slot find_slot(const TritonKernelImage* k) {
     s.set = &set;
     for (int t = 0; t < 2; ++t)
       for (int v = 0; v < 2; ++v) {
-        if (k == set.hot[t][v]) return s.kind = "hot", s.tma = t, s.split = v, s;
+        if (v == 0 && k == set.hot[t]) return s.kind = "hot", s.tma = t, s;
         for (int p = 0; p < 2; ++p)
           if (k == set.seg0[t][v][p]) return s.kind = "seg0", s.tma = t, s.argmax = v, s.split = p, s;
       }
     for (int v = 0; v < 2; ++v) {
       if (k == set.exact[v]) return s.kind = "exact", s.argmax = v, s;
       if (k == set.seg0_merge[v]) return s.kind = "seg0_merge", s.argmax = v, s;
-      if (k == set.merge[v]) return s.kind = "merge", s.argmax = v, s;
     }
   }
   s.set = nullptr;
@@ -172,51 +185,93 @@ float finish(double m, double l) {
   return static_cast<float>((m + std::log2(std::max(l, 1e-30))) * kLn2);
 }
 
-void run_hot(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
-  const int64_t bb = s.set->block_b, chunk = pr.a.i("chunk");
-  float* lse = pr.a.p<float>("lse_ptr");
-  float* ws_m = pr.a.p<float>("ws_m_ptr");
-  float* ws_l = pr.a.p<float>("ws_l_ptr");
-  for (int64_t bx = 0; bx < gx; ++bx)
-    for (int64_t q = 0; q < gy; ++q) {
-      const int64_t c0 = q * chunk, c1 = std::min(pr.N, c0 + chunk);
-      for (int64_t r = bx * bb; r < std::min(pr.B, (bx + 1) * bb); ++r)
-        for (int64_t seg = 1; seg < pr.S; ++seg) {
-          const int64_t lo = std::max(c0, pr.off[seg]), hi = std::min(c1, pr.off[seg + 1]);
-          if (lo >= hi) continue;
-          State st;
-          accumulate(pr, r, lo, hi, &st);
-          if (s.split) {
-            ws_m[(q * pr.S + seg) * pr.B + r] = static_cast<float>(st.m);
-            ws_l[(q * pr.S + seg) * pr.B + r] = static_cast<float>(st.l);
-          } else {
-            lse[r * pr.S + seg] = finish(st.m, st.l);
-          }
-        }
-    }
+// The lse (natural log) of row r over columns [lo, hi), in float64 (−inf when empty).
+double lse_of(const Problem& pr, int64_t r, int64_t lo, int64_t hi) {
+  State st;
+  accumulate(pr, r, lo, hi, &st);
+  return st.any ? (st.m + std::log2(st.l)) * kLn2 : kNegInf;
 }
 
-void run_merge(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
-  const int64_t mb = s.set->merge_block, chunk = pr.a.i("chunk");
-  const float* ws_m = pr.a.p<const float>("ws_m_ptr");
-  const float* ws_l = pr.a.p<const float>("ws_l_ptr");
-  float* lse = pr.a.p<float>("lse_ptr");
-  float* max0 = pr.a.p<float>("max0_ptr");
-  for (int64_t seg = 0; seg < gx; ++seg)
-    for (int64_t r = 0; r < std::min<int64_t>(pr.B, gy * mb); ++r) {
-      const int64_t lo = pr.off[seg], hi = pr.off[seg + 1];
-      const int64_t first = lo / chunk, n = hi > lo ? (hi - 1) / chunk - first + 1 : 0;
-      double m = kNegInf, l = 0.0;
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t w = ((first + k) * pr.S + seg) * pr.B + r;
-        const double mp = ws_m[w], lp = ws_l[w];
-        const double mn = std::max(m, mp), ref = mn == kNegInf ? 0.0 : mn;
-        l = l * std::exp2(m - ref) + lp * std::exp2(mp - ref);
-        m = mn;
-      }
-      lse[r * pr.S + seg] = finish(m, l);
-      if (seg == 0) max0[r] = static_cast<float>(m * kLn2);
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The hot kernel's mark rule on tile [n0, n0 + bn) of row block rb (columns past N load as 0).
+bool tile_marked(const Problem& pr, const int32_t* colseg, int64_t rb, int64_t bb, int64_t n0, int64_t bn) {
+  const int64_t n_end = std::min(pr.N, n0 + bn);
+  if (colseg[n_end - 1] - colseg[n0] >= kWindow) return true;
+  for (int64_t r = rb * bb; r < std::min(pr.B, (rb + 1) * bb); ++r) {
+    double hi = kNegInf, lo = -kNegInf;
+    for (int64_t c = n0; c < n0 + bn; ++c) {
+      const double t = c < n_end ? pr.t(r, c) : 0.0;
+      hi = std::max(hi, t);
+      lo = std::min(lo, t);
     }
+    if (hi - lo > kMaxSpread) return true;
+  }
+  return false;
+}
+
+std::string run_hot(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
+  const int64_t bb = s.set->block_b, bn = s.set->block_n, P = pr.a.i("P");
+  if (P < 1 || gx != P || gy != 1) return "model of hot: the grid is not (P) programs";
+  const int64_t end0 = pr.off[1], T = cdiv(pr.N - end0, bn), nb = cdiv(pr.B, bb), U = nb * T;
+  const int32_t* colseg = pr.a.p<const int32_t>("colseg_ptr");
+  int32_t* flag = pr.a.p<int32_t>("flag_ptr");
+  int32_t* bflag = pr.a.p<int32_t>("bflag_ptr");
+  int32_t* part_seg = pr.a.p<int32_t>("part_seg_ptr");
+  float* part_v = pr.a.p<float>("part_v_ptr");
+  float* lse = pr.a.p<float>("lse_ptr");
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t q = 0; q < P; ++q) {
+    const int64_t u0 = q * U / P, u1 = (q + 1) * U / P;
+    if (u1 == u0) {  // an empty range cuts nothing
+      part_seg[2 * q + 1] = part_seg[2 * q + 2] = -1;
+      bflag[q] = 0;
+      continue;
+    }
+    const int64_t t0 = u0 % T, n_start = end0 + t0 * bn;
+    const int64_t s0 = colseg[n_start];
+    int64_t head = pr.off[s0] < n_start ? s0 : -1;  // the segment cut at boundary q
+    for (int64_t u = u0; u < u1;) {  // one piece: units [u, e) of row block rb
+      const int64_t rb = u / T, ta = u % T, e = std::min(u1, (rb + 1) * T), tb = e - rb * T;
+      const int64_t c_lo = end0 + ta * bn, c_hi = std::min(pr.N, end0 + tb * bn);
+      const bool inside = ta > 0;  // only a program's first piece starts inside a row block
+      (inside ? bflag[q] : flag[rb]) = 0;
+      bool marked = false;
+      for (int64_t t = ta; t < tb && !marked; ++t) marked = tile_marked(pr, colseg, rb, bb, end0 + t * bn, bn);
+      if (marked) {
+        (inside ? bflag[q] : flag[rb]) = 1;
+        log_line((inside ? "mark bflag " : "mark flag ") + std::to_string(inside ? q : rb));
+      }
+      const int64_t s_hi = colseg[c_hi - 1];
+      for (int64_t r = rb * bb; r < std::min(pr.B, (rb + 1) * bb); ++r) {
+        for (int64_t seg = colseg[c_lo]; seg <= s_hi; ++seg) {  // the segments ending in the piece
+          if (seg < 1 || pr.off[seg + 1] <= pr.off[seg] || pr.off[seg + 1] > c_hi) continue;
+          lse[r * pr.S + seg] = marked ? nan : static_cast<float>(lse_of(pr, r, std::max(c_lo, pr.off[seg]), pr.off[seg + 1]));
+        }
+        if (e == u1 && tb < T && pr.off[s_hi + 1] > c_hi) {  // the segment still open at boundary q + 1
+          const bool through = s_hi == head && rb * T <= u0;   // it began before the piece, too
+          const int64_t slot = through ? 2 * q + 1 : 2 * q + 2;
+          part_v[slot * bb + (r - rb * bb)] =
+              marked ? nan : static_cast<float>(lse_of(pr, r, std::max(c_lo, pr.off[s_hi]), c_hi));
+        }
+      }
+      if (e == u1 && tb < T) {  // the range stops inside row block rb: boundary q + 1's "before" entry
+        if (pr.off[s_hi + 1] > c_hi) {
+          if (s_hi == head && rb * T <= u0) {
+            head = -(head + 2);
+            part_seg[2 * q + 2] = -1;
+          } else {
+            part_seg[2 * q + 2] = static_cast<int32_t>(s_hi);
+          }
+        } else {
+          part_seg[2 * q + 2] = -1;
+        }
+      }
+      u = e;
+    }
+    if (t0 > 0) part_seg[2 * q + 1] = static_cast<int32_t>(head);
+  }
+  return std::string();
 }
 
 void run_seg0(const Problem& pr, const Slot& s, unsigned gx, unsigned gy) {
@@ -270,23 +325,65 @@ void run_seg0_merge(const Problem& pr, const Slot& s, unsigned gx) {
   }
 }
 
-void run_exact(const Problem& pr, const Slot& s, unsigned gx) {
-  const int64_t bb = s.set->block_b;
+std::string run_exact(const Problem& pr, const Slot& s, unsigned gx) {
+  const int64_t bb = s.set->block_b, bn = s.set->block_n, P = pr.a.i("P");
+  if (P < 1) return "model of exact: P < 1";
+  const int64_t end0 = pr.off[1], T = cdiv(pr.N - end0, bn), U = cdiv(pr.B, bb) * T;
   const int32_t* flag = pr.a.p<const int32_t>("flag_ptr");
-  for (int64_t bx = 0; bx < gx; ++bx) {
-    if (flag[bx] == 0) continue;
-    for (int64_t r = bx * bb; r < std::min(pr.B, (bx + 1) * bb); ++r)
+  const int32_t* bflag = pr.a.p<const int32_t>("bflag_ptr");
+  const int32_t* part_seg = pr.a.p<const int32_t>("part_seg_ptr");
+  const float* part_v = pr.a.p<const float>("part_v_ptr");
+  float* lse = pr.a.p<float>("lse_ptr");
+  for (int64_t rb = 0; rb < gx; ++rb) {
+    if (T == 0) continue;  // no hot tile: nothing marked, nothing cut
+    const int64_t u_first = rb * T;
+    const int64_t b_lo = stream_k_owner(u_first, U, P) + 1, b_hi = stream_k_owner(u_first + T - 1, U, P);
+    bool flagged = flag[rb] != 0;
+    for (int64_t b = b_lo; b <= b_hi; ++b) flagged = flagged || bflag[b] != 0;
+    if (!flagged) {
+      if (b_hi >= b_lo) log_line("merge " + std::to_string(rb) + " " + std::to_string(b_lo) + " " + std::to_string(b_hi));
+      for (int64_t r = rb * bb; r < std::min(pr.B, (rb + 1) * bb); ++r) {
+        int64_t cur = -1;
+        double v = kNegInf;
+        for (int64_t e = 2 * b_lo; e < 2 * b_hi + 2; ++e) {
+          const int64_t code = part_seg[e];
+          if (code == -1) continue;
+          int64_t seg;
+          double ve;
+          if (e % 2 == 1 && code >= 0) {  // after a boundary: the partial sits in lse
+            seg = code;
+            ve = lse[r * pr.S + seg];
+          } else {
+            seg = code >= 0 ? code : -code - 2;
+            ve = part_v[e * bb + (r - rb * bb)];
+          }
+          if (seg != cur) {
+            if (cur >= 0) lse[r * pr.S + cur] = static_cast<float>(v);
+            v = ve;
+          } else {
+            const double mx = std::max(v, ve), mr = mx == kNegInf ? 0.0 : mx;
+            v = mr + std::log(std::exp(v - mr) + std::exp(ve - mr));
+          }
+          cur = seg;
+        }
+        if (cur >= 0) lse[r * pr.S + cur] = static_cast<float>(v);
+      }
+      continue;
+    }
+    log_line("recompute " + std::to_string(rb));
+    for (int64_t r = rb * bb; r < std::min(pr.B, (rb + 1) * bb); ++r)
       for (int64_t seg = 0; seg < pr.S; ++seg) {
         State st;
         accumulate(pr, r, pr.off[seg], pr.off[seg + 1], &st);
         if (!st.any) continue;
-        pr.a.p<float>("lse_ptr")[r * pr.S + seg] = finish(st.m, st.l);
+        lse[r * pr.S + seg] = finish(st.m, st.l);
         if (seg == 0) {
           pr.a.p<float>("max0_ptr")[r] = static_cast<float>(st.m * kLn2);
           if (s.argmax) pr.a.p<int64_t>("arg0_ptr")[r] = st.arg;
         }
       }
   }
+  return std::string();
 }
 
 }  // namespace
@@ -315,15 +412,14 @@ std::string launch(const TritonKernelImage& k, unsigned gx, unsigned gy, unsigne
   }
   try {
     const Problem pr(a, s.set->dtype);
-    if (s.kind == "hot") run_hot(pr, s, gx, gy);
-    else if (s.kind == "merge") run_merge(pr, s, gx, gy);
+    if (s.kind == "hot") why = run_hot(pr, s, gx, gy);
     else if (s.kind == "seg0") run_seg0(pr, s, gx, gy);
     else if (s.kind == "seg0_merge") run_seg0_merge(pr, s, gx);
-    else run_exact(pr, s, gx);
+    else why = run_exact(pr, s, gx);
   } catch (const std::out_of_range&) {
     return "model of " + s.kind + ": the image lacks a parameter the model reads";
   }
-  return std::string();
+  return why;
 }
 
 std::string encode_tensor_map(const TritonTensorDesc& desc, const TensorDescArg& a, TensorMap* out) {

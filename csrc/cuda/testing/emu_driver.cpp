@@ -3,7 +3,9 @@
 //
 //   emu_driver segment_lse DIR     reads DIR/args.txt (key value lines), x.bin, bank.bin,
 //                                  offsets.bin (int64), row_scale.bin (f32); writes lse.bin,
-//                                  max0.bin, argmax0.bin and plan.txt ("splits chunk blocks_per_sm")
+//                                  max0.bin, argmax0.bin, plan.txt ("splits chunk blocks_per_sm")
+//                                  and sm90.txt ("programs splits0 workspace_bytes" of the sm90
+//                                  request; key `programs` > 0 forces the hot kernel's grid)
 //   emu_driver head DIR            reads args.txt, x.bin, bank.bin; writes score.bin, pred.bin
 //   emu_driver split_starts DIR    reads args.txt (S chunk splits), offsets.bin; writes starts.bin (int32)
 //   emu_driver sizes DIR           head / sm90 workspace sizes over a list of batches (run_sizes)
@@ -19,6 +21,9 @@
 #include <string>
 
 #include "cuda/fastood_cuda.cuh"
+#ifdef FASTOOD_WITH_TRITON_AOT
+#include "cuda/segment_lse_aot.h"
+#endif
 #include "emu_io.h"
 
 namespace fc = fastood::cuda;
@@ -71,8 +76,17 @@ int run_segment_lse(const std::string& dir) {
   fc::Sm90Request r90;
   int64_t ws_bytes = a.plan.workspace_bytes;
   if (fc::sm90_request(a.dtype, a.B, a.N, a.S, sms, geti(kv, "splits"), 2 * fc::kDefaultSplitWorkspaceBytes, &r90)) {
-    a.sm90_splits = r90.splits;
+    a.sm90_programs = r90.programs;
     a.sm90_splits0 = r90.splits0;
+#ifdef FASTOOD_WITH_TRITON_AOT
+    // programs (tests): force the hot kernel's stream-K grid (the launcher's num_programs),
+    // the request's bytes recomputed for it (the model set's tile: 128 rows).
+    if (kv.count("programs") && geti(kv, "programs") > 0) {
+      a.sm90_programs = r90.programs = geti(kv, "programs");
+      r90.workspace_bytes =
+          fc::sm90_workspace_layout(fc::sm90_plan(r90.programs, r90.splits0), a.B, a.N, 128).total;
+    }
+#endif
     ws_bytes = std::max(ws_bytes, r90.workspace_bytes);
   }
   // ws_sm90_minus (tests): reserve that many bytes less than the sm90 request, to see the
@@ -90,6 +104,7 @@ int run_segment_lse(const std::string& dir) {
   write_file(dir + "/max0.bin", max0.ptr, max0.bytes);
   write_file(dir + "/argmax0.bin", arg.ptr, arg.bytes);
   std::ofstream(dir + "/plan.txt") << a.plan.splits << " " << a.plan.chunk << " " << per_sm << "\n";
+  std::ofstream(dir + "/sm90.txt") << r90.programs << " " << r90.splits0 << " " << r90.workspace_bytes << "\n";
   return 0;
 }
 
@@ -133,7 +148,7 @@ int run_head(const std::string& dir) {
 
 // args.txt: dtype method num_id groups N sm_count and B_list (comma-separated batch sizes);
 // writes sizes.txt, per B: "B head_workspace_bytes sm90_workspace_bound request" where
-// request is "splits splits0 bytes" of sm90_request within the head's split budget
+// request is "programs splits0 bytes" of sm90_request within the head's split budget
 // (head_workspace_bytes − head_fixed, head_fixed given as args: the test computes it), or "none".
 int run_sizes(const std::string& dir) {
   auto kv = read_args(dir);
@@ -156,7 +171,7 @@ int run_sizes(const std::string& dir) {
     out << B << " " << head << " " << fc::sm90_workspace_bound(B, used, S, fc::kHeadSplitWorkspaceBytes);
     fc::Sm90Request r;
     if (fc::sm90_request(dtype_of(kv.at("dtype")), B, used, S, static_cast<int>(geti(kv, "sm_count")), 0, head - fixed, &r))
-      out << " " << r.splits << " " << r.splits0 << " " << r.workspace_bytes << "\n";
+      out << " " << r.programs << " " << r.splits0 << " " << r.workspace_bytes << "\n";
     else
       out << " none\n";
   }

@@ -18,27 +18,56 @@ using aot::TritonKernelImage;
 using aot::TritonParam;
 using aot::TritonTensorDesc;
 
-#define FASTOOD_FAKE_PARAMS(XK, BK)                                                                          \
-  {{"x_ptr", XK}, {"bank_ptr", BK}, {"colseg_ptr", ParamKind::kPointer}, {"off_ptr", ParamKind::kPointer},   \
-   {"scale_ptr", ParamKind::kPointer}, {"flag_ptr", ParamKind::kPointer}, {"lse_ptr", ParamKind::kPointer},  \
-   {"max0_ptr", ParamKind::kPointer}, {"arg0_ptr", ParamKind::kPointer}, {"ws_m_ptr", ParamKind::kPointer},   \
-   {"ws_l_ptr", ParamKind::kPointer}, {"ws_arg_ptr", ParamKind::kPointer}, {"B", ParamKind::kI32},            \
-   {"N", ParamKind::kI32}, {"D", ParamKind::kI32}, {"S", ParamKind::kI32}, {"chunk", ParamKind::kI32},        \
-   {"n_splits", ParamKind::kI32}, {"stride_xb", ParamKind::kI32}, {"stride_bn", ParamKind::kI32},           \
-   {"global_scratch", ParamKind::kGlobalScratch}, {"profile_scratch", ParamKind::kProfileScratch}}
+// Each kind's parameters exactly as its Triton signature has them (aot_specs of
+// fastood/ops/_triton_segment_lse_sm90.py, constexprs removed): pack_named refuses a launch
+// that lacks one, so the stand-ins catch a forgotten argument as the real images would.
+#define FASTOOD_SCRATCH {"global_scratch", ParamKind::kGlobalScratch}, {"profile_scratch", ParamKind::kProfileScratch}
+#define FASTOOD_P(n) {n, ParamKind::kPointer}
+#define FASTOOD_I(n) {n, ParamKind::kI32}
+#define FASTOOD_HOT(XK)                                                                                       \
+  {{"x_ptr", XK}, {"bank_ptr", XK}, FASTOOD_P("colseg_ptr"), FASTOOD_P("off_ptr"), FASTOOD_P("scale_ptr"),      \
+   FASTOOD_P("flag_ptr"), FASTOOD_P("bflag_ptr"), FASTOOD_P("lse_ptr"), FASTOOD_P("part_v_ptr"),              \
+   FASTOOD_P("part_seg_ptr"), FASTOOD_I("B"), FASTOOD_I("N"), FASTOOD_I("D"), FASTOOD_I("S"), FASTOOD_I("P"), \
+   FASTOOD_I("stride_xb"), FASTOOD_I("stride_bn"), FASTOOD_SCRATCH}
+#define FASTOOD_SEG0(XK)                                                                                       \
+  {{"x_ptr", XK}, {"bank_ptr", XK}, FASTOOD_P("off_ptr"), FASTOOD_P("scale_ptr"), FASTOOD_P("lse_ptr"),        \
+   FASTOOD_P("max0_ptr"), FASTOOD_P("arg0_ptr"), FASTOOD_P("ws_m_ptr"), FASTOOD_P("ws_l_ptr"),                \
+   FASTOOD_P("ws_arg_ptr"), FASTOOD_I("B"), FASTOOD_I("N"), FASTOOD_I("D"), FASTOOD_I("S"),                   \
+   FASTOOD_I("n_splits"), FASTOOD_I("stride_xb"), FASTOOD_I("stride_bn"), FASTOOD_SCRATCH}
 
-inline const TritonParam kPtrParams[] = FASTOOD_FAKE_PARAMS(ParamKind::kPointer, ParamKind::kPointer);
-inline const TritonParam kTmaParams[] = FASTOOD_FAKE_PARAMS(ParamKind::kTensorMap, ParamKind::kTensorMap);
-#undef FASTOOD_FAKE_PARAMS
-constexpr int kNumParams = 22;
+inline const TritonParam kHotPtr[] = FASTOOD_HOT(ParamKind::kPointer);
+inline const TritonParam kHotTma[] = FASTOOD_HOT(ParamKind::kTensorMap);
+inline const TritonParam kSeg0Ptr[] = FASTOOD_SEG0(ParamKind::kPointer);
+inline const TritonParam kSeg0Tma[] = FASTOOD_SEG0(ParamKind::kTensorMap);
+inline const TritonParam kSeg0Merge[] = {
+    FASTOOD_P("ws_m_ptr"), FASTOOD_P("ws_l_ptr"), FASTOOD_P("ws_arg_ptr"), FASTOOD_P("off_ptr"), FASTOOD_P("lse_ptr"),
+    FASTOOD_P("max0_ptr"), FASTOOD_P("arg0_ptr"), FASTOOD_I("B"), FASTOOD_I("S"), FASTOOD_I("n_splits"),
+    FASTOOD_SCRATCH};
+inline const TritonParam kExact[] = {
+    FASTOOD_P("x_ptr"), FASTOOD_P("bank_ptr"), FASTOOD_P("colseg_ptr"), FASTOOD_P("off_ptr"), FASTOOD_P("scale_ptr"),
+    FASTOOD_P("flag_ptr"), FASTOOD_P("bflag_ptr"), FASTOOD_P("lse_ptr"), FASTOOD_P("max0_ptr"), FASTOOD_P("arg0_ptr"),
+    FASTOOD_P("part_v_ptr"), FASTOOD_P("part_seg_ptr"), FASTOOD_I("B"), FASTOOD_I("N"), FASTOOD_I("D"),
+    FASTOOD_I("S"), FASTOOD_I("P"), FASTOOD_I("stride_xb"), FASTOOD_I("stride_bn"), FASTOOD_SCRATCH};
+#undef FASTOOD_HOT
+#undef FASTOOD_SEG0
+#undef FASTOOD_I
+#undef FASTOOD_P
+#undef FASTOOD_SCRATCH
+
+template <std::size_t n>
+constexpr int count(const TritonParam (&)[n]) {
+  return static_cast<int>(n);
+}
 
 // 128 × 64 boxes (128-byte rows: within the 128-byte swizzle span); element type:
 // CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, BFLOAT16 = 9.
 inline const TritonTensorDesc kDescsF16[] = {{"x_ptr", 2, 3, 2, 6, {128, 64}}, {"bank_ptr", 2, 3, 2, 6, {128, 64}}};
 inline const TritonTensorDesc kDescsBF16[] = {{"x_ptr", 2, 3, 2, 9, {128, 64}}, {"bank_ptr", 2, 3, 2, 9, {128, 64}}};
 
-inline TritonKernelImage image(const char* name, bool tma, const TritonTensorDesc* descs) {
-  TritonKernelImage k{nullptr, 0, name, 90, 8, 0, 0, 1, 0, tma ? kTmaParams : kPtrParams, kNumParams, "", nullptr, 0};
+template <std::size_t n>
+TritonKernelImage image(const char* name, const TritonParam (&params)[n], const TritonTensorDesc* descs) {
+  const bool tma = params[0].kind == ParamKind::kTensorMap;
+  TritonKernelImage k{nullptr, 0, name, 90, 8, 0, 0, 1, 0, params, count(params), "", nullptr, 0};
   if (tma) {
     k.descs = descs;
     k.num_descs = 2;
@@ -48,17 +77,15 @@ inline TritonKernelImage image(const char* name, bool tma, const TritonTensorDes
 
 // One image object per slot (the model tells the kernels apart by address).
 struct Images {
-  TritonKernelImage hot[2][2], seg0[2][2][2], seg0_merge[2], exact[2], merge[2];
-  explicit Images(const TritonTensorDesc* d) {
+  TritonKernelImage hot[2], seg0[2][2][2], seg0_merge[2], exact[2];
+  explicit Images(const TritonTensorDesc* d)
+      : hot{image("hot", kHotPtr, d), image("hot", kHotTma, d)} {
     for (int t = 0; t < 2; ++t)
-      for (int s = 0; s < 2; ++s) {
-        hot[t][s] = image("hot", t == 1, d);
-        for (int g = 0; g < 2; ++g) seg0[t][g][s] = image("seg0", t == 1, d);
-      }
+      for (int s = 0; s < 2; ++s)
+        for (int g = 0; g < 2; ++g) seg0[t][g][s] = t ? image("seg0", kSeg0Tma, d) : image("seg0", kSeg0Ptr, d);
     for (int g = 0; g < 2; ++g) {
-      seg0_merge[g] = image("seg0_merge", false, d);
-      exact[g] = image("exact", false, d);
-      merge[g] = image("merge", false, d);
+      seg0_merge[g] = image("seg0_merge", kSeg0Merge, d);
+      exact[g] = image("exact", kExact, d);
     }
   }
 };
@@ -72,15 +99,14 @@ inline SegmentLseSm90AotKernels set_of(const Images& im, DType dtype) {
   k.block_n = 128;
   k.block_d = 64;
   k.merge_block = 128;
-  for (int t = 0; t < 2; ++t)
-    for (int s = 0; s < 2; ++s) {
-      k.hot[t][s] = &im.hot[t][s];
+  for (int t = 0; t < 2; ++t) {
+    k.hot[t] = &im.hot[t];
+    for (int s = 0; s < 2; ++s)
       for (int g = 0; g < 2; ++g) k.seg0[t][g][s] = &im.seg0[t][g][s];
-    }
+  }
   for (int g = 0; g < 2; ++g) {
     k.seg0_merge[g] = &im.seg0_merge[g];
     k.exact[g] = &im.exact[g];
-    k.merge[g] = &im.merge[g];
   }
   return k;
 }
