@@ -183,11 +183,14 @@ def test_embedded_tma_images_are_fresh_compiles(sm90, tmp_path):
 
 # ------------------------------------------------------- the recording driver and the Python side
 def _run(sm90, work: Path, B, N, D, offsets, splits, argmax, x_addr=0x10000, bank_addr=0x20000, ldx=None,
-         ldb=None) -> dict:
+         ldb=None, programs=None) -> dict:
+    """The recording driver on one problem: ``splits`` segment 0's, ``programs`` the hot kernel's
+    grid (default PROGRAMS)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "offsets.bin").write_bytes(torch.as_tensor(offsets, dtype=torch.int64).numpy().tobytes())
-    args = dict(B=B, N=N, D=D, S=len(offsets) - 1, ldx=ldx or D, ldb=ldb or D, splits=splits, argmax=int(argmax),
-                x_addr=x_addr, bank_addr=bank_addr)
+    args = dict(B=B, N=N, D=D, S=len(offsets) - 1, ldx=ldx or D, ldb=ldb or D,
+                programs=PROGRAMS if programs is None else programs, splits=splits,
+                argmax=int(argmax), x_addr=x_addr, bank_addr=bank_addr)
     (work / "args.txt").write_text("".join(f"{k} {v}\n" for k, v in args.items()))
     proc = subprocess.run([str(sm90["exe"]), str(work)], capture_output=True, text=True, timeout=120)
     rec = {"rc": proc.returncode, "stderr": proc.stderr, "launches": [], "encodes": [], "memsets": []}
@@ -211,7 +214,7 @@ def _run(sm90, work: Path, B, N, D, offsets, splits, argmax, x_addr=0x10000, ban
     return rec
 
 
-def _python_launches(monkeypatch, x, bank, offsets, rs, argmax, splits) -> list:
+def _python_launches(monkeypatch, x, bank, offsets, rs, argmax, splits, programs=None) -> list:
     """What segment_lse_triton_sm90 passes to its kernels (TMA forced; recorded, not run):
     (kernel, grid, {argument name: value}) in launch order."""
     from fastood.ops import _triton_segment_lse_sm90 as m
@@ -236,7 +239,8 @@ def _python_launches(monkeypatch, x, bank, offsets, rs, argmax, splits) -> list:
                        ("_sm90_segment0_merge_kernel", "seg0_merge"), ("_sm90_segment_lse_exact_kernel", "exact"),
                        ("_segment_lse_merge_kernel", "merge")]:
         monkeypatch.setattr(m, attr, Record(name, getattr(m, attr)))
-    m.segment_lse_triton_sm90(x, bank, offsets, rs, argmax, num_splits=splits, blocks=(128, 128, 64), use_tma=True)
+    m.segment_lse_triton_sm90(x, bank, offsets, rs, argmax, num_splits=splits, blocks=(128, 128, 64), use_tma=True,
+                              num_programs=PROGRAMS if programs is None else programs)
     return calls
 
 
@@ -272,50 +276,50 @@ def _problem(B, D, offsets, seed=7):
     return x, bank, torch.tensor(offsets, dtype=torch.int64), torch.full((B,), 100.0)
 
 
-OFFSETS = [0, 100, 384, 384, 500, 768, 900, 1000]  # an empty segment at a split edge
+OFFSETS = [0, 100, 384, 384, 500, 768, 900, 1000]  # an empty segment on a tile edge
 OFFSETS_WIDE0 = [0, 520, 520, 700, 1000]  # segment 0: 5 column tiles over the segment-0 kernel's 3 splits
+PROGRAMS = 5  # the hot kernel's forced stream-K grid: 3 row blocks × 8 (or 4) tiles cut into 5 ranges
 
 
-@pytest.mark.parametrize("offsets,splits,argmax", [(OFFSETS, 3, True), (OFFSETS, 3, False), (OFFSETS, 1, True),
-                                                   (OFFSETS, 1, False), (OFFSETS_WIDE0, 3, True),
-                                                   (OFFSETS_WIDE0, 3, False)])
-def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, offsets, splits, argmax):
-    """segment_lse_sm90_aot against segment_lse_triton_sm90 on the same problem: the same
-    kernels in the same order, the same variants and grids, every argument by name (the
-    integers equal, the pointers in the same sharing pattern across all launches, each
-    descriptor's shape/strides equal the TensorDescriptor's), the same pre-fills, and the
-    emulated colseg kernel equals column_segments (torch.searchsorted)."""
+@pytest.mark.parametrize("offsets,splits,programs,argmax", [
+    (OFFSETS, 3, 5, True), (OFFSETS, 3, 5, False), (OFFSETS, 1, 1, True), (OFFSETS, 1, 40, False),
+    (OFFSETS_WIDE0, 3, 5, True), (OFFSETS_WIDE0, 3, 7, False)])
+def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, offsets, splits, programs, argmax):
+    """segment_lse_sm90_aot against segment_lse_triton_sm90 on the same problem (the same forced
+    stream-K grid and segment-0 splits): the same kernels in the same order (no split merge),
+    the same variants and grids, every argument by name (the integers equal, P included; the
+    pointers — flag, bflag, part_v, part_seg among them — in the same sharing pattern across
+    all launches, each descriptor's shape/strides equal the TensorDescriptor's), the same
+    pre-fills (none for the stream-K buffers), and the emulated colseg kernel equals
+    column_segments (torch.searchsorted)."""
     from fastood.ops._triton_segment_lse_sm90 import column_segments
 
     B, D = 300, 64
     x, bank, off, rs = _problem(B, D, offsets)
     N, S = offsets[-1], len(offsets) - 1
-    rec = _run(sm90, tmp_path, B, N, D, offsets, splits, argmax)
+    rec = _run(sm90, tmp_path, B, N, D, offsets, splits, argmax, programs=programs)
     assert rec["rc"] == 0, rec["stderr"]
     assert rec["path"] == "tma"
-    calls = _python_launches(monkeypatch, x, bank, off, rs, argmax, splits)
-    split = calls[0][3]["SPLIT"]
+    calls = _python_launches(monkeypatch, x, bank, off, rs, argmax, splits, programs)
+    assert calls[0][1] == (programs,) and calls[0][2]["P"] == programs
     # The variant each Python launch selects by its constexprs is the C++ slot's.
     want_slots = []
     for kind, _, _, c in calls:
         if kind == "hot":
-            want_slots.append(f"hot{int(c['USE_TMA'])}{int(c['SPLIT'])}")
+            want_slots.append(f"hot{int(c['USE_TMA'])}")
         elif kind == "seg0":
             want_slots.append(f"seg0{int(c['USE_TMA'])}{int(c['WANT_ARGMAX'])}{int(c.get('SPLIT', False))}")
         else:
             want_slots.append(f"{kind}{int(c['WANT_ARGMAX'])}")
     assert [l["slot"] for l in rec["launches"]] == want_slots
-    assert want_slots[0] == f"hot1{int(split)}" and ("merge0" in want_slots) == split
+    assert want_slots[0] == "hot1" and not any(s.startswith("merge") for s in want_slots)
     if offsets is OFFSETS_WIDE0:  # the segment-0 split and its merge are exercised
         assert f"seg0_merge{int(argmax)}" in want_slots and f"seg01{int(argmax)}1" in want_slots
     py_ptr, cpp_ptr = [], []  # every pointer argument, in one order, both sides
     desc_of = {}  # C++ encode number → (launch, arg)
     n_enc = 0
     for (kind, grid, named, _), cpp in zip(calls, rec["launches"]):
-        if kind == "merge":  # the launcher's merge BLOCK is 32 in the interpreter, 128 on a GPU (the image's)
-            assert grid[1] == -(-B // 32)
-            grid = (grid[0], -(-B // 128))
-        elif kind == "seg0_merge":
+        if kind == "seg0_merge":  # the launcher's BLOCK is 32 in the interpreter, 128 on a GPU (the image's)
             assert grid == (-(-B // 32),)
             grid = (-(-B // 128),)
         assert cpp["grid"] == tuple(grid) + (1,) * (3 - len(grid)), kind
@@ -343,22 +347,21 @@ def test_sm90_sequence_is_the_python_launchers(sm90, tmp_path, monkeypatch, offs
             f"{d}.{f}{i}" for d in ("x_ptr", "bank_ptr") for f in ("shape", "stride") for i in range(2)}
     assert [py_ptr.index(p) for p in py_ptr] == [cpp_ptr.index(p) for p in cpp_ptr]  # the sharing pattern
     assert n_enc == len(rec["encodes"]) == 4  # x and bank, per TMA image (as Triton encodes per launch)
-    # The pre-fills: C++ memsets against the launcher's torch.full / zeros, buffer by buffer.
+    # The pre-fills: C++ memsets against the launcher's torch.full / zeros (the layouts have an
+    # empty segment), buffer by buffer; flag, bflag, part_seg, part_v: torch.empty on both sides.
     cpp_of = dict(zip(py_ptr, cpp_ptr))
-    hot = calls[0][2]
-    seg0 = next(c for c in calls if c[0] == "seg0")[2]
     exact = next(c for c in calls if c[0] == "exact")[2]
     ninf, zero = 0xFF800000, 0
-    want = {(cpp_of[exact["lse_ptr"].data_ptr()], ninf, B * S), (cpp_of[hot["flag_ptr"].data_ptr()], zero, -(-B // 128)),
-            (cpp_of[exact["max0_ptr"].data_ptr()], ninf, B)}
+    want = {(cpp_of[exact["lse_ptr"].data_ptr()], ninf, B * S), (cpp_of[exact["max0_ptr"].data_ptr()], ninf, B)}
     if argmax:
         want.add((cpp_of[exact["arg0_ptr"].data_ptr()], zero, 2 * B))  # int64 zeros as 32-bit words
-    if split:  # segment 0 of every split of the hot kernel's workspace: "nothing"
-        ws_m, ws_l = hot["ws_m_ptr"], hot["ws_l_ptr"]
-        for q in range(ws_m.shape[0]):
-            want.add((cpp_of[ws_m.data_ptr()] + 4 * q * S * B, ninf, B))
-            want.add((cpp_of[ws_l.data_ptr()] + 4 * q * S * B, zero, B))
     assert set(rec["memsets"]) == want and len(rec["memsets"]) == len(want)
+    # The stream-K buffers lie in the workspace, disjoint, each as large as the launcher's.
+    ws = rec["workspace"]
+    spans = sorted((cpp_of[exact[n].data_ptr()], exact[n].numel() * exact[n].element_size())
+                   for n in ("flag_ptr", "bflag_ptr", "part_seg_ptr", "part_v_ptr"))
+    assert spans[0][0] >= ws
+    assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:])), spans
     assert rec["colseg"] == column_segments(off, N).tolist()
 
 
@@ -374,7 +377,7 @@ def test_descriptor_encoding_is_tritons(sm90, tmp_path, monkeypatch):
     rec = _run(sm90, tmp_path, B, OFFSETS[-1], D, OFFSETS, 1, True, ldx=ld)
     assert rec["rc"] == 0 and rec["path"] == "tma", rec["stderr"]
     calls = _python_launches(monkeypatch, x, bank, off, rs, True, 1)
-    # The images this problem runs: without split, segment 0 with argmax.
+    # The images this problem runs: the hot kernel, segment 0 with argmax and without split.
     fresh = _fresh([n for n in _tma_names(sm90) if " split" not in n and ("fwd" in n or "argmax" in n)])
     meta = {("hot" if "fwd" in n else "seg0"): fresh[n]["meta"] for n in fresh}
     x_cpp, bank_cpp = 0x10000, 0x20000
@@ -404,7 +407,7 @@ def test_encode_failure_falls_back_to_the_pointer_images(sm90, tmp_path):
     rec = _run(sm90, tmp_path, 300, OFFSETS[-1], 64, OFFSETS, 1, False, bank_addr=0x0DEAD000)
     assert rec["rc"] == 0, rec["stderr"]
     assert rec["path"].startswith("ptr: ") and "refused" in rec["path"]
-    assert [l["slot"] for l in rec["launches"]] == ["hot00", "seg0000", "exact0"]  # no split: B, N small
+    assert [l["slot"] for l in rec["launches"]] == ["hot0", "seg0000", "exact0"]  # segment 0 not split
     for l in rec["launches"]:
         kinds = {a["name"]: a["kind"] for a in l["args"]}
         assert kinds["x_ptr"] == kinds["bank_ptr"] == "pointer"
@@ -418,7 +421,7 @@ _PROBE = r"""
 #include "aot_sm90_kernels.h"
 namespace a = fastood::cuda::aot;
 int main() {
-  const a::TritonKernelImage& k = *fastood::cuda::kSegmentLseSm90AotSets[0].hot[1][0];
+  const a::TritonKernelImage& k = *fastood::cuda::kSegmentLseSm90AotSets[0].hot[1];
   a::TensorMap mx, mb;
   for (int i = 0; i < 128; ++i) { mx.bytes[i] = static_cast<unsigned char>(3 * i + 1); mb.bytes[i] = static_cast<unsigned char>(255 - i); }
   mx.src.base = reinterpret_cast<void*>(0x10000); mx.src.rank = 2; mx.src.shape[0] = 300; mx.src.shape[1] = 64;
@@ -564,9 +567,9 @@ def test_registry_finds_the_sm90_sets(sm90, tmp_path):
     (tmp_path / "segment_lse_sm90_aot_kernels.h").write_text(sm90["text"])
     assert "kSegmentLseSm90AotSetCount = 1" in sm90["text"]
     slots = set(re.findall(r"k\.(\w+(?:\[\d\])+) = &aot::", sm90["text"]))
-    want = {f"hot[{t}][{s}]" for t in (0, 1) for s in (0, 1)} | {
+    want = {f"hot[{t}]" for t in (0, 1)} | {
         f"seg0[{t}][{g}][{s}]" for t in (0, 1) for g in (0, 1) for s in (0, 1)} | {
-        f"{k}[{g}]" for k in ("exact", "seg0_merge", "merge") for g in (0, 1)}
+        f"{k}[{g}]" for k in ("exact", "seg0_merge") for g in (0, 1)}
     assert slots == want
     inc = cuda_emulator.cuda_include()
     proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-c", "-I", str(tmp_path), "-I", str(ROOT / "csrc"),
@@ -587,12 +590,14 @@ def _reference(x, bank, offsets, scale):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("offsets,splits,argmax", [(OFFSETS, 1, True), (OFFSETS, 3, True), (OFFSETS_WIDE0, 3, True),
-                                                   (OFFSETS_WIDE0, 3, False)])
-def test_gpu_sm90_aot_against_float64_and_the_jit_launcher(sm90, tmp_path, offsets, splits, argmax):
+@pytest.mark.parametrize("offsets,splits,programs,argmax", [(OFFSETS, 1, 1, True), (OFFSETS, 3, 5, True),
+                                                            (OFFSETS, 1, 40, True), (OFFSETS_WIDE0, 3, 7, True),
+                                                            (OFFSETS_WIDE0, 3, 5, False)])
+def test_gpu_sm90_aot_against_float64_and_the_jit_launcher(sm90, tmp_path, offsets, splits, programs, argmax):
     """The whole C++ path on an sm_90 GPU (real cuTensorMapEncodeTiled, cuMemsetD32Async,
     cuLaunchKernel): it takes the TMA path, its results match float64 and the Python
-    launcher's JIT kernels on the same inputs and splits."""
+    launcher's JIT kernels on the same inputs, stream-K grid (pieces cutting segments, P > U)
+    and splits."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("needs an sm_90 GPU")
     from fastood.ops._triton_segment_lse_sm90 import segment_lse_triton_sm90
@@ -614,7 +619,8 @@ def test_gpu_sm90_aot_against_float64_and_the_jit_launcher(sm90, tmp_path, offse
     off = torch.tensor(offsets, dtype=torch.int64)
     for name, t in [("x", x), ("bank", bank), ("offsets", off), ("scale", scale)]:
         (tmp_path / f"{name}.bin").write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
-    (tmp_path / "args.txt").write_text(f"B {B}\nN {N}\nD {D}\nS {S}\nsplits {splits}\nargmax {int(argmax)}\n")
+    (tmp_path / "args.txt").write_text(
+        f"B {B}\nN {N}\nD {D}\nS {S}\nprograms {programs}\nsplits {splits}\nargmax {int(argmax)}\n")
     run = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "path tma" in run.stdout, run.stdout
@@ -632,7 +638,8 @@ def test_gpu_sm90_aot_against_float64_and_the_jit_launcher(sm90, tmp_path, offse
         L = scale.double()[:, None] * (x.double() @ bank.double().T)
         # A different index only where it ties the maximum within fp32 rounding.
         assert (L.gather(1, arg[:, None])[:, 0] - ref_max0).abs().max().item() <= 2e-3
-    jl, jm, ja = segment_lse_triton_sm90(x.cuda(), bank.cuda(), off.cuda(), scale.cuda(), argmax, num_splits=splits)
+    jl, jm, ja = segment_lse_triton_sm90(x.cuda(), bank.cuda(), off.cuda(), scale.cuda(), argmax, num_splits=splits,
+                                         num_programs=programs)
     assert (lse - jl.cpu().double())[finite].abs().max().item() <= 1e-5
     assert (max0 - jm.cpu().double()).abs().max().item() <= 1e-5
 
@@ -666,7 +673,7 @@ def test_head_through_the_real_sm90_images_matches_float64(sm90, tmp_path):
     env = {"FASTOOD_EMU_CC": "90", "FASTOOD_CUDA_PATH": "auto", "FASTOOD_MODEL_LOG": str(log)}
     score, pred, path = _head(exe, tmp_path / "run", x, bank, K, "neglabel", G, env)
     assert path == "sm90 tma", path
-    assert "launch hot tma split" in log.read_text()
+    assert "launch hot tma 27 1 1" in log.read_text()  # one program per hot tile: 9 row blocks × 3
     ref, L = _head_reference(x, bank, K, "neglabel", G)
     assert (score.double() - ref).abs().max().item() <= 1e-4
     assert (L[:, :K].gather(1, pred.long()[:, None])[:, 0] - L[:, :K].max(1).values).abs().max().item() <= 1e-3
