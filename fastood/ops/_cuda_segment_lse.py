@@ -123,13 +123,14 @@ def plan_splits(
 def sm90_request(
     B: int, N: int, S: int, device: torch.device, num_splits: int | None = None, *, dtype: torch.dtype = torch.float16,
 ) -> tuple[int, int, int] | None:
-    """``(splits, splits0, workspace_bytes)`` of the Hopper AOT sequence on ``device``, or None when
-    ``fastood._C`` embeds no sm90 kernel set for that device and ``dtype``.
+    """``(programs, splits0, workspace_bytes)`` of the Hopper AOT sequence on ``device``, or None
+    when ``fastood._C`` embeds no sm90 kernel set for that device and ``dtype``.
 
-    ``splits`` / ``splits0``: the hot and segment-0 kernels' column splits (the Python
-    launcher's heuristic on the device's SMs, or ``num_splits`` for both); the workspace is
-    colseg (N int32) + row-block flags + the partials, the partials fitted to
-    ``2 · WORKSPACE_BYTES``.
+    ``programs``: the hot kernel's stream-K grid (two per SM, at most one per tile:
+    ``stream_k_programs`` in csrc/cuda/split_plan.h); ``splits0``: the segment-0 kernel's
+    column splits (the Python launcher's rule on the device's SMs, or ``num_splits``); the
+    workspace is colseg (N int32) + row-block flags + the stream-K boundary records (P + 1
+    boundaries) + segment 0's partials, fitted to ``2 · WORKSPACE_BYTES``.
     """
     ext = _ext()
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -227,7 +228,7 @@ def segment_lse_cuda(
     splits, chunk, ws_bytes = plan_splits(B, N, S, device, num_splits, dtype=x.dtype, vector_loads=vec)
     # The Hopper sequence's own splits and workspace (None: not embedded for this device/dtype).
     req = sm90_request(B, N, S, device, num_splits, dtype=x.dtype)
-    sm90_splits, sm90_splits0 = (0, 0) if req is None else req[:2]
+    sm90_programs, sm90_splits0 = (0, 0) if req is None else req[:2]
     ws_bytes = max(ws_bytes, 0 if req is None else req[2])
     # torch's caching allocator returns 512-byte aligned blocks: the 256-byte requirement holds.
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes > 0 else None
@@ -245,7 +246,7 @@ def segment_lse_cuda(
             arg0.data_ptr() if want_argmax else 0,
             splits, chunk,
             ws.data_ptr() if ws is not None else 0, ws_bytes,
-            stream, sm90_splits, sm90_splits0,
+            stream, sm90_programs, sm90_splits0,
         )
     return lse, max0, arg0
 
