@@ -993,7 +993,8 @@ def segment_lse_triton_sm90(
     bb, bn, bd = blocks
     if use_tma is None:
         use_tma = (not interpreting) and _tma_ok(x) and _tma_ok(bank) and _tensor_descriptor_cls() is not None
-    # Two resident blocks per SM on the capped TMA path (128 registers), one otherwise.
+    # The segment-0 kernel: two resident blocks per SM on the TMA path (128 registers), one on
+    # the pointer path (152-182 registers uncapped).
     per_sm = 2 if (use_tma and CAP_REGISTERS) else 1
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be an int >= 1, got {num_splits!r}")
@@ -1018,7 +1019,9 @@ def segment_lse_triton_sm90(
     if n_blocks * triton.cdiv(N, bn) >= 2**31:
         raise ValueError(f"x ({B} rows) and bank ({N} columns) make more than 2^31 tiles of {bb}x{bn}: split the batch")
     if num_programs is None:
-        slots = n_blocks if interpreting else per_sm * _sm_count(_device_index(device))
+        # Both hot-kernel paths run capped at 128 registers (0 spill, Triton 3.6 and 3.8) and
+        # 98 KB of shared memory: two resident blocks per SM (as the C++ dispatch assumes).
+        slots = n_blocks if interpreting else (2 if CAP_REGISTERS else 1) * _sm_count(_device_index(device))
         num_programs = stream_k_programs(n_blocks, tiles, slots)
     if isinstance(num_programs, bool) or not isinstance(num_programs, int) or num_programs < 1:
         raise ValueError(f"num_programs must be an int >= 1, got {num_programs!r}")
