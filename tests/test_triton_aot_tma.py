@@ -235,9 +235,9 @@ def _python_launches(monkeypatch, x, bank, offsets, rs, argmax, splits, programs
                               {k: v for k, v in named.items() if k in self.const}))
             return go
 
+    # (The portable module's split merge is not even imported by the sm90 module any more.)
     for attr, name in [("_sm90_segment_lse_fwd_kernel", "hot"), ("_sm90_segment0_kernel", "seg0"),
-                       ("_sm90_segment0_merge_kernel", "seg0_merge"), ("_sm90_segment_lse_exact_kernel", "exact"),
-                       ("_segment_lse_merge_kernel", "merge")]:
+                       ("_sm90_segment0_merge_kernel", "seg0_merge"), ("_sm90_segment_lse_exact_kernel", "exact")]:
         monkeypatch.setattr(m, attr, Record(name, getattr(m, attr)))
     m.segment_lse_triton_sm90(x, bank, offsets, rs, argmax, num_splits=splits, blocks=(128, 128, 64), use_tma=True,
                               num_programs=PROGRAMS if programs is None else programs)

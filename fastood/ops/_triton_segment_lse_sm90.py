@@ -149,7 +149,7 @@ from torch import Tensor
 
 from fastood.ops import _layout_cache
 from fastood.ops._split_plan import wave_splits
-from fastood.ops._triton_segment_lse import _device_index, _device_offsets, _segment_lse_merge_kernel, _sm_count
+from fastood.ops._triton_segment_lse import _device_index, _device_offsets, _sm_count
 
 __all__ = ["segment_lse_triton_sm90", "sm90_supported", "sm90_wanted", "aot_specs", "WARP_ORGANISATION", "sol_splits",
            "sol_programs", "stream_k_programs", "stream_k_owner",
@@ -841,7 +841,7 @@ def _tma_ok(t: Tensor) -> bool:
     return t.stride(1) == 1 and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and t.shape[1] * es >= 16
 
 
-# The split workspace (m and l per split, segment and row, fp32) is kept under this.
+# A split workspace (m and l per split, segment and row, fp32: segment 0's, S = 1) is kept under this.
 SPLIT_WORKSPACE_BYTES = 64 * 2**20
 
 
