@@ -871,11 +871,11 @@ def stream_k_owner(u: int, U: int, P: int) -> int:
 def sol_programs(B: int, N: int, S: int, end0: int, sms: int, bb: int, bn: int, blocks_per_sm: int) -> tuple[int, int]:
     """``(programs, tiles per program)`` of the hot kernel as its launcher runs it (``bench/sol.py``):
     T = ⌈(N − end0)/bn⌉ tiles per row block, U = ⌈B/bb⌉·T, P = :func:`stream_k_programs`, ⌈U/P⌉."""
-    U = triton.cdiv(B, bb) * triton.cdiv(max(N - end0, 0), bn)
-    if U == 0:
+    n_blocks, T = triton.cdiv(B, bb), triton.cdiv(max(N - end0, 0), bn)
+    if n_blocks * T == 0:
         return 0, 0
-    P = stream_k_programs(triton.cdiv(B, bb), triton.cdiv(N - end0, bn), blocks_per_sm * sms)
-    return P, triton.cdiv(U, P)
+    P = stream_k_programs(n_blocks, T, blocks_per_sm * sms)
+    return P, triton.cdiv(n_blocks * T, P)
 
 
 def _choose_splits_sm90(B: int, N: int, S: int, device: torch.device, interpreting: bool, bb: int, bn: int,
@@ -1021,7 +1021,7 @@ def segment_lse_triton_sm90(
     if num_programs is None:
         # Both hot-kernel paths run capped at 128 registers (0 spill, Triton 3.6 and 3.8) and
         # 98 KB of shared memory: two resident blocks per SM (as the C++ dispatch assumes).
-        slots = n_blocks if interpreting else (2 if CAP_REGISTERS else 1) * _sm_count(_device_index(device))
+        slots = n_blocks if interpreting else WARP_ORGANISATION["blocks_per_sm"] * _sm_count(_device_index(device))
         num_programs = stream_k_programs(n_blocks, tiles, slots)
     if isinstance(num_programs, bool) or not isinstance(num_programs, int) or num_programs < 1:
         raise ValueError(f"num_programs must be an int >= 1, got {num_programs!r}")
